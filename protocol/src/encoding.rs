@@ -138,10 +138,11 @@ pub fn decode<T: Wire>(bytes: &[u8]) -> Result<T, DecodeError> {
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnknownVersion { kind, version });
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
-        kind,
-        reason: e.to_string(),
-    })?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
+            kind,
+            reason: e.to_string(),
+        })?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes {
             kind,

@@ -298,11 +298,7 @@ impl Wire for ReleaseManifest {
         limit("services", self.services.len(), MAX_SERVICES)?;
         for (service_name, s) in &self.services {
             name("service name", service_name)?;
-            limit(
-                "image config",
-                s.image.config.len(),
-                MAX_IMAGE_CONFIG_BYTES,
-            )?;
+            limit("image config", s.image.config.len(), MAX_IMAGE_CONFIG_BYTES)?;
             limit("layers", s.image.layers.len(), MAX_LAYERS)?;
             for l in &s.image.layers {
                 limit("layer chunks", l.chunks.len(), MAX_CHUNKS_PER_LAYER)?;

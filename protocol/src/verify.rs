@@ -9,8 +9,8 @@ use crate::envelope::SignatureError;
 use crate::manifest::PlanError;
 use crate::trust::TrustRootError;
 use crate::{
-    Announcement, Digest, Envelope, ReleaseManifest, ReleaseSeq, StatusReport, TrustRoot,
-    UnixTime, WaveControl,
+    Announcement, Digest, Envelope, ReleaseManifest, ReleaseSeq, StatusReport, TrustRoot, UnixTime,
+    WaveControl,
 };
 
 /// What a device knows when it checks a release.
