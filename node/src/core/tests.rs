@@ -1,0 +1,6 @@
+//! Unit tests of the core, driven through a small harness.
+
+mod activation;
+mod fetching;
+mod harness;
+mod trust;

@@ -1,0 +1,225 @@
+//! What the node fetches, from whom, and what it does about bad peers.
+
+use std::collections::BTreeSet;
+
+use super::harness::{Harness, fetches, info, peer};
+use crate::core::{Bitfield, DropReason, FetchError, Input, Instant, Output};
+
+fn bits(len: u32, ones: &[u32]) -> Bitfield {
+    let mut b = Bitfield::new(len);
+    for &i in ones {
+        b.set(i);
+    }
+    b
+}
+
+#[test]
+fn same_site_first_then_remote_then_origin() {
+    let mut h = Harness::new();
+    let (local, remote, origin) = (peer(1), peer(2), peer(3));
+    h.connect(origin, info(None, 1, true));
+    h.connect(remote, info(Some("elsewhere"), 2, false));
+    h.connect(local, info(Some("here"), 50, false));
+    let rel = h.release(1, 12);
+    let seq = rel.announcement.sequence;
+    h.gossip(origin, rel.announcement_gossip.clone());
+    h.input(Input::PeerHave {
+        peer: origin,
+        sequence: seq,
+        have: Bitfield::full(12),
+    });
+    h.input(Input::PeerHave {
+        peer: remote,
+        sequence: seq,
+        have: bits(12, &[0, 1, 2, 3, 4, 5, 6, 7]),
+    });
+    h.input(Input::PeerHave {
+        peer: local,
+        sequence: seq,
+        have: bits(12, &[0, 1, 2, 3]),
+    });
+    // The manifest is asked of the preferred peer that holds it: the same-site one.
+    assert!(
+        h.out
+            .iter()
+            .any(|o| matches!(o, Output::FetchManifest { peer, .. } if *peer == local))
+    );
+    h.out.clear();
+    let out = h.input(Input::ManifestFetched {
+        peer: local,
+        sequence: seq,
+        result: Ok(rel.manifest_bytes.clone()),
+    });
+    let f = fetches(&out);
+    let of = |p| {
+        f.iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, i)| *i)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        of(local),
+        BTreeSet::from([0, 1, 2, 3]),
+        "local serves all it has"
+    );
+    assert_eq!(
+        of(remote),
+        BTreeSet::from([4, 5, 6, 7]),
+        "remote only what the site lacks"
+    );
+    assert_eq!(
+        of(origin),
+        BTreeSet::from([8, 9, 10, 11]),
+        "origin only what no peer has"
+    );
+    assert_eq!(f.len(), 12);
+}
+
+#[test]
+fn rarest_chunk_first() {
+    let mut h = Harness::with(|c| c.max_in_flight_per_peer = 1);
+    let (a, b, c) = (peer(1), peer(2), peer(3));
+    h.connect(a, info(Some("here"), 1, false));
+    h.connect(b, info(Some("here"), 2, false));
+    h.connect(c, info(Some("here"), 3, false));
+    let rel = h.release(1, 3);
+    let seq = rel.announcement.sequence;
+    h.gossip(a, rel.announcement_gossip.clone());
+    h.input(Input::PeerHave {
+        peer: a,
+        sequence: seq,
+        have: bits(3, &[0, 1, 2]),
+    });
+    h.input(Input::PeerHave {
+        peer: b,
+        sequence: seq,
+        have: bits(3, &[0, 2]),
+    });
+    h.input(Input::PeerHave {
+        peer: c,
+        sequence: seq,
+        have: bits(3, &[0]),
+    });
+    let out = h.input(Input::ManifestFetched {
+        peer: a,
+        sequence: seq,
+        result: Ok(rel.manifest_bytes.clone()),
+    });
+    // Chunk 1 is held by one peer, chunk 2 by two, chunk 0 by three.
+    assert_eq!(fetches(&out), vec![(a, 1), (b, 2), (c, 0)]);
+}
+
+#[test]
+fn bad_bytes_ban_the_peer_and_the_chunk_is_fetched_elsewhere() {
+    let mut h = Harness::with(|c| c.max_in_flight_per_peer = 1);
+    let (bad, good) = (peer(1), peer(2));
+    h.connect(bad, info(Some("here"), 1, false));
+    h.connect(good, info(Some("here"), 2, false));
+    let rel = h.release(1, 2);
+    let seq = rel.announcement.sequence;
+    h.gossip(bad, rel.announcement_gossip.clone());
+    h.input(Input::PeerHave {
+        peer: bad,
+        sequence: seq,
+        have: Bitfield::full(2),
+    });
+    h.input(Input::PeerHave {
+        peer: good,
+        sequence: seq,
+        have: Bitfield::full(2),
+    });
+    let out = h.input(Input::ManifestFetched {
+        peer: bad,
+        sequence: seq,
+        result: Ok(rel.manifest_bytes.clone()),
+    });
+    let f = fetches(&out);
+    let (_, from_bad) = *f
+        .iter()
+        .find(|(p, _)| *p == bad)
+        .expect("the preferred peer is asked");
+    let out = h.input(Input::ChunkFetched {
+        peer: bad,
+        sequence: seq,
+        index: from_bad,
+        result: Err(FetchError::DigestMismatch),
+    });
+    assert!(out.iter().any(
+        |o| matches!(o, Output::BanPeer { peer, reason: DropReason::BadData, .. } if *peer == bad)
+    ));
+    let (_, other) = *f
+        .iter()
+        .find(|(p, _)| *p == good)
+        .expect("the other peer is asked too");
+    h.ok(good, &rel, other);
+    let refetch = fetches(&h.out);
+    assert_eq!(
+        refetch.last(),
+        Some(&(good, from_bad)),
+        "refetched from the honest peer"
+    );
+    h.ok(good, &rel, from_bad);
+    assert_eq!(h.node.progress().map(|p| p.have_chunks), Some(2));
+    // A banned peer that reconnects is refused.
+    let out = h.connect(bad, info(Some("here"), 1, false));
+    assert!(matches!(out.as_slice(), [Output::BanPeer { .. }]));
+}
+
+#[test]
+fn slow_and_silent_peers_are_dropped() {
+    let mut h = Harness::with(|c| c.max_in_flight_per_peer = 1);
+    let (slow, silent) = (peer(1), peer(2));
+    h.connect(slow, info(Some("here"), 1, false));
+    h.connect(silent, info(Some("here"), 2, false));
+    let rel = h.release(1, 4);
+    let seq = rel.announcement.sequence;
+    h.gossip(slow, rel.announcement_gossip.clone());
+    for p in [slow, silent] {
+        h.input(Input::PeerHave {
+            peer: p,
+            sequence: seq,
+            have: Bitfield::full(4),
+        });
+    }
+    let out = h.input(Input::ManifestFetched {
+        peer: slow,
+        sequence: seq,
+        result: Ok(rel.manifest_bytes.clone()),
+    });
+    let f = fetches(&out);
+    let idx = |p| {
+        f.iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, i)| *i)
+            .expect("asked")
+    };
+    // 256 KiB in 60 s is about 4 KiB/s, under the 64 KiB/s minimum.
+    let out = h.input(Input::ChunkFetched {
+        peer: slow,
+        sequence: seq,
+        index: idx(slow),
+        result: Ok(crate::core::FetchStats {
+            bytes: 256 * 1024,
+            elapsed_ms: 60_000,
+        }),
+    });
+    assert!(out.iter().any(
+        |o| matches!(o, Output::DropPeer { peer, reason: DropReason::TooSlow } if *peer == slow)
+    ));
+    // The silent peer never answers: each deadline cancels the fetch and backs off, and the
+    // third failure in a row drops it.
+    while h.advance(Instant::from_millis(600_000)).is_some() {}
+    let dropped = h.out.iter().any(|o| matches!(o, Output::DropPeer { peer, reason: DropReason::Unresponsive } if *peer == silent));
+    assert!(dropped, "the silent peer is dropped");
+    let cancels = h
+        .out
+        .iter()
+        .filter(|o| matches!(o, Output::CancelFetch { peer, .. } if *peer == silent))
+        .count();
+    assert_eq!(cancels, 3);
+    assert_eq!(h.node.peer_count(), 0);
+    assert_eq!(
+        h.node.progress().map(|p| (p.have_chunks, p.in_flight)),
+        Some((1, 0))
+    );
+}
