@@ -1,0 +1,33 @@
+//! # The rollout controller core
+//!
+//! [`Controller`] steers one release through the waves of its [`shoal_protocol::RolloutPlan`], from the devices'
+//! signed status reports, and does nothing itself: it takes reports and time as arguments and
+//! yields [`Action`]s that the builder (or the simulator) carries out by signing and publishing
+//! [`shoal_protocol::WaveControl`] messages ([`Controller::wave_control`] numbers them) or, on abort, by
+//! publishing a new release. It builds without the `server` feature.
+//!
+//! ## Rules
+//!
+//! - Wave 0 opens when the controller is created.
+//! - A report counts once per device: the latest (by report time, then state order) wins.
+//!   Reports for another fleet, sequence or manifest, or (with a device list) from an unknown
+//!   device, are ignored. `healthy` is a success; `failed` and `rolled_back` are failures;
+//!   anything else is still in progress and concludes nothing.
+//! - The open wave **succeeds** once at least its minimum sample (capped at the wave's size) has
+//!   concluded, the healthy share of those reaches the success threshold, and its bake time has
+//!   passed since it opened. Then the next wave opens, or, after the last, the rollout completes.
+//! - Any open wave whose failures reach its error threshold — counted over the larger of its
+//!   concluded reports and its minimum sample, so two early failures in a wave of a hundred do
+//!   not stop everything, but a sample's worth do — **pauses** the rollout.
+//! - A wave that has not succeeded by the progress deadline after it opened pauses the rollout.
+//! - Too few reports means wait, never advance.
+//! - Operator commands: [`Controller::pause`], [`Controller::resume`], [`Controller::promote`]
+//!   (open the next wave now), [`Controller::abort`] (halt, and roll back by publishing a new,
+//!   higher sequence with the previous release's content).
+
+mod controller;
+
+#[cfg(test)]
+mod tests;
+
+pub use controller::{Action, Controller, PauseReason, State, WaveStats};

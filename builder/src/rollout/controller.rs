@@ -1,0 +1,425 @@
+//! [`Controller`]: the state machine; see the [module docs](super) for its rules.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use shoal_protocol::waves::wave_of;
+use shoal_protocol::{
+    DeviceId, DeviceState, Digest, ReleaseSeq, RolloutPlan, StatusReport, UnixTime, WaveAction,
+    WaveControl,
+};
+
+/// Most actions queued before the caller polls them (each decision adds at most two).
+const MAX_QUEUED_ACTIONS: usize = 64;
+
+/// What the controller asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Publish `WaveAction::Open { wave }`: waves `0..=wave` may activate.
+    OpenWave(u32),
+    /// Publish `WaveAction::Pause`.
+    Pause {
+        /// Why.
+        reason: PauseReason,
+    },
+    /// Publish `WaveAction::Resume`.
+    Resume,
+    /// Publish `WaveAction::Halt`: devices that have not activated the release never will.
+    Halt,
+    /// Publish a new release, with a higher sequence, whose content is that of `to_content_of`
+    /// (`None`: there was no earlier release to return to).
+    RollBack {
+        /// The release whose content to republish.
+        to_content_of: Option<ReleaseSeq>,
+    },
+    /// The last wave succeeded: the rollout is complete.
+    Complete,
+}
+
+impl Action {
+    /// The wave control action to publish for this, if any.
+    pub fn wave_action(&self) -> Option<WaveAction> {
+        match self {
+            Action::OpenWave(wave) => Some(WaveAction::Open { wave: *wave }),
+            Action::Pause { .. } => Some(WaveAction::Pause),
+            Action::Resume => Some(WaveAction::Resume),
+            Action::Halt => Some(WaveAction::Halt),
+            Action::RollBack { .. } | Action::Complete => None,
+        }
+    }
+}
+
+/// Why the rollout paused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PauseReason {
+    /// A wave's failures reached its error threshold.
+    ErrorThreshold {
+        /// The wave.
+        wave: u32,
+        /// Failed reports.
+        failed: u32,
+        /// Concluded reports.
+        concluded: u32,
+    },
+    /// The open wave did not succeed before the progress deadline.
+    Deadline {
+        /// The wave.
+        wave: u32,
+    },
+    /// The operator paused it.
+    Operator,
+}
+
+/// Where the rollout is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// Waves are being opened as they succeed.
+    Running,
+    /// Paused; [`Controller::resume`] continues.
+    Paused(PauseReason),
+    /// Aborted; final.
+    Halted,
+    /// Every wave succeeded; final.
+    Complete,
+}
+
+/// The reports counted for one wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaveStats {
+    /// Devices in the wave (as given to the controller).
+    pub devices: u32,
+    /// Devices that reported anything.
+    pub reported: u32,
+    /// Devices whose latest report is `healthy`.
+    pub healthy: u32,
+    /// Devices whose latest report is `failed` or `rolled_back`.
+    pub failed: u32,
+}
+
+impl WaveStats {
+    fn concluded(&self) -> u32 {
+        self.healthy + self.failed
+    }
+
+    fn add(&mut self, state: DeviceState, sign: i32) {
+        let bump = |x: &mut u32| *x = x.saturating_add_signed(sign);
+        bump(&mut self.reported);
+        match state {
+            DeviceState::Healthy => bump(&mut self.healthy),
+            DeviceState::Failed | DeviceState::RolledBack => bump(&mut self.failed),
+            _ => {}
+        }
+    }
+}
+
+fn state_rank(s: DeviceState) -> u8 {
+    match s {
+        DeviceState::Staged => 0,
+        DeviceState::Applying => 1,
+        DeviceState::Running => 2,
+        DeviceState::Healthy => 3,
+        DeviceState::Failed => 4,
+        DeviceState::RolledBack => 5,
+    }
+}
+
+/// The rollout of one release. Time is monotonic milliseconds chosen by the caller (`now_ms`).
+#[derive(Debug)]
+pub struct Controller {
+    fleet: String,
+    sequence: ReleaseSeq,
+    manifest_digest: Digest,
+    plan: RolloutPlan,
+    previous: Option<ReleaseSeq>,
+    devices: Option<BTreeSet<DeviceId>>,
+    stats: Vec<WaveStats>,
+    latest: BTreeMap<DeviceId, (UnixTime, u8, DeviceState, u32)>,
+    open: u32,
+    opened_at_ms: Vec<Option<u64>>,
+    state: State,
+    actions: VecDeque<Action>,
+    counter: u64,
+}
+
+impl Controller {
+    /// A controller for release `sequence` (manifest `manifest_digest`) of `fleet`, with
+    /// `wave_devices[i]` devices in wave `i` (missing entries count as 0). `previous` is the
+    /// release an abort returns to. Wave 0 opens at `now_ms`.
+    pub fn new(
+        fleet: impl Into<String>,
+        sequence: ReleaseSeq,
+        manifest_digest: Digest,
+        plan: RolloutPlan,
+        wave_devices: &[u32],
+        previous: Option<ReleaseSeq>,
+        now_ms: u64,
+    ) -> Controller {
+        let n = plan.waves.len().max(1);
+        let stats = (0..n)
+            .map(|i| WaveStats {
+                devices: wave_devices.get(i).copied().unwrap_or(0),
+                ..WaveStats::default()
+            })
+            .collect();
+        let mut c = Controller {
+            fleet: fleet.into(),
+            sequence,
+            manifest_digest,
+            plan,
+            previous,
+            devices: None,
+            stats,
+            latest: BTreeMap::new(),
+            open: 0,
+            opened_at_ms: vec![None; n],
+            state: State::Running,
+            actions: VecDeque::new(),
+            counter: 0,
+        };
+        c.opened_at_ms[0] = Some(now_ms);
+        c.push(Action::OpenWave(0));
+        c
+    }
+
+    /// Like [`Controller::new`], from the fleet's device list: wave sizes follow from
+    /// [`wave_of`], and reports from devices not on the list are ignored.
+    pub fn with_devices(
+        fleet: impl Into<String>,
+        sequence: ReleaseSeq,
+        manifest_digest: Digest,
+        plan: RolloutPlan,
+        devices: impl IntoIterator<Item = DeviceId>,
+        previous: Option<ReleaseSeq>,
+        now_ms: u64,
+    ) -> Controller {
+        let fleet = fleet.into();
+        let devices: BTreeSet<DeviceId> = devices.into_iter().collect();
+        let mut counts = vec![0u32; plan.waves.len().max(1)];
+        for d in &devices {
+            let w = wave_of(&plan, d, &fleet, sequence) as usize;
+            if let Some(c) = counts.get_mut(w) {
+                *c += 1;
+            }
+        }
+        let mut c = Controller::new(
+            fleet,
+            sequence,
+            manifest_digest,
+            plan,
+            &counts,
+            previous,
+            now_ms,
+        );
+        c.devices = Some(devices);
+        c
+    }
+
+    /// The rollout's state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The highest open wave.
+    pub fn open_wave(&self) -> u32 {
+        self.open
+    }
+
+    /// When wave `i` opened, if it has.
+    pub fn opened_at_ms(&self, wave: u32) -> Option<u64> {
+        self.opened_at_ms.get(wave as usize).copied().flatten()
+    }
+
+    /// The counts of wave `i`.
+    pub fn stats(&self, wave: u32) -> Option<WaveStats> {
+        self.stats.get(wave as usize).copied()
+    }
+
+    /// The next action, if any.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Controller::handle_timeout`] is next due (a bake time ending, a deadline).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.state != State::Running {
+            return None;
+        }
+        let w = &self.plan.waves[self.open as usize];
+        let opened = self.opened_at_ms[self.open as usize]?;
+        let bake = opened.saturating_add(w.bake_time_s.saturating_mul(1000));
+        let deadline = opened.saturating_add(self.plan.progress_deadline_s.saturating_mul(1000));
+        Some(if self.sample_met(self.open) {
+            bake.min(deadline)
+        } else {
+            deadline
+        })
+    }
+
+    /// Takes a device's report (its signature already checked with
+    /// `shoal_protocol::verify::status_report`).
+    pub fn handle_report(&mut self, now_ms: u64, report: &StatusReport) {
+        if report.fleet != self.fleet
+            || report.sequence != self.sequence
+            || report.manifest_digest != self.manifest_digest
+            || self
+                .devices
+                .as_ref()
+                .is_some_and(|d| !d.contains(&report.device))
+        {
+            return;
+        }
+        let key = (report.time, state_rank(report.state));
+        if let Some((t, r, old, w)) = self.latest.get(&report.device).copied() {
+            if (t, r) > key {
+                return;
+            }
+            self.stats[w as usize].add(old, -1);
+        }
+        let wave = wave_of(&self.plan, &report.device, &self.fleet, self.sequence);
+        let wave = wave.min(self.stats.len() as u32 - 1);
+        self.stats[wave as usize].add(report.state, 1);
+        self.latest
+            .insert(report.device, (report.time, key.1, report.state, wave));
+        self.evaluate(now_ms);
+    }
+
+    /// Re-evaluates at `now_ms` (bake times, deadlines).
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.evaluate(now_ms);
+    }
+
+    /// Operator: pause.
+    pub fn pause(&mut self) {
+        if self.state == State::Running {
+            self.state = State::Paused(PauseReason::Operator);
+            self.push(Action::Pause {
+                reason: PauseReason::Operator,
+            });
+        }
+    }
+
+    /// Operator: resume a paused rollout. The open wave's deadline starts again at `now_ms`.
+    pub fn resume(&mut self, now_ms: u64) {
+        if matches!(self.state, State::Paused(_)) {
+            self.state = State::Running;
+            self.opened_at_ms[self.open as usize] = Some(now_ms);
+            self.push(Action::Resume);
+            self.evaluate(now_ms);
+        }
+    }
+
+    /// Operator: open the next wave now, whatever the reports say.
+    pub fn promote(&mut self, now_ms: u64) {
+        if matches!(self.state, State::Running | State::Paused(_)) {
+            if matches!(self.state, State::Paused(_)) {
+                self.state = State::Running;
+                self.push(Action::Resume);
+            }
+            self.advance(now_ms);
+        }
+    }
+
+    /// Operator: abort. Halts the release and asks for a rollback release.
+    pub fn abort(&mut self) {
+        if matches!(self.state, State::Running | State::Paused(_)) {
+            self.state = State::Halted;
+            self.push(Action::Halt);
+            self.push(Action::RollBack {
+                to_content_of: self.previous,
+            });
+        }
+    }
+
+    /// The signed-to-be wave control message for `action`, with the next counter (strictly
+    /// increasing, starting at 1); `None` for actions that are not wave control.
+    pub fn wave_control(&mut self, action: &Action, issued_at: UnixTime) -> Option<WaveControl> {
+        let action = action.wave_action()?;
+        self.counter += 1;
+        Some(WaveControl {
+            fleet: self.fleet.clone(),
+            sequence: self.sequence,
+            manifest_digest: self.manifest_digest,
+            counter: self.counter,
+            action,
+            issued_at,
+        })
+    }
+
+    fn push(&mut self, a: Action) {
+        if self.actions.len() < MAX_QUEUED_ACTIONS {
+            self.actions.push_back(a);
+        }
+    }
+
+    /// The sample the wave needs: its minimum sample, at most its size, at least one.
+    fn needed(&self, wave: u32) -> u32 {
+        let w = &self.plan.waves[wave as usize];
+        let s = &self.stats[wave as usize];
+        w.min_sample.min(s.devices).max(1)
+    }
+
+    fn sample_met(&self, wave: u32) -> bool {
+        let s = &self.stats[wave as usize];
+        s.devices == 0 || s.concluded() >= self.needed(wave)
+    }
+
+    fn evaluate(&mut self, now_ms: u64) {
+        if self.state != State::Running {
+            return;
+        }
+        for wave in 0..=self.open {
+            let w = &self.plan.waves[wave as usize];
+            let s = self.stats[wave as usize];
+            let base = s.concluded().max(w.min_sample).max(1);
+            if s.failed > 0
+                && u64::from(s.failed) * 100 >= u64::from(w.error_threshold_pct) * u64::from(base)
+            {
+                let reason = PauseReason::ErrorThreshold {
+                    wave,
+                    failed: s.failed,
+                    concluded: s.concluded(),
+                };
+                self.state = State::Paused(reason.clone());
+                self.push(Action::Pause { reason });
+                return;
+            }
+        }
+        let wave = self.open;
+        let w = &self.plan.waves[wave as usize];
+        let s = self.stats[wave as usize];
+        let Some(opened) = self.opened_at_ms[wave as usize] else {
+            return;
+        };
+        let baked = now_ms >= opened.saturating_add(w.bake_time_s.saturating_mul(1000));
+        let success = s.devices == 0
+            || (s.concluded() >= self.needed(wave)
+                && u64::from(s.healthy) * 100
+                    >= u64::from(w.success_threshold_pct) * u64::from(s.concluded()));
+        if success && baked {
+            self.advance(now_ms);
+        } else if now_ms
+            >= opened.saturating_add(self.plan.progress_deadline_s.saturating_mul(1000))
+        {
+            let reason = PauseReason::Deadline { wave };
+            self.state = State::Paused(reason.clone());
+            self.push(Action::Pause { reason });
+        }
+    }
+
+    fn advance(&mut self, now_ms: u64) {
+        if self.open as usize + 1 >= self.plan.waves.len() {
+            self.state = State::Complete;
+            self.push(Action::Complete);
+            return;
+        }
+        self.open += 1;
+        self.opened_at_ms[self.open as usize] = Some(now_ms);
+        self.push(Action::OpenWave(self.open));
+        // An empty or already-concluded wave may succeed at once.
+        self.evaluate(now_ms);
+    }
+}

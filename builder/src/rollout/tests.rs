@@ -1,0 +1,280 @@
+//! Controller rules, one by one.
+
+use shoal_protocol::waves::wave_of;
+use shoal_protocol::{
+    DeviceId, DeviceState, Digest, ReleaseSeq, RolloutPlan, SigningKey, StatusReport, UnixTime,
+    Wave, WaveAction,
+};
+
+use super::{Action, Controller, PauseReason, State};
+
+const FLEET: &str = "fleet";
+const SEQ: ReleaseSeq = ReleaseSeq(7);
+
+fn digest() -> Digest {
+    Digest::of(b"manifest")
+}
+
+fn device(n: u32) -> DeviceId {
+    let mut s = [7u8; 32];
+    s[..4].copy_from_slice(&n.to_le_bytes());
+    DeviceId::from(SigningKey::from_bytes(&s).public_key())
+}
+
+fn plan(bake_time_s: u64) -> RolloutPlan {
+    let w = |percent| Wave {
+        percent,
+        min_sample: 5,
+        success_threshold_pct: 90,
+        error_threshold_pct: 20,
+        bake_time_s,
+    };
+    RolloutPlan {
+        waves: vec![w(20), w(30), w(50)],
+        progress_deadline_s: 600,
+    }
+}
+
+struct Fleet {
+    c: Controller,
+    by_wave: Vec<Vec<DeviceId>>,
+    time: u64,
+}
+
+impl Fleet {
+    fn new(plan: RolloutPlan) -> Fleet {
+        let devices: Vec<DeviceId> = (0..200).map(device).collect();
+        let mut by_wave = vec![Vec::new(); plan.waves.len()];
+        for d in &devices {
+            by_wave[wave_of(&plan, d, FLEET, SEQ) as usize].push(*d);
+        }
+        let c =
+            Controller::with_devices(FLEET, SEQ, digest(), plan, devices, Some(ReleaseSeq(6)), 0);
+        Fleet {
+            c,
+            by_wave,
+            time: 0,
+        }
+    }
+
+    fn report(&mut self, now_ms: u64, d: DeviceId, state: DeviceState) {
+        self.time += 1;
+        let r = StatusReport {
+            fleet: FLEET.into(),
+            device: d,
+            sequence: SEQ,
+            manifest_digest: digest(),
+            state,
+            time: UnixTime(self.time),
+            nonce: self.time,
+            detail: String::new(),
+        };
+        self.c.handle_report(now_ms, &r);
+    }
+
+    /// `healthy` healthy and `failed` failed reports from distinct devices of `wave`.
+    fn reports(&mut self, now_ms: u64, wave: usize, healthy: usize, failed: usize) {
+        let ds: Vec<DeviceId> = self.by_wave[wave]
+            .iter()
+            .copied()
+            .take(healthy + failed)
+            .collect();
+        assert_eq!(ds.len(), healthy + failed, "wave {wave} is large enough");
+        for (i, d) in ds.into_iter().enumerate() {
+            let s = if i < healthy {
+                DeviceState::Healthy
+            } else {
+                DeviceState::Failed
+            };
+            self.report(now_ms, d, s);
+        }
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.c.poll_action()).collect()
+    }
+}
+
+#[test]
+fn wave_zero_opens_at_start() {
+    let mut f = Fleet::new(plan(0));
+    assert_eq!(f.actions(), vec![Action::OpenWave(0)]);
+    assert_eq!(f.c.state(), &State::Running);
+}
+
+#[test]
+fn too_few_reports_wait() {
+    let mut f = Fleet::new(plan(0));
+    f.actions();
+    f.reports(1_000, 0, 4, 0);
+    // Progress reports conclude nothing either.
+    let d = f.by_wave[0][10];
+    f.report(1_000, d, DeviceState::Running);
+    assert_eq!(f.actions(), vec![]);
+    assert_eq!(f.c.open_wave(), 0);
+    f.c.handle_timeout(500_000);
+    assert_eq!(f.actions(), vec![], "no decision before the deadline");
+}
+
+#[test]
+fn success_opens_next_wave_after_bake_time() {
+    let mut f = Fleet::new(plan(60));
+    f.actions();
+    f.reports(10_000, 0, 5, 0);
+    assert_eq!(f.actions(), vec![], "sample met, still baking");
+    assert_eq!(f.c.poll_timeout(), Some(60_000));
+    f.c.handle_timeout(60_000);
+    assert_eq!(f.actions(), vec![Action::OpenWave(1)]);
+    f.reports(70_000, 1, 5, 0);
+    f.c.handle_timeout(130_000);
+    assert_eq!(f.actions(), vec![Action::OpenWave(2)]);
+    f.reports(140_000, 2, 10, 0);
+    f.c.handle_timeout(190_000);
+    assert_eq!(f.actions(), vec![Action::Complete]);
+    assert_eq!(f.c.state(), &State::Complete);
+}
+
+#[test]
+fn below_success_threshold_does_not_advance() {
+    let mut f = Fleet::new(plan(60));
+    f.actions();
+    // 17 healthy and 3 failed: 85% healthy is under the 90% success threshold, 15% failed is
+    // under the 20% error threshold. The wave neither advances nor pauses.
+    f.reports(1_000, 0, 17, 3);
+    f.c.handle_timeout(60_000);
+    assert_eq!(f.actions(), vec![]);
+    assert_eq!(f.c.open_wave(), 0);
+    assert_eq!(f.c.state(), &State::Running);
+}
+
+#[test]
+fn error_threshold_pauses() {
+    let mut f = Fleet::new(plan(0));
+    f.actions();
+    f.reports(1_000, 0, 0, 1);
+    assert_eq!(
+        f.actions(),
+        vec![Action::Pause {
+            reason: PauseReason::ErrorThreshold {
+                wave: 0,
+                failed: 1,
+                concluded: 1
+            }
+        }]
+    );
+    // One failure in a minimum sample of five is 20%: the threshold.
+    assert!(matches!(f.c.state(), State::Paused(_)));
+    // Paused: further success does not advance.
+    f.reports(2_000, 0, 0, 0);
+    let healthy: Vec<DeviceId> = f.by_wave[0][1..30].to_vec();
+    for d in healthy {
+        f.report(3_000, d, DeviceState::Healthy);
+    }
+    assert_eq!(f.actions(), vec![]);
+    assert_eq!(f.c.open_wave(), 0);
+}
+
+#[test]
+fn a_device_counts_once_latest_report_wins() {
+    let mut f = Fleet::new(plan(0));
+    f.actions();
+    let d = f.by_wave[0][0];
+    for _ in 0..10 {
+        f.report(1_000, d, DeviceState::Healthy);
+    }
+    assert_eq!(f.c.stats(0).map(|s| (s.reported, s.healthy)), Some((1, 1)));
+    f.report(1_000, d, DeviceState::Failed);
+    assert_eq!(f.c.stats(0).map(|s| (s.healthy, s.failed)), Some((0, 1)));
+}
+
+#[test]
+fn reports_for_other_releases_and_strangers_are_ignored() {
+    let mut f = Fleet::new(plan(0));
+    f.actions();
+    let d = f.by_wave[0][0];
+    let mut r = StatusReport {
+        fleet: FLEET.into(),
+        device: d,
+        sequence: ReleaseSeq(6),
+        manifest_digest: digest(),
+        state: DeviceState::Failed,
+        time: UnixTime(1),
+        nonce: 1,
+        detail: String::new(),
+    };
+    f.c.handle_report(1, &r);
+    r.sequence = SEQ;
+    r.device = device(10_000);
+    f.c.handle_report(1, &r);
+    assert_eq!(f.c.stats(0).map(|s| s.reported), Some(0));
+    assert_eq!(f.actions(), vec![]);
+}
+
+#[test]
+fn deadline_pauses() {
+    let mut f = Fleet::new(plan(0));
+    f.actions();
+    f.reports(1_000, 0, 3, 0);
+    assert_eq!(f.c.poll_timeout(), Some(600_000));
+    f.c.handle_timeout(600_000);
+    assert_eq!(
+        f.actions(),
+        vec![Action::Pause {
+            reason: PauseReason::Deadline { wave: 0 }
+        }]
+    );
+    // Resume restarts the deadline; enough reports then advance.
+    f.c.resume(700_000);
+    f.reports(710_000, 0, 6, 0);
+    assert_eq!(f.actions(), vec![Action::Resume, Action::OpenWave(1)]);
+}
+
+#[test]
+fn operator_commands() {
+    let mut f = Fleet::new(plan(0));
+    f.actions();
+    f.c.pause();
+    f.c.promote(5);
+    assert_eq!(
+        f.actions(),
+        vec![
+            Action::Pause {
+                reason: PauseReason::Operator
+            },
+            Action::Resume,
+            Action::OpenWave(1)
+        ]
+    );
+    f.c.abort();
+    assert_eq!(
+        f.actions(),
+        vec![
+            Action::Halt,
+            Action::RollBack {
+                to_content_of: Some(ReleaseSeq(6))
+            }
+        ]
+    );
+    assert_eq!(f.c.state(), &State::Halted);
+    f.c.resume(10);
+    f.c.promote(10);
+    assert_eq!(f.actions(), vec![], "halted is final");
+}
+
+#[test]
+fn wave_control_counters_strictly_increase() {
+    let mut f = Fleet::new(plan(0));
+    let a = f.actions();
+    let first =
+        f.c.wave_control(&a[0], UnixTime(5))
+            .expect("open is wave control");
+    assert_eq!(
+        (first.counter, first.action),
+        (1, WaveAction::Open { wave: 0 })
+    );
+    let second =
+        f.c.wave_control(&Action::Halt, UnixTime(6))
+            .expect("halt is wave control");
+    assert_eq!((second.counter, second.action), (2, WaveAction::Halt));
+    assert_eq!(f.c.wave_control(&Action::Complete, UnixTime(7)), None);
+}
