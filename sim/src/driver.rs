@@ -1,0 +1,463 @@
+//! The driver: many [`shoal_node::core::Node`]s, the builder's origin and the rollout controller
+//! in one discrete-event loop over virtual time.
+//!
+//! Every device runs the real core. The driver only carries out the core's outputs as simulated
+//! effects and feeds the results back as inputs:
+//!
+//! - chunk and manifest fetches become flows in the [`crate::net`] model (the request starts the
+//!   flow; the answer arrives one one-way latency after its last byte);
+//! - HAVE messages travel in per-link batches (everything advertised while the first is in
+//!   flight rides along), bitfields and gossip sync as single messages;
+//! - gossip is flooded over a random mesh of the configured degree with a per-hop delay and
+//!   loss, deduplicated per node by message (as gossipsub does) and forwarded only when the core
+//!   says [`Verdict::Accept`](shoal_node::core::Verdict);
+//! - the runtime applies a release in `apply_s` and reports health `health_s` later;
+//! - the builder's origin is a seeder: it holds every chunk, serves at most
+//!   [`ORIGIN_UPLOAD_SLOTS`] chunk uploads at once (`Busy` beyond), publishes the announcement
+//!   and the controller's wave control messages, and hands status reports to the controller.
+//!
+//! After every event the invariants are checked ([`Violation`]); a failure names the replay
+//! command. At the end, the liveness phase checks that every online honest device staged the
+//! release once the faults had healed. The trace hash is BLAKE3 over the ordered event records.
+
+mod control;
+mod effects;
+mod events;
+mod setup;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use shoal_node::core::{Bitfield, FetchError, Node, ReleaseCache, Snapshot};
+use shoal_node::testing::{TestFleet, TestRelease};
+use shoal_protocol::{DeviceId, ReleaseSeq};
+
+use crate::faults::{self, Byzantine};
+use crate::net::{Nanos, Net, SECOND};
+use crate::rng::Rng;
+use crate::scenario::Scenario;
+
+/// Concurrent chunk uploads the origin serves; more requests are answered `Busy`.
+pub const ORIGIN_UPLOAD_SLOTS: u32 = 64;
+
+/// Index standing for the builder's origin in device-indexed places.
+pub(crate) const BUILDER: u32 = u32::MAX;
+
+/// An invariant the run broke.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invariant violated at t={time_s:.3}s on device {device}: {what}\nreplay: {replay}")]
+pub struct Violation {
+    /// Virtual time, seconds.
+    pub time_s: f64,
+    /// Device index.
+    pub device: u32,
+    /// What went wrong.
+    pub what: String,
+    /// The command that replays the run.
+    pub replay: String,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A safety invariant was broken.
+    #[error(transparent)]
+    Invariant(#[from] Violation),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Conn {
+    pub(crate) peer: u32,
+    pub(crate) up: bool,
+    /// Not reconnected before this time (dropped or banned).
+    pub(crate) blocked_until: Nanos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runtime {
+    Idle,
+    Applying,
+    Healthy,
+    Failed,
+    RolledBack,
+}
+
+#[derive(Debug)]
+pub(crate) struct Dev {
+    pub(crate) id: DeviceId,
+    pub(crate) node: Option<Node>,
+    pub(crate) site: u32,
+    pub(crate) byz: Option<Byzantine>,
+    pub(crate) online: bool,
+    pub(crate) timer_at: Option<Nanos>,
+    pub(crate) snapshot: Option<Box<Snapshot>>,
+    pub(crate) conns: Vec<Conn>,
+    pub(crate) origin_up: bool,
+    pub(crate) seen_gossip: u64,
+    /// Chunks the driver verified and stored for this device (its on-disk store).
+    pub(crate) stored: Bitfield,
+    pub(crate) staged_at: Option<Nanos>,
+    pub(crate) last_highest: u64,
+    pub(crate) last_applied: u64,
+    pub(crate) wave: u32,
+    pub(crate) runtime: Runtime,
+    pub(crate) seed: u64,
+}
+
+/// A queued event.
+#[derive(Debug)]
+pub(crate) enum Ev {
+    Timer(u32),
+    Gossip {
+        to: u32,
+        from: u32,
+        msg: u16,
+    },
+    Haves {
+        to: u32,
+        from: u32,
+    },
+    Bitfield {
+        to: u32,
+        from: u32,
+        have: Box<Bitfield>,
+    },
+    Chunk {
+        to: u32,
+        from: u32,
+        index: u32,
+        result: Result<(u64, Nanos), FetchError>,
+    },
+    Manifest {
+        to: u32,
+        from: u32,
+        result: Result<bool, FetchError>,
+    },
+    Report {
+        from: u32,
+        envelope: Vec<u8>,
+        healthy: Option<bool>,
+    },
+    ApplyDone {
+        dev: u32,
+        seq: ReleaseSeq,
+    },
+    Health {
+        dev: u32,
+        seq: ReleaseSeq,
+    },
+    Fault(faults::Fault),
+    Redial {
+        a: u32,
+        b: u32,
+    },
+    ControlTick,
+    Announce,
+}
+
+pub(crate) struct Entry {
+    pub(crate) t: Nanos,
+    pub(crate) seq: u64,
+    pub(crate) ev: Ev,
+}
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.t, self.seq).cmp(&(o.t, o.seq))
+    }
+}
+
+/// One chunk or manifest transfer in the network.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rec {
+    pub(crate) to: u32,
+    pub(crate) from: u32,
+    /// Chunk index, or `u32::MAX` for the manifest.
+    pub(crate) index: u32,
+    pub(crate) started: Nanos,
+    pub(crate) bytes: u64,
+    pub(crate) corrupt: bool,
+    pub(crate) live: bool,
+}
+
+/// Figures gathered during a run.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Metrics {
+    pub(crate) events: u64,
+    pub(crate) peers_banned: u64,
+    pub(crate) corrupt_stored: u64,
+    pub(crate) wave_opened: Vec<Option<Nanos>>,
+    pub(crate) wave_finished: Vec<Option<Nanos>>,
+    pub(crate) wave_healthy: Vec<u32>,
+    pub(crate) pending_runtime: u32,
+}
+
+/// A simulation in progress. Build with [`Sim::new`], run with [`Sim::run`].
+pub struct Sim {
+    pub(crate) sc: Scenario,
+    pub(crate) seed: u64,
+    pub(crate) replay: String,
+    pub(crate) now: Nanos,
+    pub(crate) queue: BinaryHeap<Reverse<Entry>>,
+    pub(crate) next_seq: u64,
+    pub(crate) net: Net,
+    pub(crate) devs: Vec<Dev>,
+    pub(crate) ids: HashMap<DeviceId, u32>,
+    pub(crate) origin_id: DeviceId,
+    pub(crate) fleet: TestFleet,
+    pub(crate) release: TestRelease,
+    pub(crate) full: Bitfield,
+    pub(crate) gossip: Vec<Arc<[u8]>>,
+    pub(crate) gossip_index: HashMap<Vec<u8>, u16>,
+    pub(crate) mesh: Vec<Vec<u32>>,
+    pub(crate) origin_mesh: Vec<u32>,
+    pub(crate) recs: Vec<Rec>,
+    pub(crate) free_recs: Vec<u32>,
+    pub(crate) fetches: HashMap<(u32, u32, u32), u32>,
+    pub(crate) have_batches: HashMap<(u32, u32), Vec<u32>>,
+    pub(crate) origin_uploads: u32,
+    pub(crate) partitioned: Vec<bool>,
+    pub(crate) plan: faults::Plan,
+    pub(crate) control: control::Control,
+    pub(crate) announced: bool,
+    pub(crate) rng: Rng,
+    pub(crate) trace: blake3::Hasher,
+    pub(crate) m: Metrics,
+    pub(crate) outs: Vec<shoal_node::core::Output>,
+    pub(crate) cache: ReleaseCache,
+    pub(crate) violation: Option<Violation>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("scenario", &self.sc.name)
+            .field("seed", &self.seed)
+            .field("now", &self.now)
+            .field("devices", &self.devs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a finished run hands to the report.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Staging times (s) of online honest devices that staged, sorted.
+    pub staged_s: Vec<f64>,
+    /// Online honest devices at the end.
+    pub online: u32,
+    /// Whether every online honest device staged.
+    pub liveness_ok: bool,
+    /// Virtual end time, seconds.
+    pub end_s: f64,
+    /// Events processed.
+    pub events: u64,
+    /// Trace hash (hex).
+    pub trace_hash: String,
+    /// Bytes the origin sent.
+    pub builder_egress_bytes: u64,
+    /// Largest WAN ingress of a site.
+    pub max_site_ingress_bytes: u64,
+    /// Chunks stored that were corrupt.
+    pub corrupt_chunks_stored: u64,
+    /// Bans issued by devices.
+    pub peers_banned: u64,
+    /// Per wave: (devices, opened, finished) in seconds.
+    pub waves: Vec<(u32, Option<f64>, Option<f64>)>,
+    /// Whether the rollout paused or halted.
+    pub rollout_paused: bool,
+    /// Devices whose runtime ends healthy on the release.
+    pub activated: u32,
+    /// Devices that rolled back.
+    pub rolled_back: u32,
+    /// Highest wave each device activated in (for tests): (wave, activated).
+    pub activations_by_wave: Vec<u32>,
+    /// Rollbacks per wave.
+    pub rollbacks_by_wave: Vec<u32>,
+}
+
+pub(crate) fn secs(t: Nanos) -> f64 {
+    t as f64 / SECOND as f64
+}
+
+pub(crate) fn ns(s: f64) -> Nanos {
+    (s * SECOND as f64).round() as Nanos
+}
+
+impl Sim {
+    pub(crate) fn push(&mut self, t: Nanos, ev: Ev) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse(Entry { t, seq, ev }));
+    }
+
+    pub(crate) fn fail(&mut self, device: u32, what: String) {
+        if self.violation.is_none() {
+            self.violation = Some(Violation {
+                time_s: secs(self.now),
+                device,
+                what,
+                replay: self.replay.clone(),
+            });
+        }
+    }
+
+    fn record(&mut self, kind: u8, a: u32, b: u32, c: u64) {
+        let mut buf = [0u8; 25];
+        buf[..8].copy_from_slice(&self.now.to_le_bytes());
+        buf[8] = kind;
+        buf[9..13].copy_from_slice(&a.to_le_bytes());
+        buf[13..17].copy_from_slice(&b.to_le_bytes());
+        buf[17..25].copy_from_slice(&c.to_le_bytes());
+        self.trace.update(&buf);
+    }
+
+    /// Run to the end: until every online honest device staged and the rollout settled after
+    /// the faults healed, nothing is left to happen, or a limit is hit. Fails on the first
+    /// broken invariant.
+    pub fn run(mut self) -> Result<Outcome, RunError> {
+        let max_t = ns(self.sc.limits.max_time_s);
+        let mut check_every = 0u32;
+        loop {
+            if let Some(v) = self.violation.take() {
+                return Err(v.into());
+            }
+            let tq = self.queue.peek().map(|e| e.0.t);
+            let tn = self.net.next_time();
+            let t = match (tq, tn) {
+                (None, None) => {
+                    if self.net.is_dirty() {
+                        self.net.flush(self.now);
+                        continue;
+                    }
+                    break;
+                }
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (Some(a), Some(b)) => a.min(b),
+            };
+            if t > self.now && self.net.is_dirty() {
+                self.net.flush(self.now);
+                continue;
+            }
+            if t > max_t || self.m.events >= self.sc.limits.max_events {
+                break;
+            }
+            self.now = t.max(self.now);
+            self.m.events += 1;
+            if tn == Some(t) && tq.is_none_or(|q| q > t || tn <= tq) {
+                if let Some(done) = self.net.pop_done(self.now) {
+                    self.record(1, 0, 0, done.tag);
+                    self.transfer_done(done.tag);
+                }
+            } else if let Some(Reverse(e)) = self.queue.pop() {
+                self.dispatch(e.ev);
+            }
+            check_every += 1;
+            if check_every >= 4096 {
+                check_every = 0;
+                if self.finished() {
+                    break;
+                }
+            }
+        }
+        if let Some(v) = self.violation.take() {
+            return Err(v.into());
+        }
+        Ok(self.outcome())
+    }
+
+    /// Whether the run has nothing left to show.
+    fn finished(&self) -> bool {
+        if self.now < self.plan.healed_at || self.m.pending_runtime > 0 || !self.announced {
+            return false;
+        }
+        let all_staged = self
+            .devs
+            .iter()
+            .filter(|d| d.byz.is_none() && d.online && d.node.is_some())
+            .all(|d| d.staged_at.is_some());
+        all_staged && self.control.settled()
+    }
+
+    fn outcome(mut self) -> Outcome {
+        self.net.settle_all(self.now);
+        let mut staged: Vec<f64> = Vec::new();
+        let mut online = 0;
+        let mut ok = true;
+        let nw = self.sc.rollout.waves.len();
+        let mut per_wave = vec![0u32; nw];
+        let mut act = vec![0u32; nw];
+        let mut rb = vec![0u32; nw];
+        let (mut activated, mut rolled_back) = (0, 0);
+        for d in &self.devs {
+            if d.byz.is_some() {
+                continue;
+            }
+            per_wave[d.wave as usize] += 1;
+            match d.runtime {
+                Runtime::Healthy => {
+                    activated += 1;
+                    act[d.wave as usize] += 1;
+                }
+                Runtime::RolledBack | Runtime::Failed => {
+                    rolled_back += 1;
+                    rb[d.wave as usize] += 1;
+                    act[d.wave as usize] += 1;
+                }
+                Runtime::Applying => act[d.wave as usize] += 1,
+                Runtime::Idle => {}
+            }
+            if !(d.online && d.node.is_some()) {
+                continue;
+            }
+            online += 1;
+            match d.staged_at {
+                Some(t) => staged.push(secs(t)),
+                None => ok = false,
+            }
+        }
+        staged.sort_by(f64::total_cmp);
+        let c = self.net.counters();
+        let max_ingress = c.site_ingress.iter().copied().fold(0.0, f64::max);
+        let waves = (0..nw)
+            .map(|w| {
+                (
+                    per_wave[w],
+                    self.m.wave_opened[w].map(secs),
+                    self.m.wave_finished[w].map(secs),
+                )
+            })
+            .collect();
+        Outcome {
+            staged_s: staged,
+            online,
+            liveness_ok: ok,
+            end_s: secs(self.now),
+            events: self.m.events,
+            trace_hash: self.trace.finalize().to_hex().to_string(),
+            builder_egress_bytes: c.builder_egress.round() as u64,
+            max_site_ingress_bytes: max_ingress.round() as u64,
+            corrupt_chunks_stored: self.m.corrupt_stored,
+            peers_banned: self.m.peers_banned,
+            waves,
+            rollout_paused: self.control.paused(),
+            activated,
+            rolled_back,
+            activations_by_wave: act,
+            rollbacks_by_wave: rb,
+        }
+    }
+}

@@ -1,0 +1,793 @@
+//! Carrying out a node's outputs, and feeding it inputs.
+
+use shoal_node::core::{DropReason, Event, FetchError, Input, Instant, Output, PeerInfo, Verdict};
+use shoal_protocol::{DeviceState, ReleaseSeq};
+
+use super::{BUILDER, Conn, Ev, Rec, Runtime, Sim, ns};
+use crate::faults::Byzantine;
+use crate::net::{Endpoint, Nanos};
+
+/// The store quota the simulated devices run with (the core's default).
+pub(crate) const STORE_QUOTA_BYTES: u64 = 16 << 30;
+/// Rate of a trickling peer, bytes per second.
+const TRICKLE_BYTES_PER_S: f64 = 1.0;
+/// How long a dropped (not banned) peer waits before it is dialled again.
+const REDIAL_S: f64 = 10.0;
+
+pub(crate) fn ms(t: Nanos) -> Instant {
+    Instant(t / 1_000_000)
+}
+
+impl Sim {
+    pub(crate) fn endpoint(i: u32) -> Endpoint {
+        if i == BUILDER {
+            Endpoint::Builder
+        } else {
+            Endpoint::Device(i)
+        }
+    }
+
+    pub(crate) fn pid(&self, i: u32) -> shoal_protocol::DeviceId {
+        if i == BUILDER {
+            self.origin_id
+        } else {
+            self.devs[i as usize].id
+        }
+    }
+
+    fn index_of(&self, id: &shoal_protocol::DeviceId) -> Option<u32> {
+        if *id == self.origin_id {
+            Some(BUILDER)
+        } else {
+            self.ids.get(id).copied()
+        }
+    }
+
+    pub(crate) fn site(&self, i: u32) -> Option<u32> {
+        (i != BUILDER).then(|| self.devs[i as usize].site)
+    }
+
+    /// One-way latency between two endpoints.
+    pub(crate) fn latency(&self, a: u32, b: u32) -> Nanos {
+        let same = matches!((self.site(a), self.site(b)), (Some(x), Some(y)) if x == y);
+        let msv = if same {
+            self.sc.network.lan_latency_ms
+        } else {
+            self.sc.network.wan_latency_ms
+        };
+        ns(msv / 1000.0).max(1)
+    }
+
+    /// Latency of a control message on a reliable stream: a lost packet costs a round trip.
+    fn message_delay(&mut self, a: u32, b: u32) -> Nanos {
+        let l = self.latency(a, b);
+        let same = matches!((self.site(a), self.site(b)), (Some(x), Some(y)) if x == y);
+        let loss = if same {
+            self.sc.network.lan_loss
+        } else {
+            self.sc.network.wan_loss
+        };
+        if self.rng.chance(loss) { 3 * l } else { l }
+    }
+
+    /// Whether `a` and `b` can reach each other: both online, no partition between them.
+    pub(crate) fn reachable(&self, a: u32, b: u32) -> bool {
+        let online = |i: u32| i == BUILDER || self.devs[i as usize].online;
+        if !online(a) || !online(b) {
+            return false;
+        }
+        match (self.site(a), self.site(b)) {
+            (Some(x), Some(y)) if x == y => true,
+            (x, y) => {
+                !x.is_some_and(|s| self.partitioned[s as usize])
+                    && !y.is_some_and(|s| self.partitioned[s as usize])
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, a: u32, b: u32) -> Option<&mut Conn> {
+        self.devs[a as usize].conns.iter_mut().find(|c| c.peer == b)
+    }
+
+    /// Whether `a` has an open connection to `b` (either may be the builder).
+    pub(crate) fn connected(&self, a: u32, b: u32) -> bool {
+        match (a, b) {
+            (BUILDER, BUILDER) => false,
+            (BUILDER, d) | (d, BUILDER) => self.devs[d as usize].origin_up,
+            (a, b) => self.devs[a as usize]
+                .conns
+                .iter()
+                .any(|c| c.peer == b && c.up),
+        }
+    }
+
+    fn info(&self, about: u32, rtt: Nanos) -> PeerInfo {
+        PeerInfo {
+            site: self.site(about).map(|s| format!("site-{s}")),
+            rtt_ms: (rtt / 1_000_000).max(1) as u32,
+            origin: about == BUILDER,
+        }
+    }
+
+    /// Open the connection between devices `a` and `b` if they can reach each other.
+    pub(crate) fn connect(&mut self, a: u32, b: u32) {
+        let now = self.now;
+        let ok = self.reachable(a, b)
+            && self.devs[a as usize]
+                .conns
+                .iter()
+                .any(|c| c.peer == b && !c.up && c.blocked_until <= now);
+        if !ok {
+            return;
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(c) = self.conn_mut(x, y) {
+                c.up = true;
+            }
+        }
+        let rtt = 2 * self.latency(a, b);
+        for (x, y) in [(a, b), (b, a)] {
+            let peer = self.pid(y);
+            let info = self.info(y, rtt);
+            self.feed(x, Input::PeerConnected { peer, info });
+            self.byzantine_hello(y, x);
+        }
+    }
+
+    /// Open the origin's connection to device `d`.
+    pub(crate) fn connect_origin(&mut self, d: u32) {
+        if self.devs[d as usize].origin_up || !self.reachable(d, BUILDER) {
+            return;
+        }
+        self.devs[d as usize].origin_up = true;
+        let rtt = 2 * self.latency(d, BUILDER);
+        let info = self.info(BUILDER, rtt);
+        let peer = self.origin_id;
+        self.feed(d, Input::PeerConnected { peer, info });
+        if self.announced {
+            let t = self.now + self.latency(BUILDER, d);
+            let have = Box::new(self.full.clone());
+            self.push(
+                t,
+                Ev::Bitfield {
+                    to: d,
+                    from: BUILDER,
+                    have,
+                },
+            );
+        }
+    }
+
+    /// A byzantine device claims every chunk to a peer it just connected to.
+    pub(crate) fn byzantine_hello(&mut self, byz: u32, to: u32) {
+        if byz == BUILDER || self.devs[byz as usize].byz.is_none() || !self.announced {
+            return;
+        }
+        let t = self.now + self.latency(byz, to);
+        let have = Box::new(self.full.clone());
+        self.push(
+            t,
+            Ev::Bitfield {
+                to,
+                from: byz,
+                have,
+            },
+        );
+    }
+
+    /// Close the connection `a`–`b` (builder included); `block` keeps it closed until then.
+    pub(crate) fn disconnect(&mut self, a: u32, b: u32, block: Option<Nanos>) {
+        let was = self.connected(a, b);
+        if a == BUILDER || b == BUILDER {
+            let d = if a == BUILDER { b } else { a };
+            self.devs[d as usize].origin_up = false;
+        } else {
+            for (x, y) in [(a, b), (b, a)] {
+                if let Some(c) = self.conn_mut(x, y) {
+                    c.up = false;
+                    if let Some(until) = block {
+                        c.blocked_until = c.blocked_until.max(until);
+                    }
+                }
+            }
+        }
+        let (ea, eb) = (Self::endpoint(a), Self::endpoint(b));
+        let gone = self.net.cancel_where(self.now, |x, y| {
+            (x == ea && y == eb) || (x == eb && y == ea)
+        });
+        for g in gone {
+            self.free_rec(g.tag as u32);
+        }
+        if was {
+            for (x, y) in [(a, b), (b, a)] {
+                if x != BUILDER {
+                    let peer = self.pid(y);
+                    self.feed(x, Input::PeerDisconnected { peer });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn free_rec(&mut self, r: u32) {
+        let rec = &mut self.recs[r as usize];
+        if !rec.live {
+            return;
+        }
+        rec.live = false;
+        let (to, from, index) = (rec.to, rec.from, rec.index);
+        if from == BUILDER && index != u32::MAX {
+            self.origin_uploads -= 1;
+        }
+        self.fetches.remove(&(to, from, index));
+        self.free_recs.push(r);
+    }
+
+    fn new_rec(&mut self, rec: Rec) -> u32 {
+        match self.free_recs.pop() {
+            Some(r) => {
+                self.recs[r as usize] = rec;
+                r
+            }
+            None => {
+                self.recs.push(rec);
+                self.recs.len() as u32 - 1
+            }
+        }
+    }
+
+    /// Feed `input` to device `d`'s node and carry out its outputs.
+    pub(crate) fn feed(&mut self, d: u32, input: Input) {
+        let now = ms(self.now);
+        let Some(node) = self.devs[d as usize].node.as_mut() else {
+            return;
+        };
+        node.handle(now, input);
+        self.drain(d);
+    }
+
+    /// Carry out every pending output of `d`, check its invariants, arm its timer.
+    pub(crate) fn drain(&mut self, d: u32) {
+        let mut outs = std::mem::take(&mut self.outs);
+        loop {
+            {
+                let Some(node) = self.devs[d as usize].node.as_mut() else {
+                    break;
+                };
+                outs.extend(std::iter::from_fn(|| node.poll_output()));
+            }
+            if outs.is_empty() {
+                break;
+            }
+            for out in outs.drain(..) {
+                self.effect(d, out);
+            }
+        }
+        self.outs = outs;
+        self.check(d);
+        let next = self.devs[d as usize]
+            .node
+            .as_ref()
+            .and_then(|n| n.poll_timeout())
+            .map(|t| (t.0 * 1_000_000).max(self.now));
+        let dev = &mut self.devs[d as usize];
+        if next != dev.timer_at {
+            dev.timer_at = next;
+            if let Some(t) = next {
+                self.push(t, Ev::Timer(d));
+            }
+        }
+    }
+
+    fn effect(&mut self, d: u32, out: Output) {
+        if std::env::var_os("SIM_DEBUG").is_some() && d < 2 {
+            eprintln!("{:.4} dev{d}: {:?}", super::secs(self.now), out);
+        }
+        match out {
+            Output::GossipVerdict {
+                id,
+                verdict: Verdict::Accept,
+            } => {
+                self.forward_gossip(d, id.0 as u16);
+            }
+            Output::SyncGossip { peer, messages } => {
+                let Some(p) = self.index_of(&peer) else {
+                    return;
+                };
+                for bytes in messages {
+                    if let Some(&msg) = self.gossip_index.get(&bytes)
+                        && p != BUILDER
+                    {
+                        let t = self.now + self.latency(d, p);
+                        self.push(
+                            t,
+                            Ev::Gossip {
+                                to: p,
+                                from: d,
+                                msg,
+                            },
+                        );
+                    }
+                }
+            }
+            Output::SendBitfield { peer, have, .. } => {
+                let Some(p) = self.index_of(&peer) else {
+                    return;
+                };
+                if p != BUILDER && self.devs[p as usize].node.is_some() {
+                    let t = self.now + self.message_delay(d, p);
+                    self.push(
+                        t,
+                        Ev::Bitfield {
+                            to: p,
+                            from: d,
+                            have: Box::new(have),
+                        },
+                    );
+                }
+            }
+            Output::Advertise { index, .. } => self.advertise(d, index),
+            Output::FetchManifest { peer, .. } => {
+                let Some(p) = self.index_of(&peer) else {
+                    return;
+                };
+                self.serve_manifest(d, p);
+            }
+            Output::FetchChunk { peer, index, .. } => {
+                let Some(p) = self.index_of(&peer) else {
+                    return;
+                };
+                self.serve_chunk(d, p, index);
+            }
+            Output::CancelFetch { peer, index, .. } => {
+                let Some(p) = self.index_of(&peer) else {
+                    return;
+                };
+                if let Some(r) = self.fetches.get(&(d, p, index)).copied() {
+                    self.net
+                        .cancel(self.now, Self::endpoint(p), Self::endpoint(d), u64::from(r));
+                    self.free_rec(r);
+                }
+            }
+            Output::DropPeer { peer, reason } => {
+                let Some(p) = self.index_of(&peer) else {
+                    return;
+                };
+                let until = self.now + ns(REDIAL_S);
+                self.disconnect(d, p, Some(until));
+                if p != BUILDER && reason != DropReason::BadData {
+                    self.push(until, Ev::Redial { a: d, b: p });
+                }
+            }
+            Output::BanPeer { peer, until, .. } => {
+                let Some(p) = self.index_of(&peer) else {
+                    return;
+                };
+                self.m.peers_banned += 1;
+                let until = until.0.saturating_mul(1_000_000);
+                self.disconnect(d, p, Some(until));
+            }
+            Output::Persist(snap) => self.devs[d as usize].snapshot = Some(snap),
+            Output::Apply { sequence, manifest } => self.apply(d, sequence, &manifest),
+            Output::Rollback { .. } => {
+                self.devs[d as usize].runtime = Runtime::RolledBack;
+            }
+            Output::Report { envelope, report } => {
+                if report.sequence != self.release.announcement.sequence {
+                    return;
+                }
+                let healthy = match report.state {
+                    DeviceState::Healthy => Some(true),
+                    DeviceState::Failed | DeviceState::RolledBack => Some(false),
+                    _ => None,
+                };
+                if self.reachable(d, BUILDER) {
+                    let t = self.now + self.message_delay(d, BUILDER);
+                    self.push(
+                        t,
+                        Ev::Report {
+                            from: d,
+                            envelope,
+                            healthy,
+                        },
+                    );
+                }
+            }
+            Output::Event(Event::Staged { sequence })
+                if sequence == self.release.announcement.sequence
+                    && self.devs[d as usize].staged_at.is_none() =>
+            {
+                self.devs[d as usize].staged_at = Some(self.now);
+            }
+            Output::Event(Event::Announced { sequence })
+                if sequence == self.release.announcement.sequence =>
+            {
+                self.resend_availability(d);
+            }
+            Output::Event(_) => {}
+            _ => {}
+        }
+    }
+
+    /// Availability sent to `d` before it knew the release was dropped by its core; the
+    /// transport asks its peers again once `d` accepted the announcement (see the "Requests
+    /// from sim" in `/work/core-api.md`).
+    fn resend_availability(&mut self, d: u32) {
+        let seq = self.release.announcement.sequence;
+        if self.devs[d as usize].origin_up {
+            let t = self.now + 2 * self.latency(d, BUILDER);
+            let have = Box::new(self.full.clone());
+            self.push(
+                t,
+                Ev::Bitfield {
+                    to: d,
+                    from: BUILDER,
+                    have,
+                },
+            );
+        }
+        for k in 0..self.devs[d as usize].conns.len() {
+            let c = self.devs[d as usize].conns[k];
+            if !c.up {
+                continue;
+            }
+            let peer = &self.devs[c.peer as usize];
+            let have = if peer.byz.is_some() {
+                Some(self.full.clone())
+            } else {
+                peer.node.as_ref().and_then(|n| {
+                    n.release()
+                        .is_some_and(|r| r.manifest.sequence == seq)
+                        .then(|| n.have().cloned())
+                        .flatten()
+                })
+            };
+            if let Some(have) = have {
+                let t = self.now + 2 * self.latency(d, c.peer);
+                self.push(
+                    t,
+                    Ev::Bitfield {
+                        to: d,
+                        from: c.peer,
+                        have: Box::new(have),
+                    },
+                );
+            }
+        }
+    }
+
+    fn apply(&mut self, d: u32, sequence: ReleaseSeq, manifest: &shoal_protocol::ReleaseManifest) {
+        let dev = &self.devs[d as usize];
+        if sequence != self.release.announcement.sequence || *manifest != self.release.manifest {
+            self.fail(
+                d,
+                format!("applied {sequence} whose manifest was not the signed one"),
+            );
+            return;
+        }
+        let opened = self.control.max_open();
+        if opened.is_none_or(|w| dev.wave > w) {
+            self.fail(
+                d,
+                format!(
+                    "applied {sequence} in wave {} while the open wave is {opened:?}",
+                    dev.wave
+                ),
+            );
+            return;
+        }
+        self.devs[d as usize].runtime = Runtime::Applying;
+        self.m.pending_runtime += 1;
+        let t = self.now + ns(self.sc.runtime.apply_s);
+        self.push(
+            t,
+            Ev::ApplyDone {
+                dev: d,
+                seq: sequence,
+            },
+        );
+    }
+
+    fn advertise(&mut self, d: u32, index: u32) {
+        for k in 0..self.devs[d as usize].conns.len() {
+            let c = self.devs[d as usize].conns[k];
+            if !c.up || self.devs[c.peer as usize].node.is_none() {
+                continue;
+            }
+            let batch = self.have_batches.entry((d, c.peer)).or_default();
+            batch.push(index);
+            if batch.len() == 1 {
+                let t = self.now + self.message_delay(d, c.peer);
+                self.push(
+                    t,
+                    Ev::Haves {
+                        to: c.peer,
+                        from: d,
+                    },
+                );
+            }
+        }
+    }
+
+    fn forward_gossip(&mut self, d: u32, msg: u16) {
+        let hop = ns(self.sc.gossip.hop_delay_ms / 1000.0);
+        for k in 0..self.mesh[d as usize].len() {
+            let p = self.mesh[d as usize][k];
+            if self.devs[p as usize].seen_gossip & (1 << msg) != 0 {
+                continue;
+            }
+            if self.rng.chance(self.sc.gossip.loss) {
+                continue;
+            }
+            let t = self.now + hop + self.latency(d, p);
+            self.push(
+                t,
+                Ev::Gossip {
+                    to: p,
+                    from: d,
+                    msg,
+                },
+            );
+        }
+    }
+
+    /// Publish a gossip message from the origin.
+    pub(crate) fn publish(&mut self, bytes: Vec<u8>) {
+        let msg = self.gossip.len() as u16;
+        if msg >= 64 {
+            return;
+        }
+        self.gossip_index.insert(bytes.clone(), msg);
+        self.gossip.push(bytes.into());
+        let hop = ns(self.sc.gossip.hop_delay_ms / 1000.0);
+        for k in 0..self.origin_mesh.len() {
+            let p = self.origin_mesh[k];
+            let t = self.now + hop + self.latency(BUILDER, p);
+            self.push(
+                t,
+                Ev::Gossip {
+                    to: p,
+                    from: BUILDER,
+                    msg,
+                },
+            );
+        }
+    }
+
+    fn reply_chunk(&mut self, to: u32, from: u32, index: u32, err: FetchError) {
+        let t = self.now + 2 * self.latency(to, from);
+        self.push(
+            t,
+            Ev::Chunk {
+                to,
+                from,
+                index,
+                result: Err(err),
+            },
+        );
+    }
+
+    fn serve_chunk(&mut self, to: u32, from: u32, index: u32) {
+        if self.devs[to as usize].stored.get(index) {
+            self.push(
+                self.now,
+                Ev::Chunk {
+                    to,
+                    from,
+                    index,
+                    result: Ok((0, self.now)),
+                },
+            );
+            return;
+        }
+        if !self.connected(to, from) || !self.reachable(to, from) {
+            self.reply_chunk(to, from, index, FetchError::Io);
+            return;
+        }
+        let size = match self.release.chunks.get(index as usize) {
+            Some(c) => u64::from(c.size),
+            None => {
+                self.reply_chunk(to, from, index, FetchError::NotFound);
+                return;
+            }
+        };
+        let mut cap = f64::INFINITY;
+        let mut corrupt = false;
+        if from == BUILDER {
+            if self.origin_uploads >= super::ORIGIN_UPLOAD_SLOTS {
+                self.reply_chunk(to, from, index, FetchError::Busy);
+                return;
+            }
+            self.origin_uploads += 1;
+        } else {
+            let server = &self.devs[from as usize];
+            match server.byz {
+                Some(Byzantine::Corrupt) => corrupt = true,
+                Some(Byzantine::FalseAdverts) => {
+                    self.reply_chunk(to, from, index, FetchError::NotFound);
+                    return;
+                }
+                Some(Byzantine::Trickle) => cap = TRICKLE_BYTES_PER_S,
+                None => {
+                    let seq = self.release.announcement.sequence;
+                    let has = server
+                        .node
+                        .as_ref()
+                        .is_some_and(|n| n.has_chunk(seq, index));
+                    if !has {
+                        self.reply_chunk(to, from, index, FetchError::NotFound);
+                        return;
+                    }
+                }
+            }
+        }
+        self.start_transfer(to, from, index, size, corrupt, cap);
+    }
+
+    fn start_transfer(
+        &mut self,
+        to: u32,
+        from: u32,
+        index: u32,
+        size: u64,
+        corrupt: bool,
+        cap: f64,
+    ) {
+        if let Some(old) = self.fetches.get(&(to, from, index)).copied() {
+            // A repeated request for the same chunk from the same peer replaces the old one.
+            self.net.cancel(
+                self.now,
+                Self::endpoint(from),
+                Self::endpoint(to),
+                u64::from(old),
+            );
+            self.free_rec(old);
+        }
+        let r = self.new_rec(Rec {
+            to,
+            from,
+            index,
+            started: self.now,
+            bytes: size,
+            corrupt,
+            live: true,
+        });
+        self.fetches.insert((to, from, index), r);
+        let ok = self.net.start(
+            self.now,
+            Self::endpoint(from),
+            Self::endpoint(to),
+            size,
+            u64::from(r),
+            cap,
+        );
+        if !ok {
+            self.free_rec(r);
+            self.reply_chunk(to, from, index, FetchError::Io);
+        }
+    }
+
+    fn serve_manifest(&mut self, to: u32, from: u32) {
+        let size = self.release.manifest_bytes.len() as u64;
+        if !self.connected(to, from) || !self.reachable(to, from) {
+            let t = self.now + 2 * self.latency(to, from);
+            self.push(
+                t,
+                Ev::Manifest {
+                    to,
+                    from,
+                    result: Err(FetchError::Io),
+                },
+            );
+            return;
+        }
+        let (corrupt, cap) = match from {
+            BUILDER => (false, f64::INFINITY),
+            f => match self.devs[f as usize].byz {
+                Some(Byzantine::Corrupt) => (true, f64::INFINITY),
+                Some(Byzantine::Trickle) => (false, TRICKLE_BYTES_PER_S),
+                Some(Byzantine::FalseAdverts) => {
+                    let t = self.now + 2 * self.latency(to, from);
+                    self.push(
+                        t,
+                        Ev::Manifest {
+                            to,
+                            from,
+                            result: Err(FetchError::NotFound),
+                        },
+                    );
+                    return;
+                }
+                None => {
+                    let has = self.devs[f as usize].node.as_ref().is_some_and(|n| {
+                        n.release().is_some_and(|r| {
+                            r.manifest.sequence == self.release.announcement.sequence
+                        })
+                    });
+                    if !has {
+                        let t = self.now + 2 * self.latency(to, from);
+                        self.push(
+                            t,
+                            Ev::Manifest {
+                                to,
+                                from,
+                                result: Err(FetchError::NotFound),
+                            },
+                        );
+                        return;
+                    }
+                    (false, f64::INFINITY)
+                }
+            },
+        };
+        self.start_transfer(to, from, u32::MAX, size, corrupt, cap);
+    }
+
+    /// The net finished transfer `r`: the answer reaches the receiver one latency later.
+    pub(crate) fn transfer_done(&mut self, r: u64) {
+        let rec = self.recs[r as usize];
+        if !rec.live {
+            return;
+        }
+        self.free_rec(r as u32);
+        let t = self.now + self.latency(rec.to, rec.from);
+        if rec.index == u32::MAX {
+            self.push(
+                t,
+                Ev::Manifest {
+                    to: rec.to,
+                    from: rec.from,
+                    result: Ok(rec.corrupt),
+                },
+            );
+        } else {
+            let result = if rec.corrupt {
+                Err(FetchError::DigestMismatch)
+            } else {
+                Ok((rec.bytes, rec.started))
+            };
+            self.push(
+                t,
+                Ev::Chunk {
+                    to: rec.to,
+                    from: rec.from,
+                    index: rec.index,
+                    result,
+                },
+            );
+        }
+    }
+
+    /// Safety invariants of device `d`, after each of its inputs.
+    fn check(&mut self, d: u32) {
+        let Some(node) = self.devs[d as usize].node.as_ref() else {
+            return;
+        };
+        let highest = node.highest().map_or(0, |h| h.0.0);
+        let applied = node.applied().map_or(0, |s| s.0);
+        let have_chunks = node.progress().map_or(0, |p| p.have_chunks);
+        let dev = &self.devs[d as usize];
+        let (last_highest, last_applied) = (dev.last_highest, dev.last_applied);
+        if highest < last_highest {
+            self.fail(
+                d,
+                format!("highest sequence went from {last_highest} down to {highest}"),
+            );
+        }
+        if applied < last_applied {
+            self.fail(
+                d,
+                format!("applied sequence went from {last_applied} down to {applied}"),
+            );
+        }
+        let bytes = u64::from(have_chunks) * self.sc.chunk_bytes();
+        if bytes > STORE_QUOTA_BYTES {
+            self.fail(
+                d,
+                format!("store holds {bytes} bytes, above its quota {STORE_QUOTA_BYTES}"),
+            );
+        }
+        let dev = &mut self.devs[d as usize];
+        dev.last_highest = dev.last_highest.max(highest);
+        dev.last_applied = dev.last_applied.max(applied);
+    }
+}

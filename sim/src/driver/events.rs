@@ -1,0 +1,375 @@
+//! Dispatching queued events: deliveries, timers, the runtime, faults, the announcement.
+
+use std::sync::Arc;
+
+use shoal_node::core::{FetchStats, Input, MessageId, Node};
+use shoal_node::testing::TEST_EPOCH;
+
+use super::effects::ms;
+use super::{BUILDER, Ev, Runtime, Sim, ns};
+use crate::faults::Fault;
+
+impl Sim {
+    pub(crate) fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Timer(d) => {
+                self.record(2, d, 0, 0);
+                let dev = &mut self.devs[d as usize];
+                if dev.timer_at != Some(self.now) {
+                    return;
+                }
+                dev.timer_at = None;
+                let now = ms(self.now);
+                if let Some(node) = dev.node.as_mut() {
+                    node.handle_timeout(now);
+                    self.drain(d);
+                }
+            }
+            Ev::Gossip { to, from, msg } => {
+                self.record(3, to, from, u64::from(msg));
+                let dev = &self.devs[to as usize];
+                if dev.seen_gossip & (1 << msg) != 0 || !self.reachable(to, from) {
+                    return;
+                }
+                self.devs[to as usize].seen_gossip |= 1 << msg;
+                let bytes = self.gossip[msg as usize].to_vec();
+                let from_id = self.pid(from);
+                self.feed(
+                    to,
+                    Input::Gossip {
+                        from: from_id,
+                        id: MessageId(u64::from(msg)),
+                        bytes,
+                    },
+                );
+            }
+            Ev::Haves { to, from } => {
+                let batch = self.have_batches.remove(&(from, to)).unwrap_or_default();
+                self.record(4, to, from, batch.len() as u64);
+                if !self.connected(to, from) {
+                    return;
+                }
+                let peer = self.pid(from);
+                let sequence = self.release.announcement.sequence;
+                let now = ms(self.now);
+                let Some(node) = self.devs[to as usize].node.as_mut() else {
+                    return;
+                };
+                for index in batch {
+                    node.handle(
+                        now,
+                        Input::PeerHaveChunk {
+                            peer,
+                            sequence,
+                            index,
+                        },
+                    );
+                }
+                self.drain(to);
+            }
+            Ev::Bitfield { to, from, have } => {
+                self.record(5, to, from, u64::from(have.count_ones()));
+                if !self.connected(to, from) {
+                    return;
+                }
+                let peer = self.pid(from);
+                let sequence = self.release.announcement.sequence;
+                self.feed(
+                    to,
+                    Input::PeerHave {
+                        peer,
+                        sequence,
+                        have: *have,
+                    },
+                );
+            }
+            Ev::Chunk {
+                to,
+                from,
+                index,
+                result,
+            } => {
+                self.record(
+                    6,
+                    to,
+                    from,
+                    u64::from(index) << 1 | u64::from(result.is_ok()),
+                );
+                let sequence = self.release.announcement.sequence;
+                let result = result.map(|(bytes, started)| {
+                    if self.devs[to as usize].node.is_some() {
+                        self.devs[to as usize].stored.set(index);
+                    }
+                    FetchStats {
+                        bytes,
+                        elapsed_ms: (self.now - started) / 1_000_000,
+                    }
+                });
+                let corrupt = result.is_err();
+                let peer = self.pid(from);
+                self.feed(
+                    to,
+                    Input::ChunkFetched {
+                        peer,
+                        sequence,
+                        index,
+                        result,
+                    },
+                );
+                if corrupt {
+                    self.check_store(to, index);
+                }
+            }
+            Ev::Manifest { to, from, result } => {
+                self.record(7, to, from, u64::from(result.is_ok()));
+                let sequence = self.release.announcement.sequence;
+                let result = result.map(|corrupt| {
+                    if corrupt {
+                        let mut b = self.release.manifest_bytes.to_vec();
+                        let mid = b.len() / 2;
+                        b[mid] ^= 0xff;
+                        Arc::from(b)
+                    } else {
+                        self.release.manifest_bytes.clone()
+                    }
+                });
+                let peer = self.pid(from);
+                self.feed(
+                    to,
+                    Input::ManifestFetched {
+                        peer,
+                        sequence,
+                        result,
+                    },
+                );
+            }
+            Ev::Report {
+                from,
+                envelope,
+                healthy,
+            } => {
+                self.record(8, from, 0, u64::from(healthy.unwrap_or(false)));
+                if let Some(h) = healthy {
+                    self.wave_report(from, h);
+                }
+                let actions = self.control.on_report(self.now, &envelope);
+                self.publish_controls(actions);
+            }
+            Ev::ApplyDone { dev, seq } => {
+                self.record(9, dev, 0, seq.0);
+                self.m.pending_runtime -= 1;
+                if self.devs[dev as usize].node.is_none() {
+                    return;
+                }
+                self.m.pending_runtime += 1;
+                let t = self.now + ns(self.sc.runtime.health_s);
+                self.push(t, Ev::Health { dev, seq });
+                self.feed(
+                    dev,
+                    Input::ApplyFinished {
+                        sequence: seq,
+                        result: Ok(()),
+                    },
+                );
+            }
+            Ev::Health { dev, seq } => {
+                self.record(10, dev, 0, seq.0);
+                self.m.pending_runtime -= 1;
+                if self.devs[dev as usize].node.is_none() {
+                    return;
+                }
+                let wave = self.devs[dev as usize].wave;
+                let fails = self.sc.runtime.fail_in_waves.contains(&wave)
+                    || self.rng.chance(self.sc.runtime.fail_chance);
+                self.devs[dev as usize].runtime = if fails {
+                    Runtime::Failed
+                } else {
+                    Runtime::Healthy
+                };
+                self.feed(
+                    dev,
+                    Input::HealthResult {
+                        sequence: seq,
+                        healthy: !fails,
+                        detail: if fails { "health check failed" } else { "ok" }.to_string(),
+                    },
+                );
+            }
+            Ev::Fault(f) => {
+                self.record(11, 0, 0, 0);
+                self.fault(f);
+            }
+            Ev::Redial { a, b } => {
+                self.record(12, a, b, 0);
+                self.connect(a, b);
+            }
+            Ev::ControlTick => {
+                self.record(13, 0, 0, 0);
+                let actions = self.control.tick(self.now);
+                self.publish_controls(actions);
+            }
+            Ev::Announce => {
+                self.record(14, 0, 0, 0);
+                self.announced = true;
+                let ann = self.release.announcement_gossip.clone();
+                self.publish(ann);
+                for d in 0..self.devs.len() as u32 {
+                    if self.devs[d as usize].origin_up {
+                        let t = self.now + self.latency(BUILDER, d);
+                        let have = Box::new(self.full.clone());
+                        self.push(
+                            t,
+                            Ev::Bitfield {
+                                to: d,
+                                from: BUILDER,
+                                have,
+                            },
+                        );
+                    }
+                    if self.devs[d as usize].byz.is_some() {
+                        for k in 0..self.devs[d as usize].conns.len() {
+                            let c = self.devs[d as usize].conns[k];
+                            if c.up {
+                                self.byzantine_hello(d, c.peer);
+                            }
+                        }
+                    }
+                }
+                let actions = self.control.start(self.now);
+                self.publish_controls(actions);
+            }
+        }
+    }
+
+    /// A corrupt chunk was reported: the node must not count it as stored.
+    fn check_store(&mut self, d: u32, index: u32) {
+        let dev = &self.devs[d as usize];
+        let seq = self.release.announcement.sequence;
+        if dev.node.as_ref().is_some_and(|n| n.has_chunk(seq, index)) && !dev.stored.get(index) {
+            self.m.corrupt_stored += 1;
+            self.fail(
+                d,
+                format!("chunk {index} stored although its bytes did not verify"),
+            );
+        }
+    }
+
+    fn wave_report(&mut self, d: u32, healthy: bool) {
+        let w = self.devs[d as usize].wave as usize;
+        if healthy {
+            self.m.wave_healthy[w] += 1;
+            let members = self
+                .devs
+                .iter()
+                .filter(|x| x.byz.is_none() && x.wave as usize == w)
+                .count() as u32;
+            if self.m.wave_healthy[w] >= members && self.m.wave_finished[w].is_none() {
+                self.m.wave_finished[w] = Some(self.now);
+            }
+        }
+    }
+
+    /// Publish what the controller decided, and arm its next tick.
+    pub(crate) fn publish_controls(&mut self, actions: Vec<Vec<u8>>) {
+        for bytes in actions {
+            self.publish(bytes);
+        }
+        for (w, t) in self.control.opened() {
+            if self.m.wave_opened[w as usize].is_none() {
+                self.m.wave_opened[w as usize] = Some(t);
+            }
+        }
+        if let Some(t) = self.control.take_tick() {
+            self.push(t.max(self.now), Ev::ControlTick);
+        }
+    }
+
+    fn fault(&mut self, f: Fault) {
+        match f {
+            Fault::Offline(d) | Fault::Crash(d) => {
+                self.devs[d as usize].online = false;
+                let peers: Vec<u32> = self.devs[d as usize].conns.iter().map(|c| c.peer).collect();
+                for p in peers {
+                    self.disconnect(d, p, None);
+                }
+                self.disconnect(d, BUILDER, None);
+                if matches!(f, Fault::Crash(_)) {
+                    let dev = &mut self.devs[d as usize];
+                    dev.node = None;
+                    dev.timer_at = None;
+                    if dev.runtime == Runtime::Applying {
+                        dev.runtime = Runtime::Idle;
+                    }
+                }
+            }
+            Fault::Online(d) | Fault::Restart(d) => {
+                if matches!(f, Fault::Restart(_)) {
+                    self.restart(d);
+                }
+                self.devs[d as usize].online = true;
+                self.connect_origin(d);
+                let peers: Vec<u32> = self.devs[d as usize].conns.iter().map(|c| c.peer).collect();
+                for p in peers {
+                    self.connect(d, p);
+                }
+            }
+            Fault::PartitionStart(s) => {
+                self.partitioned[s as usize] = true;
+                for d in 0..self.devs.len() as u32 {
+                    if self.devs[d as usize].site != s {
+                        continue;
+                    }
+                    self.disconnect(d, BUILDER, None);
+                    let peers: Vec<u32> = self.devs[d as usize]
+                        .conns
+                        .iter()
+                        .filter(|c| c.up)
+                        .map(|c| c.peer)
+                        .collect();
+                    for p in peers {
+                        if self.devs[p as usize].site != s {
+                            self.disconnect(d, p, None);
+                        }
+                    }
+                }
+            }
+            Fault::PartitionEnd(s) => {
+                self.partitioned[s as usize] = false;
+                for d in 0..self.devs.len() as u32 {
+                    if self.devs[d as usize].site != s {
+                        continue;
+                    }
+                    self.connect_origin(d);
+                    let peers: Vec<u32> =
+                        self.devs[d as usize].conns.iter().map(|c| c.peer).collect();
+                    for p in peers {
+                        self.connect(d, p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bring a crashed device back from its last snapshot.
+    fn restart(&mut self, d: u32) {
+        let dev = &self.devs[d as usize];
+        let key = shoal_node::testing::device_key(u64::from(d));
+        let mut cfg = self.fleet.config(u64::from(d));
+        cfg.key = key;
+        cfg.site = Some(format!("site-{}", dev.site));
+        cfg.releases = self.cache.clone();
+        let seed = dev.seed ^ self.now;
+        let node = match dev.snapshot.clone() {
+            Some(s) => Node::resume(cfg, *s, seed),
+            None => Node::new(cfg, seed),
+        };
+        let dev = &mut self.devs[d as usize];
+        dev.node = Some(node);
+        dev.staged_at = None;
+        dev.seen_gossip = 0;
+        self.feed(
+            d,
+            Input::WallClock(TEST_EPOCH.plus_secs(self.now / 1_000_000_000)),
+        );
+    }
+}

@@ -1,0 +1,703 @@
+//! Flow-level network model in virtual time.
+//!
+//! Bytes move as *flows*, not packets. Every ordered pair of endpoints that has chunk transfers
+//! outstanding is one flow (a connection with pipelined requests): its transfers are served one
+//! after another, first in first out, at the flow's rate. A flow crosses a fixed path of
+//! capacity-limited links:
+//!
+//! - device → device on the same site: sender up, receiver down (the site LAN is a non-blocking
+//!   switch whose port speed caps every device's up and down);
+//! - device → device across sites: sender up, sender site WAN up, receiver site WAN down,
+//!   receiver down;
+//! - builder → device: builder up, receiver site WAN down, receiver down.
+//!
+//! Rates are max-min fair (progressive filling) and are recomputed only when the set of flows
+//! changes, and then only for the affected *bottleneck group*: cross-site and builder flows form
+//! the global group, each site's local flows form a group of their own. The global group is
+//! filled first; a site's local flows share what the global flows leave on the device links
+//! (they rarely compete: WAN links are the global flows' bottleneck). Changes within one instant
+//! are batched: [`Net::flush`] recomputes each dirty group once. Completion events live in a
+//! priority queue; a rate change reschedules the flow's head transfer and leaves the stale event
+//! to be skipped when popped.
+//!
+//! Chunk streams are reliable (QUIC retransmits); loss applies to control messages, which the
+//! driver models, not to flows. A per-flow rate cap models a peer that trickles bytes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// Virtual time in nanoseconds.
+pub type Nanos = u64;
+
+/// One second in [`Nanos`].
+pub const SECOND: Nanos = 1_000_000_000;
+
+/// Who sends or receives a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// The builder's origin.
+    Builder,
+    /// Device by index.
+    Device(u32),
+}
+
+/// Capacities of the modelled network, in bytes per second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// Builder uplink.
+    pub builder_up: f64,
+    /// Per site: (WAN up, WAN down).
+    pub sites: Vec<(f64, f64)>,
+    /// Per device: (site, up, down), the caps already combined with the LAN port speed.
+    pub devices: Vec<(u32, f64, f64)>,
+}
+
+/// A finished transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    /// Sender.
+    pub from: Endpoint,
+    /// Receiver.
+    pub to: Endpoint,
+    /// The caller's tag given at [`Net::start`].
+    pub tag: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Transfer {
+    tag: u64,
+    bytes_left: f64,
+}
+
+const GLOBAL: u32 = u32::MAX;
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Clone)]
+struct Flow {
+    from: Endpoint,
+    to: Endpoint,
+    links: [u32; 4],
+    nlinks: u8,
+    /// Site index for a local flow, [`GLOBAL`] otherwise.
+    group: u32,
+    /// Position in its group's flow list.
+    group_pos: u32,
+    rate: f64,
+    cap: f64,
+    queue: VecDeque<Transfer>,
+    since: Nanos,
+    version: u32,
+    /// Site whose WAN down this flow crosses, for ingress accounting.
+    ingress_site: u32,
+    live: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Group {
+    flows: Vec<u32>,
+    dirty: bool,
+}
+
+/// Byte counters of the run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    /// Bytes the builder sent (including transfers cancelled midway).
+    pub builder_egress: f64,
+    /// Bytes that entered each site over its WAN down.
+    pub site_ingress: Vec<f64>,
+    /// Bytes moved by all flows.
+    pub total: f64,
+    /// Rate recomputations of a group.
+    pub recomputes: u64,
+}
+
+/// The network: flows, rates and completion events.
+#[derive(Debug)]
+pub struct Net {
+    caps: Vec<f64>,
+    global_use: Vec<f64>,
+    device_site: Vec<u32>,
+    nsites: u32,
+    flows: Vec<Flow>,
+    free: Vec<u32>,
+    pairs: HashMap<(Endpoint, Endpoint), u32>,
+    groups: Vec<Group>,
+    dirty_groups: Vec<u32>,
+    events: BinaryHeap<Reverse<(Nanos, u32, u32)>>,
+    counters: Counters,
+    scratch: Scratch,
+    global_links: Vec<u32>,
+    prev_use: Vec<f64>,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    pos: Vec<u32>,
+    fill_at: Vec<u32>,
+    rem: Vec<f64>,
+    cnt: Vec<u32>,
+    seen: Vec<u32>,
+    epoch: u32,
+    touched: Vec<u32>,
+    adj_start: Vec<u32>,
+    adj: Vec<u32>,
+    rate: Vec<f64>,
+    frozen: Vec<bool>,
+    heap: BinaryHeap<Reverse<(OrdF64, u32)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Entries of the filling heap: links have their index, caps have `CAP_BIT | flow position`.
+const CAP_BIT: u32 = 1 << 31;
+
+impl Net {
+    /// A network with no flows.
+    pub fn new(topo: &Topology) -> Net {
+        let nsites = topo.sites.len() as u32;
+        let mut caps = vec![topo.builder_up];
+        for &(up, down) in &topo.sites {
+            caps.push(up);
+            caps.push(down);
+        }
+        for &(_, up, down) in &topo.devices {
+            caps.push(up);
+            caps.push(down);
+        }
+        let nlinks = caps.len();
+        Net {
+            global_use: vec![0.0; nlinks],
+            caps,
+            device_site: topo.devices.iter().map(|d| d.0).collect(),
+            nsites,
+            flows: Vec::new(),
+            free: Vec::new(),
+            pairs: HashMap::new(),
+            groups: vec![Group::default(); nsites as usize + 1],
+            dirty_groups: Vec::new(),
+            events: BinaryHeap::new(),
+            counters: Counters {
+                site_ingress: vec![0.0; nsites as usize],
+                ..Counters::default()
+            },
+            global_links: Vec::new(),
+            prev_use: vec![0.0; nlinks],
+            scratch: Scratch {
+                pos: vec![0; nlinks],
+                seen: vec![0; nlinks],
+                rem: vec![0.0; nlinks],
+                cnt: vec![0; nlinks],
+                ..Scratch::default()
+            },
+        }
+    }
+
+    fn wan_up(&self, site: u32) -> u32 {
+        1 + 2 * site
+    }
+    fn wan_down(&self, site: u32) -> u32 {
+        2 + 2 * site
+    }
+    fn dev_up(&self, d: u32) -> u32 {
+        1 + 2 * self.nsites + 2 * d
+    }
+    fn dev_down(&self, d: u32) -> u32 {
+        2 + 2 * self.nsites + 2 * d
+    }
+
+    /// The site of a device endpoint.
+    pub fn site_of(&self, e: Endpoint) -> Option<u32> {
+        match e {
+            Endpoint::Builder => None,
+            Endpoint::Device(d) => self.device_site.get(d as usize).copied(),
+        }
+    }
+
+    fn group_index(&self, g: u32) -> usize {
+        if g == GLOBAL {
+            self.nsites as usize
+        } else {
+            g as usize
+        }
+    }
+
+    fn mark_dirty(&mut self, g: u32) {
+        let gi = self.group_index(g);
+        if !self.groups[gi].dirty {
+            self.groups[gi].dirty = true;
+            self.dirty_groups.push(g);
+        }
+    }
+
+    /// Queue a transfer of `bytes` from `from` to `to`, tagged `tag`; `cap` limits the pair's
+    /// rate (bytes/s; a trickling sender). The transfer starts when the pair's earlier transfers
+    /// are done. Sending to oneself or between unknown endpoints is ignored and returns false.
+    pub fn start(
+        &mut self,
+        now: Nanos,
+        from: Endpoint,
+        to: Endpoint,
+        bytes: u64,
+        tag: u64,
+        cap: f64,
+    ) -> bool {
+        if from == to || matches!(to, Endpoint::Builder) {
+            return false;
+        }
+        let known = |e: Endpoint| match e {
+            Endpoint::Builder => true,
+            Endpoint::Device(d) => (d as usize) < self.device_site.len(),
+        };
+        if !known(from) || !known(to) {
+            return false;
+        }
+        let t = Transfer {
+            tag,
+            bytes_left: bytes.max(1) as f64,
+        };
+        if let Some(&fi) = self.pairs.get(&(from, to)) {
+            let f = &mut self.flows[fi as usize];
+            if cap < f.cap {
+                f.cap = cap;
+                let g = f.group;
+                self.mark_dirty(g);
+            }
+            self.flows[fi as usize].queue.push_back(t);
+            return true;
+        }
+        let Endpoint::Device(dst) = to else {
+            return false;
+        };
+        let dst_site = self.device_site[dst as usize];
+        let mut links = [0u32; 4];
+        let (n, group, ingress) = match from {
+            Endpoint::Builder => {
+                links[0] = 0;
+                links[1] = self.wan_down(dst_site);
+                links[2] = self.dev_down(dst);
+                (3, GLOBAL, dst_site)
+            }
+            Endpoint::Device(src) => {
+                let src_site = self.device_site[src as usize];
+                if src_site == dst_site {
+                    links[0] = self.dev_up(src);
+                    links[1] = self.dev_down(dst);
+                    (2, dst_site, NONE)
+                } else {
+                    links[0] = self.dev_up(src);
+                    links[1] = self.wan_up(src_site);
+                    links[2] = self.wan_down(dst_site);
+                    links[3] = self.dev_down(dst);
+                    (4, GLOBAL, dst_site)
+                }
+            }
+        };
+        let gi = self.group_index(group);
+        let flow = Flow {
+            from,
+            to,
+            links,
+            nlinks: n,
+            group,
+            group_pos: self.groups[gi].flows.len() as u32,
+            rate: 0.0,
+            cap,
+            queue: VecDeque::from([t]),
+            since: now,
+            version: 0,
+            ingress_site: ingress,
+            live: true,
+        };
+        let fi = match self.free.pop() {
+            Some(i) => {
+                let v = self.flows[i as usize].version;
+                self.flows[i as usize] = Flow {
+                    version: v.wrapping_add(1),
+                    ..flow
+                };
+                i
+            }
+            None => {
+                self.flows.push(flow);
+                self.flows.len() as u32 - 1
+            }
+        };
+        self.groups[gi].flows.push(fi);
+        self.pairs.insert((from, to), fi);
+        self.mark_dirty(group);
+        true
+    }
+
+    /// Account the bytes a flow moved since it was last settled.
+    fn settle(&mut self, fi: u32, now: Nanos) {
+        let f = &mut self.flows[fi as usize];
+        let dt = now.saturating_sub(f.since) as f64 / SECOND as f64;
+        f.since = now;
+        if f.rate <= 0.0 || dt <= 0.0 {
+            return;
+        }
+        let Some(head) = f.queue.front_mut() else {
+            return;
+        };
+        let moved = (f.rate * dt).min(head.bytes_left);
+        head.bytes_left -= moved;
+        self.counters.total += moved;
+        if f.from == Endpoint::Builder {
+            self.counters.builder_egress += moved;
+        }
+        if f.ingress_site != NONE {
+            self.counters.site_ingress[f.ingress_site as usize] += moved;
+        }
+    }
+
+    fn schedule(&mut self, fi: u32, now: Nanos) {
+        let f = &mut self.flows[fi as usize];
+        f.version = f.version.wrapping_add(1);
+        if f.rate <= 0.0 {
+            return;
+        }
+        if let Some(head) = f.queue.front() {
+            let secs = head.bytes_left / f.rate;
+            let dt = if secs > 1e9 {
+                u64::MAX / 4
+            } else {
+                (secs * SECOND as f64).ceil() as u64
+            };
+            self.events
+                .push(Reverse((now.saturating_add(dt), fi, f.version)));
+        }
+    }
+
+    fn remove_flow(&mut self, fi: u32) {
+        let (from, to, group, pos) = {
+            let f = &self.flows[fi as usize];
+            (f.from, f.to, f.group, f.group_pos)
+        };
+        let gi = self.group_index(group);
+        let list = &mut self.groups[gi].flows;
+        list.swap_remove(pos as usize);
+        if let Some(&moved) = list.get(pos as usize) {
+            self.flows[moved as usize].group_pos = pos;
+        }
+        self.pairs.remove(&(from, to));
+        let f = &mut self.flows[fi as usize];
+        f.live = false;
+        f.queue.clear();
+        f.rate = 0.0;
+        f.version = f.version.wrapping_add(1);
+        self.free.push(fi);
+        self.mark_dirty(group);
+    }
+
+    /// Cancel one queued or running transfer; returns whether it existed.
+    pub fn cancel(&mut self, now: Nanos, from: Endpoint, to: Endpoint, tag: u64) -> bool {
+        let Some(&fi) = self.pairs.get(&(from, to)) else {
+            return false;
+        };
+        let Some(pos) = self.flows[fi as usize]
+            .queue
+            .iter()
+            .position(|t| t.tag == tag)
+        else {
+            return false;
+        };
+        if pos == 0 {
+            self.settle(fi, now);
+            self.flows[fi as usize].queue.pop_front();
+            if self.flows[fi as usize].queue.is_empty() {
+                self.remove_flow(fi);
+            } else {
+                self.schedule(fi, now);
+            }
+        } else {
+            self.flows[fi as usize].queue.remove(pos);
+        }
+        true
+    }
+
+    /// Cancel every transfer matching `pred(from, to)`; returns them, sorted for determinism.
+    pub fn cancel_where(
+        &mut self,
+        now: Nanos,
+        mut pred: impl FnMut(Endpoint, Endpoint) -> bool,
+    ) -> Vec<Done> {
+        let mut hit: Vec<u32> = self
+            .pairs
+            .iter()
+            .filter(|((a, b), _)| pred(*a, *b))
+            .map(|(_, &fi)| fi)
+            .collect();
+        hit.sort_unstable_by_key(|&fi| (self.flows[fi as usize].from, self.flows[fi as usize].to));
+        let mut out = Vec::new();
+        for fi in hit {
+            self.settle(fi, now);
+            let f = &self.flows[fi as usize];
+            out.extend(f.queue.iter().map(|t| Done {
+                from: f.from,
+                to: f.to,
+                tag: t.tag,
+            }));
+            self.remove_flow(fi);
+        }
+        out
+    }
+
+    /// Whether a rate recomputation is pending.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty_groups.is_empty()
+    }
+
+    /// Recompute the rates of every dirty group (global first) and reschedule what changed.
+    pub fn flush(&mut self, now: Nanos) {
+        if self.dirty_groups.is_empty() {
+            return;
+        }
+        let gi = self.nsites as usize;
+        if self.groups[gi].dirty {
+            self.groups[gi].dirty = false;
+            let changed_sites = self.fill_global(now);
+            for s in changed_sites {
+                self.mark_dirty(s);
+            }
+        }
+        let mut dirty = std::mem::take(&mut self.dirty_groups);
+        dirty.sort_unstable();
+        for g in dirty {
+            if g == GLOBAL {
+                continue;
+            }
+            let gi = g as usize;
+            if self.groups[gi].dirty {
+                self.groups[gi].dirty = false;
+                let flows = std::mem::take(&mut self.groups[gi].flows);
+                self.fill(&flows, now, false);
+                self.groups[gi].flows = flows;
+            }
+        }
+    }
+
+    /// Fill the global group; returns the sites whose device links' leftover changed.
+    fn fill_global(&mut self, now: Nanos) -> Vec<u32> {
+        let flows = std::mem::take(&mut self.groups[self.nsites as usize].flows);
+        let old_links = std::mem::take(&mut self.global_links);
+        for &l in &old_links {
+            self.prev_use[l as usize] = self.global_use[l as usize];
+            self.global_use[l as usize] = 0.0;
+        }
+        self.fill(&flows, now, true);
+        self.scratch.epoch = self.scratch.epoch.wrapping_add(1);
+        let epoch = self.scratch.epoch;
+        let mut new_links = Vec::new();
+        for &fi in &flows {
+            let f = &self.flows[fi as usize];
+            for &l in &f.links[..f.nlinks as usize] {
+                if self.scratch.seen[l as usize] != epoch {
+                    self.scratch.seen[l as usize] = epoch;
+                    new_links.push(l);
+                }
+                self.global_use[l as usize] += f.rate;
+            }
+        }
+        let first_dev = 1 + 2 * self.nsites;
+        let mut sites = Vec::new();
+        for &l in old_links.iter().chain(new_links.iter()) {
+            if l >= first_dev && self.global_use[l as usize] != self.prev_use[l as usize] {
+                sites.push(self.device_site[((l - first_dev) / 2) as usize]);
+            }
+        }
+        for &l in &old_links {
+            self.prev_use[l as usize] = 0.0;
+        }
+        self.global_links = new_links;
+        self.groups[self.nsites as usize].flows = flows;
+        sites.sort_unstable();
+        sites.dedup();
+        sites
+    }
+
+    /// Progressive filling over `flows`; local groups see the capacity global flows leave.
+    fn fill(&mut self, flows: &[u32], now: Nanos, global: bool) {
+        self.counters.recomputes += 1;
+        let sc = &mut self.scratch;
+        sc.epoch = sc.epoch.wrapping_add(1);
+        let epoch = sc.epoch;
+        sc.touched.clear();
+        for &fi in flows {
+            let f = &self.flows[fi as usize];
+            for &l in &f.links[..f.nlinks as usize] {
+                let li = l as usize;
+                if sc.seen[li] != epoch {
+                    sc.seen[li] = epoch;
+                    let used = if global { 0.0 } else { self.global_use[li] };
+                    sc.rem[li] = (self.caps[li] - used).max(0.0);
+                    sc.cnt[li] = 0;
+                    sc.touched.push(l);
+                }
+                sc.cnt[li] += 1;
+            }
+        }
+        // Adjacency (link -> flow positions), CSR over the touched links.
+        sc.adj_start.clear();
+        let mut acc = 0u32;
+        for &l in &sc.touched {
+            sc.pos[l as usize] = sc.adj_start.len() as u32;
+            sc.adj_start.push(acc);
+            acc += sc.cnt[l as usize];
+        }
+        sc.adj_start.push(acc);
+        sc.adj.clear();
+        sc.adj.resize(acc as usize, 0);
+        sc.fill_at.clear();
+        sc.fill_at
+            .extend_from_slice(&sc.adj_start[..sc.adj_start.len() - 1]);
+        for (i, &fi) in flows.iter().enumerate() {
+            let f = &self.flows[fi as usize];
+            for &l in &f.links[..f.nlinks as usize] {
+                let p = sc.pos[l as usize] as usize;
+                sc.adj[sc.fill_at[p] as usize] = i as u32;
+                sc.fill_at[p] += 1;
+            }
+        }
+        sc.rate.clear();
+        sc.rate.resize(flows.len(), 0.0);
+        sc.frozen.clear();
+        sc.frozen.resize(flows.len(), false);
+        sc.heap.clear();
+        for &l in &sc.touched {
+            let li = l as usize;
+            sc.heap
+                .push(Reverse((OrdF64(sc.rem[li] / f64::from(sc.cnt[li])), l)));
+        }
+        for (i, &fi) in flows.iter().enumerate() {
+            let cap = self.flows[fi as usize].cap;
+            if cap.is_finite() {
+                sc.heap.push(Reverse((OrdF64(cap), CAP_BIT | i as u32)));
+            }
+        }
+        let mut remaining = flows.len();
+        while remaining > 0 {
+            let Some(Reverse((OrdF64(share), e))) = sc.heap.pop() else {
+                break;
+            };
+            let freeze = |i: usize, r: f64, sc: &mut Scratch| {
+                sc.frozen[i] = true;
+                sc.rate[i] = r;
+                let f = &self.flows[flows[i] as usize];
+                for &l in &f.links[..f.nlinks as usize] {
+                    sc.rem[l as usize] = (sc.rem[l as usize] - r).max(0.0);
+                    sc.cnt[l as usize] -= 1;
+                }
+            };
+            if e & CAP_BIT != 0 {
+                let i = (e & !CAP_BIT) as usize;
+                if !sc.frozen[i] {
+                    freeze(i, share, sc);
+                    remaining -= 1;
+                }
+                continue;
+            }
+            let li = e as usize;
+            if sc.cnt[li] == 0 {
+                continue;
+            }
+            let actual = sc.rem[li] / f64::from(sc.cnt[li]);
+            if actual > share * (1.0 + 1e-12) + 1e-9 {
+                sc.heap.push(Reverse((OrdF64(actual), e)));
+                continue;
+            }
+            let p = sc.pos[li] as usize;
+            let (a, b) = (sc.adj_start[p] as usize, sc.adj_start[p + 1] as usize);
+            for k in a..b {
+                let i = sc.adj[k] as usize;
+                if !sc.frozen[i] {
+                    freeze(i, actual, sc);
+                    remaining -= 1;
+                }
+            }
+        }
+        for (i, &fi) in flows.iter().enumerate() {
+            let new = self.scratch.rate[i];
+            let old = self.flows[fi as usize].rate;
+            if (new - old).abs() > 1e-9 * new.max(old) || (old == 0.0 && new > 0.0) {
+                self.settle(fi, now);
+                self.flows[fi as usize].rate = new;
+                self.schedule(fi, now);
+            }
+        }
+    }
+
+    /// Time of the next completion, dropping stale events.
+    pub fn next_time(&mut self) -> Option<Nanos> {
+        while let Some(&Reverse((t, fi, v))) = self.events.peek() {
+            let f = &self.flows[fi as usize];
+            if f.live && f.version == v {
+                return Some(t);
+            }
+            self.events.pop();
+        }
+        None
+    }
+
+    /// The next transfer finishing at or before `now`, if any.
+    pub fn pop_done(&mut self, now: Nanos) -> Option<Done> {
+        let t = self.next_time()?;
+        if t > now {
+            return None;
+        }
+        let Reverse((_, fi, _)) = self.events.pop()?;
+        self.settle(fi, now);
+        let f = &mut self.flows[fi as usize];
+        let head = f.queue.pop_front()?;
+        let done = Done {
+            from: f.from,
+            to: f.to,
+            tag: head.tag,
+        };
+        if f.queue.is_empty() {
+            self.remove_flow(fi);
+        } else {
+            self.schedule(fi, now);
+        }
+        Some(done)
+    }
+
+    /// Current rate of the pair's flow in bytes/s, if it exists.
+    pub fn rate(&self, from: Endpoint, to: Endpoint) -> Option<f64> {
+        self.pairs
+            .get(&(from, to))
+            .map(|&fi| self.flows[fi as usize].rate)
+    }
+
+    /// Number of live flows.
+    pub fn flow_count(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Byte counters so far (settle with [`Net::settle_all`] first for exact figures).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Account progress of every flow up to `now`.
+    pub fn settle_all(&mut self, now: Nanos) {
+        let live: Vec<u32> = self.pairs.values().copied().collect();
+        for fi in live {
+            self.settle(fi, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
