@@ -1,3 +1,47 @@
-//! placeholder
+//! # shoal-builder
+//!
+//! What a developer pushes to. `git push shoal master` reaches the builder's git smart HTTP
+//! endpoint ([`githttp`]); the fleet repository's pre-receive hook ([`hook`]) calls back into the
+//! server, which runs the release [`pipeline`] before git accepts the ref: read the pushed tree
+//! with gix ([`tree`]), resolve the project ([`project`], [`compose`]), build each service with
+//! the Docker Engine ([`engine`], [`context`], [`dockerignore`]), export and chunk the images
+//! into the content [`store`], sign the [`shoal_protocol::ReleaseManifest`] and an
+//! [`shoal_protocol::Announcement`] with the builder's [`keys`], and record the release in the
+//! [`db`]. Build output streams to the pusher as `remote:` lines ([`log`]). The JSON API and the
+//! read-only store are served by [`http`]; [`app`] holds the data directory.
+//!
+//! Everything but the rollout controller needs the `server` feature (default); with
+//! `default-features = false` the crate stays pure for the simulator.
+
+#[cfg(feature = "server")]
+pub mod app;
+#[cfg(feature = "server")]
+pub mod compose;
+#[cfg(feature = "server")]
+pub mod context;
+#[cfg(feature = "server")]
+pub mod db;
+#[cfg(feature = "server")]
+pub mod dockerignore;
+#[cfg(feature = "server")]
+pub mod engine;
+#[cfg(feature = "server")]
+pub mod githttp;
+#[cfg(feature = "server")]
+pub mod hook;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod keys;
+#[cfg(feature = "server")]
+pub mod log;
+#[cfg(feature = "server")]
+pub mod pipeline;
+#[cfg(feature = "server")]
+pub mod project;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod tree;
 
 pub mod rollout;

@@ -1,0 +1,192 @@
+//! The builder's state: data directory layout, database, store, keys and running builds.
+//!
+//! Layout of the data directory (created on first use, by the server or the operator CLI):
+//!
+//! ```text
+//! <data>/builder.db            releases database (SQLite, WAL)
+//! <data>/keys/root.key         trust-root signing key (0600)
+//! <data>/keys/release.key      release signing key (0600)
+//! <data>/store/                chunks, manifests, announcements by BLAKE3 digest
+//! <data>/repos/<fleet>.git     the fleet's bare git repository (with the pre-receive hook)
+//! <data>/fleets/<fleet>/trust-root.bin   the fleet's signed version-1 trust root
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shoal_protocol::{RolloutPlan, UnixTime};
+
+use crate::db::{Db, DbError, Fleet};
+use crate::keys::{KeyError, Keys};
+use crate::log::BuildLog;
+use crate::store::Store;
+
+/// Most builds running at once; further pushes wait for a slot.
+pub const MAX_CONCURRENT_BUILDS: usize = 2;
+
+/// Why the data directory could not be opened or changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// File system.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// Keys.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A name that cannot be a fleet name.
+    #[error("invalid {what} {value:?}: use [a-z0-9][a-z0-9-]*, at most 63 characters")]
+    InvalidName {
+        /// Which name.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let what = what.into();
+    move |source| AppError::Io { what, source }
+}
+
+/// Now, in Unix seconds.
+pub fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether `s` is a usable fleet, architecture or device-type name.
+pub fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+/// The opened data directory.
+#[derive(Debug)]
+pub struct App {
+    /// The data directory.
+    pub root: PathBuf,
+    /// Releases database.
+    pub db: Db,
+    /// Content store.
+    pub store: Arc<Store>,
+    /// Signing keys.
+    pub keys: Keys,
+    /// Logs of running builds by release id.
+    pub running: Mutex<HashMap<i64, Arc<BuildLog>>>,
+    /// Serialises sequence assignment and publication.
+    pub publish_lock: tokio::sync::Mutex<()>,
+    /// Build slots.
+    pub build_slots: tokio::sync::Semaphore,
+}
+
+impl App {
+    /// Opens the data directory, creating what is missing.
+    pub async fn open(root: &Path) -> Result<App, AppError> {
+        std::fs::create_dir_all(root).map_err(io(format!("create {}", root.display())))?;
+        for d in ["repos", "fleets"] {
+            std::fs::create_dir_all(root.join(d)).map_err(io(format!("create {d}")))?;
+        }
+        let keys = Keys::load_or_generate(&root.join("keys"))?;
+        let store = Store::open(&root.join("store")).map_err(io("open store"))?;
+        let db = Db::open(&root.join("builder.db")).await?;
+        Ok(App {
+            root: root.to_path_buf(),
+            db,
+            store: Arc::new(store),
+            keys,
+            running: Mutex::new(HashMap::new()),
+            publish_lock: tokio::sync::Mutex::new(()),
+            build_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_BUILDS),
+        })
+    }
+
+    /// The bare repository of a fleet.
+    pub fn repo_path(&self, fleet: &str) -> PathBuf {
+        self.root.join("repos").join(format!("{fleet}.git"))
+    }
+
+    /// The signed trust root of a fleet.
+    pub fn trust_root_path(&self, fleet: &str) -> PathBuf {
+        self.root.join("fleets").join(fleet).join("trust-root.bin")
+    }
+
+    /// Creates a fleet: database row, bare repository with hook, signed trust root.
+    pub async fn create_fleet(
+        &self,
+        name: &str,
+        arch: &str,
+        device_type: &str,
+        plan: &RolloutPlan,
+    ) -> Result<Fleet, AppError> {
+        for (what, value) in [
+            ("fleet name", name),
+            ("arch", arch),
+            ("device type", device_type),
+        ] {
+            if !valid_name(value) {
+                return Err(AppError::InvalidName {
+                    what,
+                    value: value.to_string(),
+                });
+            }
+        }
+        let fleet = self
+            .db
+            .create_fleet(name, arch, device_type, plan, now_s())
+            .await?;
+        let repo = self.repo_path(name);
+        if !repo.join("HEAD").exists() {
+            gix::init_bare(&repo).map_err(|e| AppError::Io {
+                what: format!("git init {}", repo.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        crate::githttp::configure_repo(&repo).map_err(io("configure repository"))?;
+        let env = self.keys.initial_trust_root(name, UnixTime(now_s() as u64));
+        let path = self.trust_root_path(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.root))
+            .map_err(io("create fleet dir"))?;
+        std::fs::write(&path, shoal_protocol::encoding::encode(&env))
+            .map_err(io(format!("write {}", path.display())))?;
+        Ok(fleet)
+    }
+
+    /// Creates a push token; returns the token (shown once; only its hash is stored).
+    pub async fn create_token(&self, name: &str) -> Result<String, AppError> {
+        use rand::Rng;
+        let mut secret = [0u8; 24];
+        rand::rng().fill_bytes(&mut secret);
+        let token = format!("shoal_{}", hex::encode(secret));
+        self.db
+            .add_token(name, &token_hash(&token), now_s())
+            .await?;
+        Ok(token)
+    }
+
+    /// The token's name if `token` is valid.
+    pub async fn check_token(&self, token: &str) -> Result<Option<String>, AppError> {
+        Ok(self.db.token_name(&token_hash(token)).await?)
+    }
+}
+
+/// The stored form of a token.
+pub fn token_hash(token: &str) -> String {
+    shoal_protocol::Digest::of(token.as_bytes()).to_string()
+}

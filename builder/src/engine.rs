@@ -1,0 +1,452 @@
+//! The Docker Engine side of a build: build an image from a context tar, then export it and cut
+//! its layers into the store.
+//!
+//! Builds use the Engine's classic builder through bollard, streaming each output line to the
+//! log. Export reads `GET /images/{name}/get` (the `docker save` stream) through a bounded
+//! channel into a blocking thread that walks the tar: every layer tar is cut with
+//! [`shoal_protocol::chunking::chunk_reader`] straight into the [`Store`] (nothing is written to
+//! disk twice), small entries (the image config, `manifest.json`) are kept in memory, and
+//! `manifest.json` then gives the layer order. Both the legacy (`<id>/layer.tar`) and the OCI
+//! (`blobs/sha256/<hex>`) layouts of `docker save` are understood.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use shoal_protocol::chunking::{ChunkParams, chunk_reader};
+use shoal_protocol::{Digest, ImageRef, LayerRef};
+
+use crate::log::BuildLog;
+use crate::store::Store;
+
+/// Entries of a `docker save` tar up to this size are kept in memory.
+const SMALL_ENTRY_BYTES: u64 = 256 * 1024;
+/// Export stream pieces in flight between the Engine and the chunking thread.
+const EXPORT_QUEUE: usize = 32;
+
+/// Why a build or export did not produce an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The Engine cannot be reached.
+    #[error("Docker Engine unreachable: {0}")]
+    Unreachable(String),
+    /// The project failed to build (a failing step, a bad Dockerfile, a missing base image).
+    #[error("{0}")]
+    BuildFailed(String),
+    /// The export stream is not a well-formed `docker save` archive.
+    #[error("image export: {0}")]
+    Export(String),
+    /// Storing chunks failed.
+    #[error("store: {0}")]
+    Store(#[from] io::Error),
+}
+
+/// Connects to the local Engine and agrees on an API version with it.
+pub async fn connect() -> Result<Docker, EngineError> {
+    let d = Docker::connect_with_defaults().map_err(|e| EngineError::Unreachable(e.to_string()))?;
+    let d = d
+        .negotiate_version()
+        .await
+        .map_err(|e| EngineError::Unreachable(e.to_string()))?;
+    d.ping()
+        .await
+        .map_err(|e| EngineError::Unreachable(e.to_string()))?;
+    Ok(d)
+}
+
+/// The Docker platform of a fleet architecture.
+pub fn platform(arch: &str) -> Option<&'static str> {
+    Some(match arch {
+        "amd64" | "x86_64" => "linux/amd64",
+        "aarch64" | "arm64" => "linux/arm64",
+        "armv7hf" | "armv7" => "linux/arm/v7",
+        "rpi" | "armv6" => "linux/arm/v6",
+        "i386" | "386" => "linux/386",
+        _ => return None,
+    })
+}
+
+/// What a build needs.
+#[derive(Debug)]
+pub struct BuildRequest<'a> {
+    /// The context tar.
+    pub context: Vec<u8>,
+    /// The Dockerfile's path inside the context.
+    pub dockerfile: &'a str,
+    /// The tag to give the image.
+    pub tag: &'a str,
+    /// Build arguments.
+    pub build_args: &'a BTreeMap<String, String>,
+    /// Target platform.
+    pub platform: Option<&'a str>,
+    /// Prefix of every log line (`[web] ` for compose services).
+    pub log_prefix: &'a str,
+}
+
+/// Builds an image, streaming the Engine's output into `log`; returns the image id.
+///
+/// The id (not the tag, which a concurrent build of the same service may move) is what is
+/// exported afterwards.
+pub async fn build(
+    docker: &Docker,
+    req: BuildRequest<'_>,
+    log: &BuildLog,
+) -> Result<String, EngineError> {
+    let args: HashMap<String, String> = req
+        .build_args
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opts = bollard::query_parameters::BuildImageOptionsBuilder::default()
+        .dockerfile(req.dockerfile)
+        .t(req.tag)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&args);
+    if let Some(p) = req.platform {
+        opts = opts.platform(p);
+    }
+    let mut stream = docker.build_image(
+        opts.build(),
+        None,
+        Some(bollard::body_full(Bytes::from(req.context))),
+    );
+    let mut partial = String::new();
+    let mut image_id = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(id) = info.aux.and_then(|a| a.id) {
+                    image_id = Some(id);
+                }
+                if let Some(s) = info.stream.or(info.status) {
+                    partial.push_str(&s);
+                    while let Some(pos) = partial.find('\n') {
+                        let line: String = partial.drain(..=pos).collect();
+                        let line = line.trim_end();
+                        if !line.is_empty() {
+                            log.line(&format!("{}{line}", req.log_prefix));
+                        }
+                    }
+                }
+            }
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                flush(&mut partial, req.log_prefix, log);
+                log.line(&format!("{}{}", req.log_prefix, error.trim_end()));
+                return Err(EngineError::BuildFailed(error.trim_end().to_string()));
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            }) if status_code < 500 => {
+                flush(&mut partial, req.log_prefix, log);
+                log.line(&format!("{}{}", req.log_prefix, message.trim_end()));
+                return Err(EngineError::BuildFailed(message.trim_end().to_string()));
+            }
+            Err(e) => {
+                flush(&mut partial, req.log_prefix, log);
+                return Err(EngineError::Unreachable(e.to_string()));
+            }
+        }
+    }
+    flush(&mut partial, req.log_prefix, log);
+    image_id.ok_or_else(|| EngineError::BuildFailed("the Engine reported no image id".into()))
+}
+
+fn flush(partial: &mut String, prefix: &str, log: &BuildLog) {
+    let rest = partial.trim_end();
+    if !rest.is_empty() {
+        log.line(&format!("{prefix}{rest}"));
+    }
+    partial.clear();
+}
+
+/// An exported image.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The image as a manifest names it.
+    pub image: ImageRef,
+    /// Bytes of chunks that were not in the store before.
+    pub new_bytes: u64,
+}
+
+/// Reads the bytes of an async stream from a blocking thread, through a bounded channel.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Exports `image` from the Engine and stores its layers as chunks.
+pub async fn export(
+    docker: &Docker,
+    image: &str,
+    store: Arc<Store>,
+) -> Result<Exported, EngineError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_QUEUE);
+    let mut stream = docker.export_image(image);
+    let feeder = async move {
+        while let Some(item) = stream.next().await {
+            let msg = item.map_err(|e| e.to_string());
+            let stop = msg.is_err();
+            if tx.send(msg).await.is_err() || stop {
+                break;
+            }
+        }
+    };
+    let reader = ChannelReader {
+        rx,
+        current: Bytes::new(),
+    };
+    let worker = tokio::task::spawn_blocking(move || read_save_archive(reader, &store));
+    let (_, result) = tokio::join!(feeder, worker);
+    result.map_err(|e| EngineError::Export(format!("export worker: {e}")))?
+}
+
+/// One entry header of a tar stream.
+struct TarEntry {
+    path: String,
+    kind: u8,
+    size: u64,
+    link: String,
+}
+
+fn octal(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        // GNU base-256 for large sizes.
+        let mut v: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(v);
+    }
+    let s = std::str::from_utf8(field).ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(s, 8).ok()
+}
+
+fn cstr(field: &[u8]) -> String {
+    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+fn read_exact_or_eof<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut off = 0;
+    while off < buf.len() {
+        match r.read(&mut buf[off..]) {
+            Ok(0) if off == 0 => return Ok(false),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated tar",
+                ));
+            }
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<()> {
+    let copied = io::copy(&mut r.by_ref().take(n), &mut io::sink())?;
+    if copied != n {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "truncated tar",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the next header (handling GNU long names and pax `path`/`linkpath`); `None` at the end.
+fn next_header<R: Read>(r: &mut R) -> io::Result<Option<TarEntry>> {
+    let mut long_name: Option<String> = None;
+    let mut long_link: Option<String> = None;
+    loop {
+        let mut h = [0u8; 512];
+        if !read_exact_or_eof(r, &mut h)? || h.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        let size = octal(&h[124..136]).ok_or_else(|| io::Error::other("bad tar size"))?;
+        let kind = h[156];
+        let padded = size.div_ceil(512) * 512;
+        match kind {
+            b'L' | b'K' | b'x' => {
+                if size > 1024 * 1024 {
+                    return Err(io::Error::other("oversized tar extension header"));
+                }
+                let mut data = vec![0u8; size as usize];
+                r.read_exact(&mut data)?;
+                skip(r, padded - size)?;
+                match kind {
+                    b'L' => long_name = Some(cstr(&data)),
+                    b'K' => long_link = Some(cstr(&data)),
+                    _ => {
+                        for rec in String::from_utf8_lossy(&data).lines() {
+                            if let Some((_, kv)) = rec.split_once(' ')
+                                && let Some((k, v)) = kv.split_once('=')
+                            {
+                                match k {
+                                    "path" => long_name = Some(v.to_string()),
+                                    "linkpath" => long_link = Some(v.to_string()),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            b'g' => {
+                skip(r, padded)?;
+                continue;
+            }
+            _ => {}
+        }
+        let mut path = cstr(&h[0..100]);
+        if &h[257..262] == b"ustar" {
+            let prefix = cstr(&h[345..500]);
+            if !prefix.is_empty() {
+                path = format!("{prefix}/{path}");
+            }
+        }
+        return Ok(Some(TarEntry {
+            path: long_name.unwrap_or(path),
+            kind,
+            size,
+            link: long_link.unwrap_or_else(|| cstr(&h[157..257])),
+        }));
+    }
+}
+
+/// Walks a `docker save` archive, storing layers as chunks.
+pub fn read_save_archive<R: Read + Send>(
+    mut reader: R,
+    store: &Store,
+) -> Result<Exported, EngineError> {
+    let ex = |e: io::Error| EngineError::Export(e.to_string());
+    let mut small: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut layers: HashMap<String, LayerRef> = HashMap::new();
+    let mut links: HashMap<String, String> = HashMap::new();
+    let mut new_bytes = 0u64;
+    while let Some(entry) = next_header(&mut reader).map_err(ex)? {
+        let path = entry.path.trim_start_matches("./").to_string();
+        let padding = entry.size.div_ceil(512) * 512 - entry.size;
+        match entry.kind {
+            b'0' | 0 | b'7' => {
+                if entry.size <= SMALL_ENTRY_BYTES {
+                    let mut buf = vec![0u8; entry.size as usize];
+                    reader.read_exact(&mut buf).map_err(ex)?;
+                    small.insert(path, buf);
+                } else {
+                    let mut body = (&mut reader).take(entry.size);
+                    let layer = chunk_reader(&mut body, ChunkParams::DEFAULT, |c, bytes| {
+                        if store.put_chunk(&c, bytes)? {
+                            new_bytes += u64::from(c.size);
+                        }
+                        Ok(())
+                    })?;
+                    if layer.size != entry.size {
+                        return Err(EngineError::Export(format!("{path}: truncated")));
+                    }
+                    layers.insert(path, layer);
+                }
+                skip(&mut reader, padding).map_err(ex)?;
+            }
+            b'1' | b'2' => {
+                let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                let target = if entry.kind == b'2' {
+                    format!("{dir}/{}", entry.link)
+                } else {
+                    entry.link.clone()
+                };
+                links.insert(path, crate::project::normalize(&target).unwrap_or_default());
+                skip(&mut reader, entry.size + padding).map_err(ex)?;
+            }
+            _ => skip(&mut reader, entry.size + padding).map_err(ex)?,
+        }
+    }
+    let manifest = small
+        .get("manifest.json")
+        .ok_or_else(|| EngineError::Export("no manifest.json in the archive".into()))?;
+    let manifest: serde_json::Value = serde_json::from_slice(manifest)
+        .map_err(|e| EngineError::Export(format!("manifest.json: {e}")))?;
+    let first = manifest
+        .get(0)
+        .ok_or_else(|| EngineError::Export("manifest.json lists no image".into()))?;
+    let config_path = first
+        .get("Config")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| EngineError::Export("manifest.json has no Config".into()))?;
+    let resolve = |p: &str| links.get(p).cloned().unwrap_or_else(|| p.to_string());
+    let config = small
+        .get(&resolve(config_path))
+        .cloned()
+        .ok_or_else(|| EngineError::Export(format!("config {config_path} missing or too large")))?;
+    let mut out_layers = Vec::new();
+    for l in first
+        .get("Layers")
+        .and_then(|l| l.as_array())
+        .ok_or_else(|| EngineError::Export("manifest.json has no Layers".into()))?
+    {
+        let p = resolve(l.as_str().unwrap_or_default());
+        let layer = if let Some(layer) = layers.get(&p) {
+            layer.clone()
+        } else if let Some(bytes) = small.get(&p) {
+            chunk_reader(bytes.as_slice(), ChunkParams::DEFAULT, |c, b| {
+                if store.put_chunk(&c, b)? {
+                    new_bytes += u64::from(c.size);
+                }
+                Ok(())
+            })?
+        } else {
+            return Err(EngineError::Export(format!(
+                "layer {p} missing from the archive"
+            )));
+        };
+        out_layers.push(layer);
+    }
+    Ok(Exported {
+        image: ImageRef {
+            config_digest: Digest::of(&config),
+            config,
+            layers: out_layers,
+        },
+        new_bytes,
+    })
+}
+
+/// Removes an image (used to clean up after a build); errors are ignored.
+pub async fn remove_image(docker: &Docker, tag: &str) {
+    let _ = docker
+        .remove_image(
+            tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+}

@@ -1,0 +1,292 @@
+//! git smart HTTP, delegated to git's own `http-backend` (CGI).
+//!
+//! `http://HOST:PORT/git/FLEET.git/...` is authenticated first (HTTP Basic; the password — or the
+//! user name when the password is empty — must be a push token; otherwise 401 with
+//! `WWW-Authenticate: Basic`, and git never runs). The request is then handed to
+//! `git http-backend` with the CGI environment, its body streamed to the backend's stdin and the
+//! backend's output streamed back as it comes, so the `remote:` lines of the pre-receive hook
+//! reach the pusher live. The environment also carries the hook's callback address and secret
+//! ([`HOOK_URL_ENV`], [`HOOK_SECRET_ENV`]): receive-pack passes it to the fleet repository's
+//! `pre-receive` hook, which is `shoal-builder hook pre-receive` (see [`crate::hook`]).
+
+use std::path::Path;
+use std::process::Stdio;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The hook's callback base URL.
+pub const HOOK_URL_ENV: &str = "SHOAL_HOOK_URL";
+/// The hook's callback secret.
+pub const HOOK_SECRET_ENV: &str = "SHOAL_HOOK_SECRET";
+/// The fleet the push is for.
+pub const HOOK_FLEET_ENV: &str = "SHOAL_FLEET";
+/// Largest CGI header block accepted from the backend.
+const MAX_CGI_HEADER_BYTES: usize = 64 * 1024;
+
+/// Writes the fleet repository's `pre-receive` hook, pointing at this executable.
+pub fn configure_repo(repo: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe()?;
+    let exe = exe.display().to_string().replace('\'', r"'\''");
+    let hooks = repo.join("hooks");
+    std::fs::create_dir_all(&hooks)?;
+    let path = hooks.join("pre-receive");
+    let tmp = hooks.join("pre-receive.tmp");
+    std::fs::write(
+        &tmp,
+        format!(
+            "#!/bin/sh\n# Written by shoal-builder: builds master before the push is accepted.\nexec '{exe}' hook pre-receive\n"
+        ),
+    )?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The token in an `Authorization: Basic` header, if any.
+pub fn basic_token(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_string());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64_decode(rest.trim())?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':').unwrap_or((&text, ""));
+    let token = if pass.is_empty() { user } else { pass };
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    if s.len() > 8192 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        match chunk.len() {
+            4 => out.extend_from_slice(&bytes[1..4]),
+            3 => out.extend_from_slice(&bytes[1..3]),
+            2 => out.push(bytes[1]),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// A 401 asking for Basic credentials.
+pub fn unauthorized(message: &str) -> Response {
+    let mut r = crate::http::json_error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        "www-authenticate",
+        HeaderValue::from_static("Basic realm=\"shoal\""),
+    );
+    r
+}
+
+/// What the backend needs for one request.
+#[derive(Debug)]
+pub struct CgiRequest<'a> {
+    /// `GIT_PROJECT_ROOT`.
+    pub project_root: &'a Path,
+    /// `PATH_INFO` (`/FLEET.git/info/refs`).
+    pub path_info: String,
+    /// Method.
+    pub method: &'a str,
+    /// Query string.
+    pub query: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Authenticated token name.
+    pub remote_user: &'a str,
+    /// Extra environment (hook callback).
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// Runs `git http-backend` for one request, streaming both ways.
+pub async fn run_backend(req: CgiRequest<'_>, body: Body) -> Response {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )
+        .env("GIT_PROJECT_ROOT", req.project_root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", &req.path_info)
+        .env("REQUEST_METHOD", req.method)
+        .env("QUERY_STRING", req.query)
+        .env("REMOTE_USER", req.remote_user)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("SERVER_PROTOCOL", "HTTP/1.1")
+        .env("GATEWAY_INTERFACE", "CGI/1.1");
+    if let Ok(home) = std::env::var("HOME") {
+        cmd.env("HOME", home);
+    }
+    for (h, var) in [
+        ("content-type", "CONTENT_TYPE"),
+        ("content-length", "CONTENT_LENGTH"),
+        ("content-encoding", "HTTP_CONTENT_ENCODING"),
+        ("git-protocol", "GIT_PROTOCOL"),
+    ] {
+        if let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok()) {
+            cmd.env(var, v);
+        }
+    }
+    for (k, v) in &req.env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return crate::http::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot run git http-backend: {e}"),
+            );
+        }
+    };
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return crate::http::json_error(StatusCode::INTERNAL_SERVER_ERROR, "no pipes");
+    };
+    tokio::spawn(async move {
+        let mut s = body.into_data_stream();
+        while let Some(chunk) = s.next().await {
+            let Ok(chunk) = chunk else { break };
+            if stdin.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = stdin.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
+        if !buf.is_empty() {
+            tracing::warn!(
+                "git http-backend: {}",
+                String::from_utf8_lossy(&buf).trim_end()
+            );
+        }
+        // Drain the rest so the backend never blocks on a full pipe.
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+    });
+
+    // Read the CGI header block.
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let (header_end, body_start) = loop {
+        if let Some(p) = find(&head, b"\r\n\r\n") {
+            break (p, p + 4);
+        }
+        if let Some(p) = find(&head, b"\n\n") {
+            break (p, p + 2);
+        }
+        if head.len() > MAX_CGI_HEADER_BYTES {
+            return crate::http::json_error(StatusCode::BAD_GATEWAY, "oversized CGI header");
+        }
+        match stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                return crate::http::json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "git http-backend ended without a response",
+                );
+            }
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    };
+    let mut builder = Response::builder().status(StatusCode::OK);
+    for line in String::from_utf8_lossy(&head[..header_end]).lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("status") {
+            let code = v
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<u16>().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            builder = builder.status(code);
+        } else {
+            builder = builder.header(k.trim(), v);
+        }
+    }
+    let first = Bytes::copy_from_slice(&head[body_start..]);
+    let rest = futures_util::stream::unfold(
+        Some((stdout, child, vec![0u8; 64 * 1024])),
+        |state| async move {
+            let (mut stdout, mut child, mut buf) = state?;
+            match stdout.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = child.wait().await;
+                    None
+                }
+                Ok(n) => Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::copy_from_slice(&buf[..n])),
+                    Some((stdout, child, buf)),
+                )),
+                Err(e) => Some((Err(e), None)),
+            }
+        },
+    );
+    let stream = futures_util::stream::once(async move { Ok(first) }).chain(rest);
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| crate::http::json_error(StatusCode::BAD_GATEWAY, &e.to_string()))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials() {
+        let mut h = HeaderMap::new();
+        // "git:tok" and "tok:" in base64.
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic Z2l0OnRvaw=="),
+        );
+        assert_eq!(basic_token(&h).as_deref(), Some("tok"));
+        h.insert("authorization", HeaderValue::from_static("Basic dG9rOg=="));
+        assert_eq!(basic_token(&h).as_deref(), Some("tok"));
+        h.insert("authorization", HeaderValue::from_static("Basic !!!"));
+        assert_eq!(basic_token(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        assert_eq!(basic_token(&h).as_deref(), Some("abc"));
+    }
+}

@@ -1,0 +1,200 @@
+//! `shoal-builder`: the build server and its operator CLI. Parses arguments and runs; the work is
+//! in the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shoal_builder::app::{App, now_s};
+use shoal_protocol::RolloutPlan;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-builder",
+    version,
+    about = "Shoal build server: git push → signed release"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct DataArg {
+    /// The data directory (database, store, keys, repositories).
+    #[arg(long, default_value = "shoal-builder-data")]
+    data: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        data: DataArg,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: String,
+    },
+    /// Manage fleets (works on the data directory; the server need not run).
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// Manage push tokens (works on the data directory).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Git hooks (run by git, not by people).
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Create a fleet and its git repository and trust root.
+    Create {
+        /// Fleet name.
+        name: String,
+        /// Target architecture (amd64, aarch64, armv7hf, ...).
+        #[arg(long)]
+        arch: String,
+        /// Device type (generic-amd64, raspberrypi4-64, ...).
+        #[arg(long)]
+        device_type: String,
+        /// Roll out to the whole fleet at once instead of canary waves.
+        #[arg(long)]
+        all_at_once: bool,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// List fleets.
+    List {
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a push token and print it (it is shown only once).
+    Create {
+        /// A name to recognise it by.
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HookCommand {
+    /// The pre-receive hook of a fleet repository.
+    PreReceive,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Hook {
+        command: HookCommand::PreReceive,
+    } = cli.command
+    {
+        std::process::exit(shoal_builder::hook::client_main());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    rt.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { data, listen } => {
+            let app = App::open(&data.data).await.context("open data directory")?;
+            println!("data directory: {}", data.data.display());
+            println!(
+                "root key fingerprint:    {}",
+                app.keys.root.public_key().fingerprint()
+            );
+            println!(
+                "release key fingerprint: {}",
+                app.keys.release.public_key().fingerprint()
+            );
+            let n = app.db.interrupt_running(now_s()).await?;
+            if n > 0 {
+                println!("marked {n} release(s) left running as interrupted");
+            }
+            for fleet in app.db.fleets().await? {
+                shoal_builder::githttp::configure_repo(&app.repo_path(&fleet))
+                    .with_context(|| format!("configure repository of {fleet}"))?;
+                println!(
+                    "fleet {fleet}: trust root {}",
+                    app.trust_root_path(&fleet).display()
+                );
+            }
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("listen on {listen}"))?;
+            println!(
+                "shoal-builder listening on http://{}",
+                listener.local_addr()?
+            );
+            shoal_builder::http::serve(Arc::new(app), listener).await?;
+            Ok(())
+        }
+        Command::Fleet {
+            command:
+                FleetCommand::Create {
+                    name,
+                    arch,
+                    device_type,
+                    all_at_once,
+                    data,
+                },
+        } => {
+            let app = App::open(&data.data).await.context("open data directory")?;
+            let plan = if all_at_once {
+                RolloutPlan::all_at_once()
+            } else {
+                RolloutPlan::canary()
+            };
+            let fleet = app.create_fleet(&name, &arch, &device_type, &plan).await?;
+            println!(
+                "created fleet {} ({} / {})",
+                fleet.name, fleet.arch, fleet.device_type
+            );
+            println!("git remote:  http://HOST:PORT/git/{}.git", fleet.name);
+            println!(
+                "trust root:  {}",
+                app.trust_root_path(&fleet.name).display()
+            );
+            Ok(())
+        }
+        Command::Fleet {
+            command: FleetCommand::List { data },
+        } => {
+            let app = App::open(&data.data).await.context("open data directory")?;
+            for f in app.db.fleets().await? {
+                println!("{f}");
+            }
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { name, data },
+        } => {
+            let app = App::open(&data.data).await.context("open data directory")?;
+            let token = app.create_token(&name).await?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Hook { .. } => unreachable!("handled before the runtime starts"),
+    }
+}

@@ -1,0 +1,409 @@
+//! Test harness: a builder process on a free port with a fresh data directory, git projects in
+//! temporary directories, and a tiny HTTP/1.0 client.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shoal_protocol::{ReleaseManifest, TrustRoot, UnixTime, verify};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shoal-builder");
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Whether a Docker Engine answers; prints why not.
+pub fn engine_available(test: &str) -> bool {
+    match Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED {test}: no Docker Engine reachable: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no docker client: {e}");
+            false
+        }
+    }
+}
+
+/// Makes `busybox:latest` with scripts/base-image.sh when missing.
+pub fn ensure_base_image() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/base-image.sh");
+    let st = Command::new("bash")
+        .arg(script)
+        .status()
+        .expect("run base-image.sh");
+    assert!(st.success(), "scripts/base-image.sh failed");
+}
+
+/// Makes a local `node:latest` stand-in (busybox with an `npm` script) when missing.
+pub fn ensure_node_image() {
+    let have = Command::new("docker")
+        .args(["image", "inspect", "node:latest"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if have {
+        return;
+    }
+    let mut child = Command::new("docker")
+        .args(["build", "-t", "node:latest", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM busybox\nRUN printf '#!/bin/sh\\necho npm \"$@\"\\n' > /bin/npm && chmod +x /bin/npm\n")
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "building the node stand-in failed"
+    );
+}
+
+pub struct Builder {
+    pub data: tempfile::TempDir,
+    pub url: String,
+    pub token: String,
+    pub stdout_lines: Vec<String>,
+    child: Option<Child>,
+}
+
+fn run_ok(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shoal-builder {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Builder {
+    /// A builder with fleet `demo` (amd64, generic-amd64) and a token.
+    pub fn start(_name: &str) -> Builder {
+        let data = tempfile::tempdir().unwrap();
+        run_ok(
+            data.path(),
+            &[
+                "fleet",
+                "create",
+                "demo",
+                "--arch",
+                "amd64",
+                "--device-type",
+                "generic-amd64",
+            ],
+        );
+        let token = run_ok(data.path(), &["token", "create", "--name", "tests"])
+            .trim()
+            .to_string();
+        let mut b = Builder {
+            data,
+            url: String::new(),
+            token,
+            stdout_lines: Vec::new(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn start_with_engine(name: &str) -> Option<Builder> {
+        if !engine_available(name) {
+            return None;
+        }
+        ensure_base_image();
+        Some(Builder::start(name))
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(self.data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        self.stdout_lines.clear();
+        loop {
+            let line = lines.next().expect("builder exited").unwrap();
+            self.stdout_lines.push(line.clone());
+            if let Some(url) = line.strip_prefix("shoal-builder listening on ") {
+                self.url = url.trim().to_string();
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// The git remote with the token as HTTP credentials.
+    pub fn remote(&self) -> String {
+        format!("http://git:{}@{}/git/demo.git", self.token, self.addr())
+    }
+
+    pub fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let (status, _, body) = http_request(&self.addr(), "GET", path, &[], b"");
+        assert_eq!(
+            status,
+            200,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        String::from_utf8(self.get_bytes(path)).unwrap()
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.get_bytes(path)).unwrap()
+    }
+
+    pub fn latest_release(&self) -> serde_json::Value {
+        self.get_json("/api/v1/fleets/demo/releases?limit=1")["releases"][0].clone()
+    }
+
+    pub fn trust_root(&self) -> TrustRoot {
+        let bytes = self.get_bytes("/api/v1/fleets/demo/trust-root");
+        let env = shoal_protocol::encoding::decode(&bytes).unwrap();
+        TrustRoot::open_initial(&env).unwrap()
+    }
+
+    /// Fetches a release's announcement and manifest and verifies them as a device would.
+    pub fn verified_release(&self, id: i64) -> ReleaseManifest {
+        let trust = self.trust_root();
+        let ctx = verify::Context {
+            trust: &trust,
+            arch: "amd64",
+            highest_seen: None,
+            now: UnixTime(now()),
+        };
+        let ann = self.get_bytes(&format!("/api/v1/releases/{id}/announcement"));
+        let ann = verify::announcement(&ctx, &ann).expect("announcement verifies");
+        let manifest = self.get_bytes(&format!("/api/v1/releases/{id}/manifest"));
+        verify::manifest(&ctx, &ann, &manifest).expect("manifest verifies")
+    }
+
+    /// Whether any stored chunk contains `needle`.
+    pub fn store_contains(&self, needle: &[u8]) -> bool {
+        fn walk(dir: &Path, needle: &[u8]) -> bool {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            rd.flatten().any(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, needle)
+                } else {
+                    std::fs::read(&p)
+                        .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                        .unwrap_or(false)
+                }
+            })
+        }
+        walk(&self.data.path().join("store"), needle)
+    }
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A plain HTTP/1.0 request; returns status, raw headers and body.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, resp[split + 4..].to_vec())
+}
+
+pub struct PushOutput {
+    pub ok: bool,
+    pub stderr: String,
+}
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    home: tempfile::TempDir,
+}
+
+fn git_cmd(dir: &Path, home: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "")
+        .env("SSH_ASKPASS", "")
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.invalid");
+    c
+}
+
+impl Project {
+    pub fn new(files: &[(&str, &str)]) -> Project {
+        let p = Project {
+            dir: tempfile::tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        };
+        p.git(&["init", "-q", "-b", "master"]);
+        for (path, text) in files {
+            p.write(path, text);
+        }
+        p.commit("initial");
+        p
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn write(&self, path: &str, text: &str) {
+        self.write_bytes(path, text.as_bytes());
+    }
+
+    pub fn write_bytes(&self, path: &str, bytes: &[u8]) {
+        let p = self.dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    pub fn git(&self, args: &[&str]) -> std::process::Output {
+        git_cmd(self.dir.path(), self.home.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn commit(&self, msg: &str) {
+        assert!(self.git(&["add", "-A"]).status.success());
+        let out = self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn head(&self) -> String {
+        String::from_utf8(self.git(&["rev-parse", "HEAD"]).stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn push(&self, remote: &str, refspec: &str) -> PushOutput {
+        let out = self.git(&["push", remote, refspec]);
+        PushOutput {
+            ok: out.status.success(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
+/// `git ls-remote` output of a remote (empty when it has no refs or refuses).
+pub fn ls_remote(remote: &str) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let out = git_cmd(Path::new("/"), home.path())
+        .args(["ls-remote", remote])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Deterministic incompressible bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
