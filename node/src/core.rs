@@ -59,7 +59,7 @@ mod bitfield;
 mod fetch;
 mod node;
 mod release;
-mod rng;
+pub(crate) mod rng;
 mod snapshot;
 mod types;
 
@@ -67,7 +67,7 @@ mod types;
 mod tests;
 
 pub use bitfield::{Bitfield, BitfieldError};
-pub use node::{Config, MAX_BANNED, Node, Progress};
+pub use node::{Config, MAX_BANNED, MAX_EARLY_HAVE_BITS, Node, Progress};
 pub use release::{RELEASE_CACHE_ENTRIES, Release, ReleaseCache};
 pub use snapshot::{Phase, ReleaseSnapshot, Snapshot};
 pub use types::{

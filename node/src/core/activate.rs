@@ -28,6 +28,9 @@ impl Node {
 
     /// Applies the staged release if the device's wave is open.
     pub(super) fn try_activate(&mut self) {
+        if self.config.origin {
+            return;
+        }
         let Some(now) = self.wall_now() else { return };
         let Some(cur) = &mut self.cur else { return };
         let (Some(release), Some(wave)) = (&cur.release, cur.wave) else {
@@ -139,6 +142,9 @@ impl Node {
     /// Signs and emits a status report on the current release.
     pub(super) fn report(&mut self, state: DeviceState, mut detail: String) {
         let Some(cur) = &self.cur else { return };
+        if self.config.origin {
+            return;
+        }
         if detail.len() > MAX_DETAIL_BYTES {
             let mut cut = MAX_DETAIL_BYTES;
             while !detail.is_char_boundary(cut) {

@@ -62,6 +62,9 @@ pub struct Config {
     /// Verified releases shared with other nodes of this process (the simulator); a fresh cache
     /// by default.
     pub releases: ReleaseCache,
+    /// The builder's origin node: it gets releases through [`Node::seed`], serves and
+    /// advertises them, and never fetches, applies or reports.
+    pub origin: bool,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             persist_interval_ms: 5_000,
             rarest_sample: 32,
             releases: ReleaseCache::default(),
+            origin: false,
         }
     }
 }
@@ -116,9 +120,14 @@ pub(super) struct Peer {
     pub(super) backoff_until: Instant,
     /// Holds the current release's manifest (it sent availability for it).
     pub(super) has_manifest: bool,
-    /// Availability received before our manifest was known.
+    /// Availability received before our manifest was known: a full bitfield, and single HAVEs
+    /// as raw words (at most [`MAX_EARLY_HAVE_BITS`] bits).
     pub(super) early_have: Option<Bitfield>,
+    pub(super) early_chunks: Vec<u64>,
 }
+
+/// Highest chunk index remembered from a HAVE that arrives before the manifest.
+pub const MAX_EARLY_HAVE_BITS: u32 = 1 << 20;
 
 /// Rollout state of the current release, from verified wave control messages.
 #[derive(Debug, Default, Clone)]
@@ -216,6 +225,52 @@ impl Node {
         node.committed = snapshot.committed;
         node.resume_from = snapshot.release;
         node
+    }
+
+    /// Installs a release whose chunks are all stored locally (the builder's origin node, or a
+    /// device provisioned with it): both envelopes are verified as if they had arrived by
+    /// gossip, then the node advertises the full bitfield to its peers. `announcement` is the
+    /// signed envelope bytes (not the gossip message). Needs a wall clock first.
+    pub fn seed(
+        &mut self,
+        now: Instant,
+        announcement: Vec<u8>,
+        manifest: Arc<[u8]>,
+    ) -> Result<(), VerifyError> {
+        self.now = self.now.max(now);
+        let Some(ctx) = self.ctx() else {
+            return Err(VerifyError::Expired {
+                kind: "wall clock (none given yet)",
+                expires: 0,
+                now: 0,
+            });
+        };
+        let ann = verify::announcement(&ctx, &announcement)?;
+        let release = self
+            .config
+            .releases
+            .verify(&ctx, self.trust_digest, &ann, manifest)?;
+        let new_seq = ann.sequence;
+        if self.highest == Some((ann.sequence, ann.manifest_digest)) {
+            return Ok(());
+        }
+        if let Some(old) = self.cur.take() {
+            self.abandon(old, new_seq);
+        }
+        self.highest = Some((ann.sequence, ann.manifest_digest));
+        let full = Bitfield::full(release.chunks.len() as u32);
+        self.cur = Some(Current {
+            ann,
+            ann_bytes: announcement,
+            phase: Phase::FetchingManifest,
+            release: None,
+            sched: None,
+            wave: None,
+            waves: Waves::default(),
+            manifest_fetch: ManifestFetch::default(),
+        });
+        self.accept_release_with(release, Some(full));
+        Ok(())
     }
 
     /// The device's identity.
@@ -346,7 +401,12 @@ impl Node {
                 peer,
                 sequence,
                 index,
-            } => self.on_peer_have_chunk(peer, sequence, index),
+            } => {
+                // The hot path (one per chunk per peer): it starts a fetch itself when starved,
+                // and never needs a full scheduling pass.
+                self.on_peer_have_chunk(peer, sequence, index);
+                return;
+            }
             Input::ManifestFetched {
                 peer,
                 sequence,
@@ -491,6 +551,7 @@ impl Node {
                 backoff_until: Instant::ZERO,
                 has_manifest: false,
                 early_have: None,
+                early_chunks: Vec::new(),
             },
         );
         self.reorder();
@@ -596,6 +657,20 @@ impl Node {
         if self.wall.is_none() {
             return Verdict::Ignore;
         }
+        // The same bytes again (another mesh path, a sync on connect): already judged, and
+        // not worth a signature check.
+        if let Some(cur) = &self.cur {
+            let seen = match &msg {
+                GossipMessage::Announcement(b) => *b == cur.ann_bytes,
+                GossipMessage::WaveControl(b) => [&cur.waves.last_open, &cur.waves.last_other]
+                    .into_iter()
+                    .flatten()
+                    .any(|(_, seen)| seen == b),
+            };
+            if seen {
+                return Verdict::Ignore;
+            }
+        }
         match msg {
             GossipMessage::Announcement(b) => self.on_announcement(from, b),
             GossipMessage::WaveControl(b) => self.on_wave_control(b),
@@ -639,6 +714,7 @@ impl Node {
         for p in self.peers.values_mut() {
             p.has_manifest = false;
             p.early_have = None;
+            p.early_chunks = Vec::new();
         }
         if let Some(p) = self.peers.get_mut(&from) {
             p.has_manifest = true;
@@ -771,6 +847,13 @@ impl Node {
         p.has_manifest = true;
         let class = p.class;
         let Some(s) = &mut cur.sched else {
+            if index < MAX_EARLY_HAVE_BITS {
+                let w = (index / 64) as usize;
+                if p.early_chunks.len() <= w {
+                    p.early_chunks.resize(w + 1, 0);
+                }
+                p.early_chunks[w] |= 1 << (index % 64);
+            }
             self.fetch_manifest();
             return;
         };
@@ -897,8 +980,12 @@ impl Node {
 
     /// A verified manifest: check the quota, carry over chunks already held, start fetching.
     pub(super) fn accept_release(&mut self, release: Arc<Release>) {
+        self.accept_release_with(release, None);
+    }
+
+    fn accept_release_with(&mut self, release: Arc<Release>, stored: Option<Bitfield>) {
         let len = release.chunks.len() as u32;
-        let mut have = Bitfield::new(len);
+        let mut have = stored.unwrap_or_else(|| Bitfield::new(len));
         let mut shared_bytes = 0u64;
         if let Some(old) = &self.committed_release {
             let held: BTreeSet<Digest> = old.chunks.iter().map(|c| c.digest).collect();
@@ -940,9 +1027,19 @@ impl Node {
         let mut sched = Scheduler::new(have);
         for id in &self.order {
             let p = self.peers.get_mut(id).expect("order lists connected peers");
-            if let Some(early) = p.early_have.take()
-                && early.len() == sched.len()
-            {
+            let mut early = p
+                .early_have
+                .take()
+                .filter(|b| b.len() == sched.len())
+                .unwrap_or_else(|| Bitfield::new(sched.len()));
+            for (w, word) in std::mem::take(&mut p.early_chunks).into_iter().enumerate() {
+                let mut word = word;
+                while word != 0 {
+                    early.set(w as u32 * 64 + word.trailing_zeros());
+                    word &= word - 1;
+                }
+            }
+            if early.count_ones() > 0 {
                 sched.set_peer_have(*id, p.class, early);
             }
         }

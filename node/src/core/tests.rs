@@ -3,4 +3,6 @@
 mod activation;
 mod fetching;
 mod harness;
+mod recovery;
+mod swarm;
 mod trust;

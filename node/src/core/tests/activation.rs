@@ -41,7 +41,10 @@ fn stage(h: &mut Harness, rel: &TestRelease) {
         h.ok(p, rel, i);
     }
     let phase = h.node.progress().map(|p| p.phase);
-    assert!(matches!(phase, Some(Phase::Staged | Phase::Applying)), "{phase:?}");
+    assert!(
+        matches!(phase, Some(Phase::Staged | Phase::Applying)),
+        "{phase:?}"
+    );
 }
 
 fn applies(out: &[Output]) -> Vec<ReleaseSeq> {
