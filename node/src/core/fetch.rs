@@ -36,13 +36,22 @@ pub(crate) struct InFlight {
     pub(crate) deadline: Instant,
 }
 
+/// What one peer has, and whether the last pick for it found nothing (until something it has
+/// becomes needed again, it is not scanned).
+#[derive(Debug)]
+struct Avail {
+    class: Class,
+    bits: Bitfield,
+    exhausted: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Scheduler {
     pub(crate) have: Bitfield,
     need: Bitfield,
     count_any: Vec<u16>,
     count_local: Vec<u16>,
-    peer_have: BTreeMap<PeerId, (Class, Bitfield)>,
+    peer_have: BTreeMap<PeerId, Avail>,
     pub(crate) in_flight: Vec<InFlight>,
 }
 
@@ -89,23 +98,64 @@ impl Scheduler {
     }
 
     /// Replaces what `peer` is known to have.
+    /// Replacing a bitfield of the same class counts only the bits that changed, so a driver
+    /// may send coalesced bitfields instead of one HAVE per chunk at `O(words + changes)`.
     pub(crate) fn set_peer_have(&mut self, peer: PeerId, class: Class, have: Bitfield) {
+        if let Some(old) = self.peer_have.get(&peer)
+            && old.class == class
+            && old.bits.len() == have.len()
+        {
+            let old_words = old.bits.words().to_vec();
+            let mut lost = false;
+            let mut gained_needed = false;
+            for (wi, (&o, &n)) in old_words.iter().zip(have.words()).enumerate() {
+                let (mut added, mut removed) = (n & !o, o & !n);
+                gained_needed |= added & self.need.words()[wi] != 0;
+                lost |= removed != 0;
+                while added != 0 {
+                    self.count(class, wi as u32 * 64 + added.trailing_zeros(), true);
+                    added &= added - 1;
+                }
+                while removed != 0 {
+                    self.count(class, wi as u32 * 64 + removed.trailing_zeros(), false);
+                    removed &= removed - 1;
+                }
+            }
+            if lost {
+                self.unexhaust_all();
+            }
+            if let Some(a) = self.peer_have.get_mut(&peer) {
+                a.bits = have;
+                a.exhausted &= !gained_needed;
+            }
+            return;
+        }
         self.forget_peer_have(&peer);
         for i in have.ones() {
             self.count(class, i, true);
         }
-        self.peer_have.insert(peer, (class, have));
+        self.peer_have.insert(
+            peer,
+            Avail {
+                class,
+                bits: have,
+                exhausted: false,
+            },
+        );
     }
 
     /// `peer` has chunk `i` (a HAVE). Returns whether that was news.
     pub(crate) fn peer_has(&mut self, peer: PeerId, class: Class, i: u32) -> bool {
         let len = self.len();
-        let entry = self
-            .peer_have
-            .entry(peer)
-            .or_insert_with(|| (class, Bitfield::new(len)));
-        if entry.1.set(i) {
-            let class = entry.0;
+        let needed = self.need.get(i);
+        let entry = self.peer_have.entry(peer).or_insert_with(|| Avail {
+            class,
+            bits: Bitfield::new(len),
+            exhausted: false,
+        });
+        if entry.bits.set(i) {
+            entry.exhausted &= !needed;
+            let class = entry.class;
             self.count(class, i, true);
             true
         } else {
@@ -115,28 +165,37 @@ impl Scheduler {
 
     /// `peer` turned out not to have chunk `i` after all.
     pub(crate) fn peer_lacks(&mut self, peer: &PeerId, i: u32) {
-        if let Some((class, bits)) = self.peer_have.get_mut(peer)
-            && bits.clear(i)
+        if let Some(a) = self.peer_have.get_mut(peer)
+            && a.bits.clear(i)
         {
-            let class = *class;
+            let class = a.class;
             self.count(class, i, false);
+            self.unexhaust_all();
         }
     }
 
     fn forget_peer_have(&mut self, peer: &PeerId) {
-        if let Some((class, bits)) = self.peer_have.remove(peer) {
-            for i in bits.ones() {
-                self.count(class, i, false);
+        if let Some(a) = self.peer_have.remove(peer) {
+            for i in a.bits.ones() {
+                self.count(a.class, i, false);
             }
+            // Fewer holders: a remote peer or the origin may now be asked for more.
+            self.unexhaust_all();
+        }
+    }
+
+    fn unexhaust_all(&mut self) {
+        for a in self.peer_have.values_mut() {
+            a.exhausted = false;
         }
     }
 
     /// Changes a peer's class, keeping its availability.
     pub(crate) fn reclass_peer(&mut self, peer: PeerId, class: Class) {
-        if let Some((old, bits)) = self.peer_have.get(&peer)
-            && *old != class
+        if let Some(a) = self.peer_have.get(&peer)
+            && a.class != class
         {
-            let bits = bits.clone();
+            let bits = a.bits.clone();
             self.set_peer_have(peer, class, bits);
         }
     }
@@ -160,8 +219,12 @@ impl Scheduler {
     }
 
     fn release_chunk(&mut self, i: u32) {
-        if !self.have.get(i) && !self.in_flight.iter().any(|f| f.index == i) {
-            self.need.set(i);
+        if !self.have.get(i) && !self.in_flight.iter().any(|f| f.index == i) && self.need.set(i) {
+            for a in self.peer_have.values_mut() {
+                if a.bits.get(i) {
+                    a.exhausted = false;
+                }
+            }
         }
     }
 
@@ -183,9 +246,22 @@ impl Scheduler {
     }
 
     /// The chunk to ask `peer` for next, if any; see the module docs.
-    pub(crate) fn pick(&self, peer: &PeerId, rng: &mut Rng, sample: u32) -> Option<u32> {
-        let (class, bits) = self.peer_have.get(peer)?;
-        let words = bits.words();
+    pub(crate) fn pick(&mut self, peer: &PeerId, rng: &mut Rng, sample: u32) -> Option<u32> {
+        let found = self.pick_scan(peer, rng, sample);
+        if found.is_none()
+            && let Some(a) = self.peer_have.get_mut(peer)
+        {
+            a.exhausted = true;
+        }
+        found
+    }
+
+    fn pick_scan(&self, peer: &PeerId, rng: &mut Rng, sample: u32) -> Option<u32> {
+        let a = self.peer_have.get(peer)?;
+        if a.exhausted {
+            return None;
+        }
+        let (class, words) = (&a.class, a.bits.words());
         let n = words.len();
         if n == 0 {
             return None;
@@ -269,5 +345,68 @@ impl Scheduler {
             self.release_chunk(f.index);
         }
         gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::device_key;
+
+    fn peer(n: u64) -> PeerId {
+        PeerId::from(device_key(500 + n).public_key())
+    }
+
+    fn random_bits(rng: &mut Rng, len: u32) -> Bitfield {
+        let mut b = Bitfield::new(len);
+        for i in 0..len {
+            if rng.below(3) == 0 {
+                b.set(i);
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn replacing_bitfields_keeps_counts_exact() {
+        let mut rng = Rng::new(3);
+        let len = 300;
+        let mut s = Scheduler::new(Bitfield::new(len));
+        let classes = [Class::Local, Class::Remote, Class::Local, Class::Origin];
+        let mut last = Vec::new();
+        for round in 0..5 {
+            last.clear();
+            for (k, class) in classes.iter().enumerate() {
+                let b = random_bits(&mut rng, len);
+                s.set_peer_have(peer(k as u64), *class, b.clone());
+                last.push((*class, b));
+            }
+            if round == 2 {
+                s.peer_has(peer(0), Class::Local, 7);
+                last[0].1.set(7);
+            }
+        }
+        let mut fresh = Scheduler::new(Bitfield::new(len));
+        for (k, (class, b)) in last.iter().enumerate() {
+            fresh.set_peer_have(peer(k as u64), *class, b.clone());
+        }
+        assert_eq!(s.count_any, fresh.count_any);
+        assert_eq!(s.count_local, fresh.count_local);
+    }
+
+    #[test]
+    fn an_exhausted_peer_is_picked_again_once_it_has_something_needed() {
+        let mut rng = Rng::new(1);
+        let mut s = Scheduler::new(Bitfield::new(10));
+        let p = peer(1);
+        s.set_peer_have(p, Class::Local, Bitfield::new(10));
+        assert_eq!(s.pick(&p, &mut rng, 8), None);
+        s.peer_has(p, Class::Local, 4);
+        assert_eq!(s.pick(&p, &mut rng, 8), Some(4));
+        s.start(p, 4, Instant(10));
+        assert_eq!(s.pick(&p, &mut rng, 8), None);
+        // The fetch fails: chunk 4 is needed again and the peer is asked again.
+        s.finish(&p, 4);
+        assert_eq!(s.pick(&p, &mut rng, 8), Some(4));
     }
 }
