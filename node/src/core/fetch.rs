@@ -292,6 +292,41 @@ impl Scheduler {
         best.map(|(_, i)| i)
     }
 
+    /// Endgame: nothing is left to ask for but some chunks are still in flight. Returns the
+    /// oldest in-flight chunk that `peer` has and is not already fetching, with fewer than
+    /// `max_copies` fetches in flight. Never for the origin (the builder sends a byte once).
+    pub(crate) fn pick_endgame(&self, peer: &PeerId, max_copies: usize) -> Option<u32> {
+        if self.need.words().iter().any(|w| *w != 0) {
+            return None;
+        }
+        let a = self.peer_have.get(peer)?;
+        if a.class == Class::Origin {
+            return None;
+        }
+        self.in_flight.iter().map(|f| f.index).find(|&i| {
+            a.bits.get(i)
+                && !self
+                    .in_flight
+                    .iter()
+                    .any(|f| f.index == i && f.peer == *peer)
+                && self.in_flight.iter().filter(|f| f.index == i).count() < max_copies
+        })
+    }
+
+    /// Removes and returns every remaining fetch of chunk `i` (it arrived from someone else).
+    pub(crate) fn take_duplicates(&mut self, i: u32) -> Vec<InFlight> {
+        let mut gone = Vec::new();
+        self.in_flight.retain(|f| {
+            if f.index == i {
+                gone.push(*f);
+                false
+            } else {
+                true
+            }
+        });
+        gone
+    }
+
     pub(crate) fn start(&mut self, peer: PeerId, index: u32, deadline: Instant) {
         self.need.clear(index);
         self.in_flight.push(InFlight {

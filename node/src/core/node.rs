@@ -20,6 +20,9 @@ use super::types::{
     PeerInfo, Refusal, Verdict,
 };
 
+/// Most fetches of one chunk in flight at once in the endgame.
+const ENDGAME_COPIES: usize = 2;
+
 /// Most banned peers remembered at once.
 pub const MAX_BANNED: usize = 4096;
 
@@ -1113,7 +1116,35 @@ impl Node {
                 }
             }
             if !progressed {
+                break;
+            }
+        }
+        self.endgame();
+    }
+
+    /// When every missing chunk is in flight, free slots fetch the oldest ones again from other
+    /// peers (at most two copies); the first copy to arrive cancels the rest.
+    fn endgame(&mut self) {
+        let now = self.now;
+        let (per_peer, total) = (
+            self.config.max_in_flight_per_peer,
+            self.config.max_in_flight_total,
+        );
+        for k in 0..self.order.len() {
+            let Some(cur) = &self.cur else { return };
+            if cur.phase != Phase::Fetching {
                 return;
+            }
+            let Some(s) = &cur.sched else { return };
+            if s.in_flight.is_empty() || s.in_flight.len() as u32 >= total {
+                return;
+            }
+            let peer = self.order[k];
+            if self.peers[&peer].backoff_until > now || s.in_flight_of(&peer) >= per_peer {
+                continue;
+            }
+            if let Some(i) = s.pick_endgame(&peer, ENDGAME_COPIES) {
+                self.start_fetch(peer, i);
             }
         }
     }
@@ -1138,6 +1169,13 @@ impl Node {
             Ok(stats) => {
                 // Verified and stored by the driver, even if we had given up on it.
                 if s.store(index) {
+                    for f in s.take_duplicates(index) {
+                        self.outputs.push_back(Output::CancelFetch {
+                            peer: f.peer,
+                            sequence,
+                            index,
+                        });
+                    }
                     self.outputs
                         .push_back(Output::Advertise { sequence, index });
                     if self.persist_due.is_none() {
@@ -1155,8 +1193,9 @@ impl Node {
                 }
                 self.check_staged();
             }
-            Err(_) if !was_in_flight => {}
+            // Bad bytes are bad bytes, even for a fetch we had given up on.
             Err(FetchError::DigestMismatch) => self.ban_peer(peer),
+            Err(_) if !was_in_flight => {}
             Err(FetchError::TooSlow) => self.drop_peer(peer, DropReason::TooSlow),
             Err(FetchError::NotFound) => {
                 s.peer_lacks(&peer, index);
@@ -1248,7 +1287,7 @@ impl Node {
                     Phase::Applying | Phase::Running => {
                         // Interrupted mid-apply: the runtime is back on the committed release,
                         // and this sequence may not be applied again. It failed.
-                        self.finish_restore(have, phase_of(snap.phase));
+                        self.finish_restore(have, snap.phase);
                         self.fail("interrupted by a restart while applying".to_string());
                     }
                     other => self.finish_restore(have, other),
@@ -1264,10 +1303,6 @@ impl Node {
             cur.phase = phase;
         }
     }
-}
-
-fn phase_of(p: Phase) -> Phase {
-    p
 }
 
 impl Waves {

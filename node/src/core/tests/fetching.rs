@@ -223,3 +223,51 @@ fn slow_and_silent_peers_are_dropped() {
         Some((1, 0))
     );
 }
+
+#[test]
+fn endgame_fetches_the_last_chunk_twice_and_cancels_the_loser() {
+    let mut h = Harness::with(|c| c.max_in_flight_per_peer = 1);
+    let (slow, fast) = (peer(1), peer(2));
+    h.connect(slow, info(Some("here"), 1, false));
+    h.connect(fast, info(Some("here"), 2, false));
+    let rel = h.release(1, 2);
+    let seq = rel.announcement.sequence;
+    h.gossip(slow, rel.announcement_gossip.clone());
+    h.input(Input::PeerHave {
+        peer: slow,
+        sequence: seq,
+        have: Bitfield::full(2),
+    });
+    h.input(Input::PeerHave {
+        peer: fast,
+        sequence: seq,
+        have: Bitfield::full(2),
+    });
+    let out = h.input(Input::ManifestFetched {
+        peer: slow,
+        sequence: seq,
+        result: Ok(rel.manifest_bytes.clone()),
+    });
+    let f = fetches(&out);
+    assert_eq!(f.len(), 2, "one chunk from each peer");
+    let (_, on_slow) = *f.iter().find(|(p, _)| *p == slow).expect("slow asked");
+    let (_, on_fast) = *f.iter().find(|(p, _)| *p == fast).expect("fast asked");
+    // The fast peer delivers; nothing is left to ask for, so it is asked for the slow one's chunk.
+    let out = h.ok(fast, &rel, on_fast);
+    assert_eq!(fetches(&out), vec![(fast, on_slow)]);
+    // The duplicate arrives first: the slow fetch is cancelled, and the release is staged.
+    let out = h.ok(fast, &rel, on_slow);
+    assert!(out.iter().any(|o| matches!(o, Output::CancelFetch { peer, index, .. } if *peer == slow && *index == on_slow)));
+    assert_eq!(
+        h.node.progress().map(|p| (p.have_chunks, p.in_flight)),
+        Some((2, 0))
+    );
+    // The slow peer's late failure is not held against it.
+    h.input(Input::ChunkFetched {
+        peer: slow,
+        sequence: seq,
+        index: on_slow,
+        result: Err(FetchError::Timeout),
+    });
+    assert_eq!(h.node.peer_count(), 2);
+}

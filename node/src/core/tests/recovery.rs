@@ -198,3 +198,47 @@ fn never_applies_at_or_below_the_highest_applied() {
     assert_eq!(h.gossip(p, r3.announcement_gossip.clone()), Verdict::Reject);
     assert_eq!(h.node.highest().map(|(s, _)| s.0), Some(4));
 }
+
+#[test]
+fn a_restart_while_applying_rolls_back_and_never_reapplies() {
+    let mut h = Harness::new();
+    let p = peer(1);
+    h.connect(p, info(Some("here"), 1, false));
+    let rel = h.release(1, 2);
+    h.announce_and_serve_manifest(&rel, p);
+    h.ok(p, &rel, 0);
+    h.ok(p, &rel, 1);
+    h.open_wave(&rel, 1, 0);
+    assert!(h.out.iter().any(|o| matches!(o, Output::Apply { .. })));
+    // The device crashes during the apply; it restarts from its last snapshot.
+    let snap = last_snapshot(&h.out);
+    assert_eq!(snap.applied, Some(rel.announcement.sequence));
+    let mut node = Node::resume(h.fleet.config(1), snap, 3);
+    node.handle(Instant::ZERO, Input::WallClock(TEST_EPOCH.plus_secs(30)));
+    let out: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Rollback { from, to: None } if *from == rel.announcement.sequence)
+    ));
+    let states: Vec<DeviceState> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Report { report, .. } => Some(report.state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, vec![DeviceState::Failed, DeviceState::RolledBack]);
+    // Wave control again does not re-apply it.
+    let open = h
+        .fleet
+        .wave_control(&rel, 2, shoal_protocol::WaveAction::Open { wave: 0 });
+    node.handle(
+        Instant::ZERO,
+        Input::Gossip {
+            from: p,
+            id: crate::core::MessageId(5),
+            bytes: open,
+        },
+    );
+    let out: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(!out.iter().any(|o| matches!(o, Output::Apply { .. })));
+}
