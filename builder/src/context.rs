@@ -1,5 +1,6 @@
 //! The build context of one service: the files under its context directory, minus what its
-//! `.dockerignore` excludes, as an uncompressed tar with the resolved Dockerfile added at
+//! `.dockerignore` excludes and the build secrets (`.shoal/secrets/`, `.balena/secrets/`), as an
+//! uncompressed tar with the resolved Dockerfile added at
 //! [`DOCKERFILE_PATH`].
 
 use crate::dockerignore::Ignore;
@@ -7,6 +8,11 @@ use crate::tree::{Entry, SourceTree};
 
 /// Where the resolved Dockerfile is placed in the context.
 pub const DOCKERFILE_PATH: &str = ".shoal-build/Dockerfile";
+
+/// Whether a tree path is a build secret (never part of a context).
+pub fn is_secret(path: &str) -> bool {
+    path.starts_with(".shoal/secrets/") || path.starts_with(".balena/secrets/")
+}
 
 /// Builds the context tar of the directory `dir` (`""` for the root).
 pub fn tar(tree: &SourceTree, dir: &str, dockerfile: &str) -> std::io::Result<Vec<u8>> {
@@ -25,7 +31,10 @@ pub fn tar(tree: &SourceTree, dir: &str, dockerfile: &str) -> std::io::Result<Ve
         let Some(rel) = path.strip_prefix(&prefix) else {
             continue;
         };
-        if rel.starts_with(".shoal-build/") || (ignore.excluded(rel) && rel != ".dockerignore") {
+        if rel.starts_with(".shoal-build/")
+            || is_secret(path)
+            || (ignore.excluded(rel) && rel != ".dockerignore")
+        {
             continue;
         }
         let mut h = tar::Header::new_gnu();

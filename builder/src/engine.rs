@@ -10,7 +10,7 @@
 //! (`blobs/sha256/<hex>`) layouts of `docker save` are understood.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use bollard::Docker;
@@ -120,7 +120,10 @@ pub async fn build(
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
-                if let Some(id) = info.aux.and_then(|a| a.id) {
+                if let Some(bollard::models::BuildInfoAux::Default(bollard::models::ImageId {
+                    id: Some(id),
+                })) = info.aux
+                {
                     image_id = Some(id);
                 }
                 if let Some(s) = info.stream.or(info.status) {
@@ -449,4 +452,105 @@ pub async fn remove_image(docker: &Docker, tag: &str) {
             None,
         )
         .await;
+}
+
+/// Builds an image with the Engine's BuildKit, with `secrets` available as secret mounts
+/// (see [`crate::secrets`]); returns the tag to export. BuildKit's step output is not streamed:
+/// the log gets the outcome, and on failure BuildKit's error (which names the failing step).
+pub async fn build_with_secrets(
+    req: BuildRequest<'_>,
+    secrets: &BTreeMap<String, Vec<u8>>,
+    log: &BuildLog,
+) -> Result<String, EngineError> {
+    use bollard::grpc::build::{ImageBuildFrontendOptions, ImageBuildLoadInput, SecretSource};
+    use bollard::grpc::driver::Build as _;
+    use rand::Rng;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    let mut rnd = [0u8; 8];
+    rand::rng().fill_bytes(&mut rnd);
+    let nonce = hex::encode(rnd);
+    let dir = SecretDir(std::env::temp_dir().join(format!("shoal-secrets-{nonce}")));
+    std::fs::create_dir(&dir.0)?;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700))?;
+    let mut opts = ImageBuildFrontendOptions::builder()
+        .dockerfile(std::path::Path::new(req.dockerfile))
+        .pull(false);
+    for (k, v) in req.build_args {
+        opts = opts.buildarg(k, v);
+    }
+    for (i, (name, data)) in secrets.iter().enumerate() {
+        let path = dir.0.join(i.to_string());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(data)?;
+        opts = opts.set_secret(name, &SecretSource::File(path));
+    }
+    let tag = format!("{}-secrets-{nonce}", req.tag.trim_end_matches(":latest"));
+    log.line(&format!(
+        "{}Building with BuildKit to mount {} secret(s) at /run/secrets; step output is not streamed",
+        req.log_prefix,
+        secrets.len()
+    ));
+    // bollard's BuildKit session future is not `Send`: it runs on a thread of its own, with a
+    // runtime and an Engine connection of its own.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let context = Bytes::from(req.context);
+    let thread_tag = tag.clone();
+    let frontend = opts.build();
+    std::thread::Builder::new()
+        .name("buildkit-session".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let docker = connect().await.map_err(|e| e.to_string())?;
+                        bollard::grpc::driver::moby::Moby::new(&docker)
+                            .docker_build(
+                                &thread_tag,
+                                frontend,
+                                ImageBuildLoadInput::Upload(context),
+                                None,
+                                None,
+                            )
+                            .await
+                            .map_err(|e| match &e {
+                                bollard::grpc::error::GrpcError::TonicStatus { err } => {
+                                    err.message().to_string()
+                                }
+                                other => other.to_string(),
+                            })
+                    })
+                });
+            let _ = tx.send(result);
+        })?;
+    let res = rx
+        .await
+        .unwrap_or_else(|_| Err("the BuildKit session thread ended".into()));
+    drop(dir);
+    match res {
+        Ok(()) => {
+            log.line(&format!("{}Built {tag}", req.log_prefix));
+            Ok(tag)
+        }
+        Err(msg) => {
+            log.line(&format!("{}{msg}", req.log_prefix));
+            Err(EngineError::BuildFailed(msg))
+        }
+    }
+}
+
+/// A directory removed with its contents when dropped.
+struct SecretDir(std::path::PathBuf);
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -40,6 +40,8 @@ pub mod pipeline;
 #[cfg(feature = "server")]
 pub mod project;
 #[cfg(feature = "server")]
+pub mod secrets;
+#[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod tree;

@@ -236,38 +236,45 @@ async fn build_and_publish(
             String::new()
         };
         let tag = format!("shoal-build/{}-{}:latest", fleet.name, plan.name);
+        let mut temporary_tag = None;
         let image_name = match &plan.recipe {
             Recipe::Image(image) => {
                 log.line(&format!("{prefix}Using image {image} from the Engine"));
                 image.clone()
             }
             Recipe::Dockerfile { text, source } => {
-                if !plan.secrets.is_empty() {
-                    return Err(Failure::failed(format!(
-                        "service {}: build secrets are not supported by this builder yet (the Engine's classic builder cannot mount them without storing them in a layer)",
-                        plan.name
-                    )));
-                }
                 log.line(&format!("{prefix}Building from {source}"));
-                let context = crate::context::tar(&tree, &plan.context, text)
+                let names: Vec<String> = plan.secrets.keys().cloned().collect();
+                let text = if names.is_empty() {
+                    text.clone()
+                } else {
+                    crate::secrets::mount_secrets(text, &names)
+                };
+                let context = crate::context::tar(&tree, &plan.context, &text)
                     .map_err(|e| Failure::error(format!("build context: {e}")))?;
-                engine::build(
-                    &docker,
-                    engine::BuildRequest {
-                        context,
-                        dockerfile: crate::context::DOCKERFILE_PATH,
-                        tag: &tag,
-                        build_args: &plan.build_args,
-                        platform,
-                        log_prefix: &prefix,
-                    },
-                    log,
-                )
-                .await?
+                let req = engine::BuildRequest {
+                    context,
+                    dockerfile: crate::context::DOCKERFILE_PATH,
+                    tag: &tag,
+                    build_args: &plan.build_args,
+                    platform,
+                    log_prefix: &prefix,
+                };
+                if names.is_empty() {
+                    engine::build(&docker, req, log).await?
+                } else {
+                    let t = engine::build_with_secrets(req, &plan.secrets, log).await?;
+                    temporary_tag = Some(t.clone());
+                    t
+                }
             }
         };
         log.line(&format!("{prefix}Publishing image: export, chunk, store"));
-        let exported = engine::export(&docker, &image_name, app.store.clone()).await?;
+        let exported = engine::export(&docker, &image_name, app.store.clone()).await;
+        if let Some(t) = temporary_tag.take() {
+            engine::remove_image(&docker, &t).await;
+        }
+        let exported = exported?;
         let image_bytes = exported.image.size_bytes();
         let summary = ServiceSummary {
             service: plan.name.clone(),
