@@ -201,7 +201,12 @@ pub(crate) struct Metrics {
     pub(crate) wave_opened: Vec<Option<Nanos>>,
     pub(crate) wave_finished: Vec<Option<Nanos>>,
     pub(crate) wave_healthy: Vec<u32>,
+    /// Runtime steps and status reports still on their way.
     pub(crate) pending_runtime: u32,
+    pub(crate) origin_requests: u64,
+    pub(crate) origin_busy: u64,
+    pub(crate) not_found: u64,
+    pub(crate) chunk_requests: u64,
 }
 
 /// A simulation in progress. Build with [`Sim::new`], run with [`Sim::run`].
@@ -330,6 +335,7 @@ impl Sim {
     pub fn run(mut self) -> Result<Outcome, RunError> {
         let max_t = ns(self.sc.limits.max_time_s);
         let mut check_every = 0u32;
+        let mut last_check: Nanos = 0;
         loop {
             if let Some(v) = self.violation.take() {
                 return Err(v.into());
@@ -355,6 +361,13 @@ impl Sim {
             if t > max_t || self.m.events >= self.sc.limits.max_events {
                 break;
             }
+            if t > self.now && (check_every >= 4096 || t >= last_check + SECOND / 20) {
+                check_every = 0;
+                last_check = t;
+                if self.finished() {
+                    break;
+                }
+            }
             self.now = t.max(self.now);
             self.m.events += 1;
             if tn == Some(t) && tq.is_none_or(|q| q > t || tn <= tq) {
@@ -366,12 +379,6 @@ impl Sim {
                 self.dispatch(e.ev);
             }
             check_every += 1;
-            if check_every >= 4096 {
-                check_every = 0;
-                if self.finished() {
-                    break;
-                }
-            }
         }
         if let Some(v) = self.violation.take() {
             return Err(v.into());
@@ -388,11 +395,33 @@ impl Sim {
             .devs
             .iter()
             .filter(|d| d.byz.is_none() && d.online && d.node.is_some())
-            .all(|d| d.staged_at.is_some());
+            .all(|d| self.converged(d));
         all_staged && self.control.settled()
     }
 
+    /// Whether an online honest device holds the release (or went past it): staged at some
+    /// point, and now holding every chunk or having handed the release to its runtime.
+    fn converged(&self, d: &Dev) -> bool {
+        let seq = self.release.announcement.sequence;
+        d.staged_at.is_some()
+            && d.node.as_ref().is_some_and(|n| {
+                n.applied().is_some_and(|a| a >= seq)
+                    || n.progress().is_some_and(|p| {
+                        p.sequence == seq && p.total_chunks > 0 && p.have_chunks == p.total_chunks
+                    })
+            })
+    }
+
     fn outcome(mut self) -> Outcome {
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            eprintln!(
+                "{:?} flows {} recomputes {}",
+                self.m,
+                self.net.flow_count(),
+                self.net.counters().recomputes
+            );
+            eprintln!("{:?}", self.control);
+        }
         self.net.settle_all(self.now);
         let mut staged: Vec<f64> = Vec::new();
         let mut online = 0;
@@ -425,8 +454,8 @@ impl Sim {
             }
             online += 1;
             match d.staged_at {
-                Some(t) => staged.push(secs(t)),
-                None => ok = false,
+                Some(t) if self.converged(d) => staged.push(secs(t)),
+                _ => ok = false,
             }
         }
         staged.sort_by(f64::total_cmp);

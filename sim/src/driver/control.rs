@@ -1,71 +1,139 @@
-//! The rollout controller as the simulator drives it: status reports in, signed wave control
-//! messages out. (Interim: opens wave 0 only, until the builder's controller core is wired in.)
+//! The rollout controller as the simulator drives it: the builder's own controller core
+//! ([`shoal_builder::rollout::Controller`]) fed with the devices' signed status reports; its
+//! actions become signed wave control messages the origin publishes on the gossip mesh.
 
-use shoal_node::testing::{TestFleet, TestRelease};
-use shoal_protocol::{RolloutPlan, WaveAction};
+use shoal_builder::rollout::{Controller, State};
+use shoal_node::core::GossipMessage;
+use shoal_node::testing::{TEST_EPOCH, TestFleet, TestRelease};
+use shoal_protocol::{DeviceId, Envelope, RolloutPlan, encoding, verify};
 
+use super::setup::FLEET;
 use crate::net::Nanos;
+
+fn ms(t: Nanos) -> u64 {
+    t / 1_000_000
+}
 
 #[derive(Debug)]
 pub(crate) struct Control {
     plan: RolloutPlan,
-    fleet: Option<(TestFleet, TestRelease)>,
-    counter: u64,
-    opened: Vec<(u32, Nanos)>,
-    tick: Option<Nanos>,
+    fleet: Option<(TestFleet, TestRelease, Vec<DeviceId>)>,
+    ctl: Option<Controller>,
+    armed: Option<u64>,
+    rejected_reports: u64,
 }
 
 impl Control {
-    pub(crate) fn new(plan: RolloutPlan, _devices: u32) -> Control {
+    pub(crate) fn new(plan: RolloutPlan) -> Control {
         Control {
             plan,
             fleet: None,
-            counter: 0,
-            opened: Vec::new(),
-            tick: None,
+            ctl: None,
+            armed: None,
+            rejected_reports: 0,
         }
     }
 
-    pub(crate) fn bind(&mut self, fleet: TestFleet, release: TestRelease) {
-        self.fleet = Some((fleet, release));
+    /// The fleet, release and device list the controller will steer.
+    pub(crate) fn bind(&mut self, fleet: TestFleet, release: TestRelease, devices: Vec<DeviceId>) {
+        self.fleet = Some((fleet, release, devices));
     }
 
-    fn sign(&mut self, action: WaveAction) -> Vec<u8> {
-        self.counter += 1;
-        let (f, r) = self.fleet.as_ref().expect("bound before start");
-        f.wave_control(r, self.counter, action)
-    }
-
+    /// Start the rollout (wave 0 opens); returns the gossip messages to publish.
     pub(crate) fn start(&mut self, now: Nanos) -> Vec<Vec<u8>> {
-        self.opened.push((0, now));
-        vec![self.sign(WaveAction::Open { wave: 0 })]
+        let Some((_, release, devices)) = &self.fleet else {
+            return Vec::new();
+        };
+        self.ctl = Some(Controller::with_devices(
+            FLEET,
+            release.announcement.sequence,
+            release.announcement.manifest_digest,
+            self.plan.clone(),
+            devices.iter().copied(),
+            None,
+            ms(now),
+        ));
+        self.actions(now)
     }
 
-    pub(crate) fn on_report(&mut self, _now: Nanos, _envelope: &[u8]) -> Vec<Vec<u8>> {
-        Vec::new()
+    fn actions(&mut self, now: Nanos) -> Vec<Vec<u8>> {
+        let (Some(ctl), Some((fleet, _, _))) = (self.ctl.as_mut(), self.fleet.as_ref()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Some(action) = ctl.poll_action() {
+            let issued = TEST_EPOCH.plus_secs(now / 1_000_000_000);
+            if let Some(wc) = ctl.wave_control(&action, issued) {
+                let env = Envelope::seal(&wc, &[&fleet.release_key]);
+                out.push(GossipMessage::WaveControl(encoding::encode(&env)).encode());
+            }
+        }
+        out
     }
 
-    pub(crate) fn tick(&mut self, _now: Nanos) -> Vec<Vec<u8>> {
-        Vec::new()
+    /// A status report envelope reached the builder.
+    pub(crate) fn on_report(&mut self, now: Nanos, envelope: &[u8]) -> Vec<Vec<u8>> {
+        match verify::status_report(envelope) {
+            Ok(report) => {
+                if let Some(ctl) = self.ctl.as_mut() {
+                    ctl.handle_report(ms(now), &report);
+                }
+            }
+            Err(_) => self.rejected_reports += 1,
+        }
+        self.actions(now)
     }
 
+    /// The controller's timer fired.
+    pub(crate) fn tick(&mut self, now: Nanos) -> Vec<Vec<u8>> {
+        self.armed = None;
+        if let Some(ctl) = self.ctl.as_mut() {
+            ctl.handle_timeout(ms(now));
+        }
+        self.actions(now)
+    }
+
+    /// A new wake-up time to arm, if it changed.
     pub(crate) fn take_tick(&mut self) -> Option<Nanos> {
-        self.tick.take()
+        let next = self.ctl.as_ref()?.poll_timeout()?;
+        if self.armed == Some(next) {
+            return None;
+        }
+        self.armed = Some(next);
+        Some(next * 1_000_000)
     }
 
+    /// Waves opened so far and when.
     pub(crate) fn opened(&self) -> Vec<(u32, Nanos)> {
-        self.opened.clone()
+        let Some(ctl) = &self.ctl else {
+            return Vec::new();
+        };
+        (0..self.plan.waves.len() as u32)
+            .filter_map(|w| ctl.opened_at_ms(w).map(|t| (w, t * 1_000_000)))
+            .collect()
     }
 
+    /// The highest wave opened, if the rollout started.
     pub(crate) fn max_open(&self) -> Option<u32> {
-        self.opened.iter().map(|o| o.0).max()
+        self.ctl.as_ref().map(Controller::open_wave)
     }
 
+    /// Whether the rollout paused or halted.
     pub(crate) fn paused(&self) -> bool {
-        false
+        self.ctl
+            .as_ref()
+            .is_some_and(|c| matches!(c.state(), State::Paused(_) | State::Halted))
     }
 
+    /// Whether the rollout reached a state it will not leave by itself.
     pub(crate) fn settled(&self) -> bool {
-        self.plan.waves.len() == 1
+        self.ctl
+            .as_ref()
+            .is_some_and(|c| *c.state() != State::Running)
+    }
+
+    /// Status reports whose signature did not verify.
+    pub(crate) fn rejected_reports(&self) -> u64 {
+        self.rejected_reports
     }
 }

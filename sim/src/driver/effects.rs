@@ -382,6 +382,7 @@ impl Sim {
                 };
                 if self.reachable(d, BUILDER) {
                     let t = self.now + self.message_delay(d, BUILDER);
+                    self.m.pending_runtime += 1;
                     self.push(
                         t,
                         Ev::Report {
@@ -567,6 +568,10 @@ impl Sim {
     }
 
     fn serve_chunk(&mut self, to: u32, from: u32, index: u32) {
+        self.m.chunk_requests += 1;
+        if from == BUILDER {
+            self.m.origin_requests += 1;
+        }
         if self.devs[to as usize].stored.get(index) {
             self.push(
                 self.now,
@@ -594,6 +599,7 @@ impl Sim {
         let mut corrupt = false;
         if from == BUILDER {
             if self.origin_uploads >= super::ORIGIN_UPLOAD_SLOTS {
+                self.m.origin_busy += 1;
                 self.reply_chunk(to, from, index, FetchError::Busy);
                 return;
             }
@@ -614,6 +620,7 @@ impl Sim {
                         .as_ref()
                         .is_some_and(|n| n.has_chunk(seq, index));
                     if !has {
+                        self.m.not_found += 1;
                         self.reply_chunk(to, from, index, FetchError::NotFound);
                         return;
                     }

@@ -149,11 +149,15 @@ impl Sim {
                 healthy,
             } => {
                 self.record(8, from, 0, u64::from(healthy.unwrap_or(false)));
+                self.m.pending_runtime -= 1;
                 if let Some(h) = healthy {
                     self.wave_report(from, h);
                 }
                 let actions = self.control.on_report(self.now, &envelope);
                 self.publish_controls(actions);
+                if self.control.rejected_reports() > 0 {
+                    self.fail(from, "its status report's signature did not verify".into());
+                }
             }
             Ev::ApplyDone { dev, seq } => {
                 self.record(9, dev, 0, seq.0);
@@ -365,7 +369,6 @@ impl Sim {
         };
         let dev = &mut self.devs[d as usize];
         dev.node = Some(node);
-        dev.staged_at = None;
         dev.seen_gossip = 0;
         self.feed(
             d,

@@ -219,7 +219,7 @@ impl Sim {
             have_batches: HashMap::new(),
             origin_uploads: 0,
             partitioned: vec![false; nsites as usize],
-            control: control::Control::new(plan, n),
+            control: control::Control::new(plan),
             plan: fplan,
             announced: false,
             rng: Rng::derive(seed, 0x1055),
@@ -235,7 +235,8 @@ impl Sim {
             violation: None,
         };
         let (f, r) = (sim.fleet.clone(), sim.release.clone());
-        sim.control.bind(f, r);
+        let ids = sim.devs.iter().map(|d| d.id).collect();
+        sim.control.bind(f, r, ids);
         if sim.replay.is_empty() {
             sim.replay = format!("shoal-sim run --scenario {} --seed {seed}", sim.sc.name);
         }
