@@ -115,9 +115,17 @@ pub(crate) enum Ev {
         from: u32,
         msg: u16,
     },
+    /// HAVEs `from` advertised, to all its connected peers on its site (`remote` false) or
+    /// on other sites (`remote` true).
     Haves {
+        from: u32,
+        remote: bool,
+    },
+    /// HAVEs to one peer whose first delivery was lost.
+    HavesTo {
         to: u32,
         from: u32,
+        batch: Vec<u32>,
     },
     Bitfield {
         to: u32,
@@ -207,6 +215,7 @@ pub(crate) struct Metrics {
     pub(crate) origin_busy: u64,
     pub(crate) not_found: u64,
     pub(crate) chunk_requests: u64,
+    pub(crate) by_kind: [u64; 16],
 }
 
 /// A simulation in progress. Build with [`Sim::new`], run with [`Sim::run`].
@@ -231,7 +240,7 @@ pub struct Sim {
     pub(crate) recs: Vec<Rec>,
     pub(crate) free_recs: Vec<u32>,
     pub(crate) fetches: HashMap<(u32, u32, u32), u32>,
-    pub(crate) have_batches: HashMap<(u32, u32), Vec<u32>>,
+    pub(crate) have_batches: HashMap<(u32, bool), Vec<u32>>,
     pub(crate) origin_uploads: u32,
     pub(crate) partitioned: Vec<bool>,
     pub(crate) plan: faults::Plan,
@@ -320,6 +329,7 @@ impl Sim {
     }
 
     fn record(&mut self, kind: u8, a: u32, b: u32, c: u64) {
+        self.m.by_kind[kind as usize & 15] += 1;
         let mut buf = [0u8; 25];
         buf[..8].copy_from_slice(&self.now.to_le_bytes());
         buf[8] = kind;

@@ -269,12 +269,13 @@ impl Sim {
             .as_ref()
             .and_then(|n| n.poll_timeout())
             .map(|t| (t.0 * 1_000_000).max(self.now));
+        // Only an earlier wake-up is queued; a later one is re-armed when the queued one fires.
         let dev = &mut self.devs[d as usize];
-        if next != dev.timer_at {
-            dev.timer_at = next;
-            if let Some(t) = next {
-                self.push(t, Ev::Timer(d));
-            }
+        if let Some(t) = next
+            && dev.timer_at.is_none_or(|armed| t < armed)
+        {
+            dev.timer_at = Some(t);
+            self.push(t, Ev::Timer(d));
         }
     }
 
@@ -489,24 +490,72 @@ impl Sim {
     }
 
     fn advertise(&mut self, d: u32, index: u32) {
-        for k in 0..self.devs[d as usize].conns.len() {
-            let c = self.devs[d as usize].conns[k];
-            if !c.up || self.devs[c.peer as usize].node.is_none() {
+        let site = self.devs[d as usize].site;
+        let (mut local, mut remote) = (false, false);
+        for c in &self.devs[d as usize].conns {
+            if c.up {
+                if self.devs[c.peer as usize].site == site {
+                    local = true;
+                } else {
+                    remote = true;
+                }
+            }
+        }
+        for (class, any) in [(false, local), (true, remote)] {
+            if !any {
                 continue;
             }
-            let batch = self.have_batches.entry((d, c.peer)).or_default();
+            let batch = self.have_batches.entry((d, class)).or_default();
             batch.push(index);
             if batch.len() == 1 {
-                let t = self.now + self.message_delay(d, c.peer);
+                let lat = if class {
+                    self.sc.network.wan_latency_ms
+                } else {
+                    self.sc.network.lan_latency_ms
+                };
+                let t = self.now + ns(lat / 1000.0).max(1);
                 self.push(
                     t,
                     Ev::Haves {
-                        to: c.peer,
                         from: d,
+                        remote: class,
                     },
                 );
             }
         }
+    }
+
+    /// Deliver a batch of HAVEs from `from` to `to`, or retransmit it later if lost.
+    pub(crate) fn deliver_haves(&mut self, to: u32, from: u32, batch: &[u32], may_lose: bool) {
+        if !self.connected(to, from) || self.devs[to as usize].node.is_none() {
+            return;
+        }
+        if may_lose {
+            let l = self.latency(from, to);
+            let delay = self.message_delay(from, to);
+            if delay > l {
+                let batch = batch.to_vec();
+                self.push(self.now + delay - l, Ev::HavesTo { to, from, batch });
+                return;
+            }
+        }
+        let peer = self.pid(from);
+        let sequence = self.release.announcement.sequence;
+        let now = ms(self.now);
+        let Some(node) = self.devs[to as usize].node.as_mut() else {
+            return;
+        };
+        for &index in batch {
+            node.handle(
+                now,
+                Input::PeerHaveChunk {
+                    peer,
+                    sequence,
+                    index,
+                },
+            );
+        }
+        self.drain(to);
     }
 
     fn forward_gossip(&mut self, d: u32, msg: u16) {

@@ -13,15 +13,17 @@ impl Sim {
     pub(crate) fn dispatch(&mut self, ev: Ev) {
         match ev {
             Ev::Timer(d) => {
-                self.record(2, d, 0, 0);
-                let dev = &mut self.devs[d as usize];
-                if dev.timer_at != Some(self.now) {
+                if self.devs[d as usize].timer_at != Some(self.now) {
                     return;
                 }
+                self.record(2, d, 0, 0);
+                let dev = &mut self.devs[d as usize];
                 dev.timer_at = None;
                 let now = ms(self.now);
                 if let Some(node) = dev.node.as_mut() {
-                    node.handle_timeout(now);
+                    if node.poll_timeout().is_some_and(|t| t <= now) {
+                        node.handle_timeout(now);
+                    }
                     self.drain(d);
                 }
             }
@@ -43,29 +45,23 @@ impl Sim {
                     },
                 );
             }
-            Ev::Haves { to, from } => {
-                let batch = self.have_batches.remove(&(from, to)).unwrap_or_default();
-                self.record(4, to, from, batch.len() as u64);
-                if !self.connected(to, from) {
-                    return;
+            Ev::Haves { from, remote } => {
+                let batch = self
+                    .have_batches
+                    .remove(&(from, remote))
+                    .unwrap_or_default();
+                self.record(4, from, u32::from(remote), batch.len() as u64);
+                let site = self.devs[from as usize].site;
+                for k in 0..self.devs[from as usize].conns.len() {
+                    let c = self.devs[from as usize].conns[k];
+                    if c.up && (self.devs[c.peer as usize].site != site) == remote {
+                        self.deliver_haves(c.peer, from, &batch, true);
+                    }
                 }
-                let peer = self.pid(from);
-                let sequence = self.release.announcement.sequence;
-                let now = ms(self.now);
-                let Some(node) = self.devs[to as usize].node.as_mut() else {
-                    return;
-                };
-                for index in batch {
-                    node.handle(
-                        now,
-                        Input::PeerHaveChunk {
-                            peer,
-                            sequence,
-                            index,
-                        },
-                    );
-                }
-                self.drain(to);
+            }
+            Ev::HavesTo { to, from, batch } => {
+                self.record(15, to, from, batch.len() as u64);
+                self.deliver_haves(to, from, &batch, false);
             }
             Ev::Bitfield { to, from, have } => {
                 self.record(5, to, from, u64::from(have.count_ones()));
