@@ -12,4 +12,5 @@
 pub mod core;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-// daemon: added by the daemon work (feature "daemon")
+#[cfg(feature = "daemon")]
+pub mod daemon;

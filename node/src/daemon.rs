@@ -1,0 +1,34 @@
+//! The device daemon: drives [`crate::core`] over real sockets, disks and clocks.
+//!
+//! Start one with [`Builder`] (the `shoal-node run` binary and the builder's origin node both
+//! do); the [`Handle`] it returns reads status, seeds and publishes releases, and stops it.
+//!
+//! - [`identity`]: the device key (Shoal device id, libp2p peer id, QUIC certificate key).
+//! - [`config`]: the TOML configuration file.
+//! - [`quic`]: the data plane's QUIC endpoint, authenticated by the device key.
+//! - [`transfer`]: the chunk request/response protocol, pipelined on QUIC streams.
+//! - [`peer`]: the per-connection control stream (hello, bitfields, HAVEs, missed gossip).
+//! - [`net`]: libp2p (gossipsub with validation, identify, Kademlia, mDNS).
+//! - [`store`]: chunks and manifests on disk by digest, with a byte quota.
+//! - [`state`]: atomic state files.
+//! - [`metrics`]: counters by peer class and the Prometheus text format.
+//! - [`local`]: the metrics endpoint and the control socket.
+//! - `driver`: the event loop mapping core outputs to effects.
+
+pub mod config;
+mod driver;
+mod handle;
+pub mod identity;
+pub mod local;
+pub mod metrics;
+pub mod net;
+pub mod peer;
+pub mod quic;
+pub mod state;
+pub mod store;
+pub mod transfer;
+
+pub use handle::{
+    BoxFuture, Builder, Handle, PeerStatus, PublishError, Runtime, StageOnly, StartError, Status,
+    TuneFn, WallClock, system_clock,
+};

@@ -1,0 +1,1312 @@
+//! The daemon's event loop: one [`core::Node`], one libp2p swarm, one QUIC endpoint.
+//!
+//! Everything reaches the loop as an input — a swarm event, a data-plane [`Event`] from a task, a
+//! [`Command`] from the [`Handle`], the core's timer — and after each input the loop drains the
+//! core's outputs, carrying out each as one effect ([`Driver::effect`]). Effects that take time
+//! (fetches, activation) run as tasks in a [`JoinSet`] owned by the loop and come back as events,
+//! so the loop never waits on the network or the disk except for [`core::Output::Persist`], which
+//! must be durable before the next output. The loop holds no rollout policy: which chunk from
+//! which peer, when to ban, when to apply is the core's.
+//!
+//! Peers: libp2p carries gossip and discovery; when identify shows a peer of our fleet, the side
+//! with the lower device id dials the other's data plane (QUIC, TLS bound to the device key), and
+//! that one connection carries both chunk requests (either way) and the control stream
+//! ([`super::peer`]). A peer reaches the core once its hello arrived.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, Swarm, gossipsub, identify, mdns};
+use shoal_protocol::{DeviceId, ReleaseManifest, ReleaseSeq, StatusReport, encoding, verify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::handle::{
+    Builder, Command, Handle, PeerStatus, PublishError, Runtime, StartError, Status, WallClock,
+};
+use super::identity::{DeviceKey, device_id_of};
+use super::metrics::{Counters, PeerClass};
+use super::net::{self, Behaviour, BehaviourEvent};
+use super::peer::{self, ControlMsg};
+use super::store::Store;
+use super::transfer::{self, AdmitFn, BlobKind, BlobSource, FetchError};
+use crate::core::{self, Input, Output};
+
+/// Capacity of the loop's event channel.
+const EVENT_CAPACITY: usize = 4096;
+/// Capacity of each peer's outgoing control queue; a peer that falls this far behind is
+/// disconnected.
+const CONTROL_CAPACITY: usize = 8192;
+/// Gossip verdicts awaited at once; older pending ones are dropped.
+const MAX_PENDING_GOSSIP: usize = 4096;
+/// How often the wall clock is sent to the core again.
+const WALL_CLOCK_EVERY: Duration = Duration::from_secs(30);
+
+pub(super) enum Event {
+    Connected {
+        device: DeviceId,
+        conn: quinn::Connection,
+    },
+    DialFailed {
+        device: DeviceId,
+    },
+    Control {
+        device: DeviceId,
+        conn_id: usize,
+        msg: ControlMsg,
+    },
+    Closed {
+        device: DeviceId,
+        conn_id: usize,
+    },
+    Chunk {
+        peer: DeviceId,
+        sequence: ReleaseSeq,
+        index: u32,
+        result: Result<core::FetchStats, core::FetchError>,
+    },
+    Manifest {
+        peer: DeviceId,
+        sequence: ReleaseSeq,
+        result: Result<Arc<[u8]>, core::FetchError>,
+    },
+    Applied {
+        sequence: ReleaseSeq,
+        result: Result<(), String>,
+    },
+    Health {
+        sequence: ReleaseSeq,
+        healthy: bool,
+        detail: String,
+    },
+}
+
+enum PendingGossip {
+    Net {
+        id: gossipsub::MessageId,
+        source: libp2p::PeerId,
+    },
+    Local {
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), PublishError>>,
+    },
+    Sync,
+}
+
+struct Peer {
+    conn: quinn::Connection,
+    ctrl: mpsc::Sender<ControlMsg>,
+    info: Option<core::PeerInfo>,
+}
+
+struct Driver {
+    node: core::Node,
+    started: tokio::time::Instant,
+    clock: WallClock,
+    swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    key: DeviceKey,
+    device: DeviceId,
+    fleet: String,
+    site: Option<String>,
+    origin: bool,
+    endpoint: quinn::Endpoint,
+    store: Arc<Store>,
+    counters: Arc<Counters>,
+    banned: Arc<Mutex<BTreeMap<DeviceId, tokio::time::Instant>>>,
+    peers: BTreeMap<DeviceId, Peer>,
+    dialing: BTreeSet<DeviceId>,
+    remote_ips: BTreeMap<libp2p::PeerId, IpAddr>,
+    gossip: BTreeMap<u64, PendingGossip>,
+    next_gossip: u64,
+    fetches: BTreeMap<(DeviceId, ReleaseSeq, u32), AbortHandle>,
+    tasks: JoinSet<()>,
+    events_tx: mpsc::Sender<Event>,
+    status_tx: watch::Sender<Status>,
+    reports: broadcast::Sender<StatusReport>,
+    runtime: Arc<dyn Runtime>,
+    state_path: std::path::PathBuf,
+    manifests: BTreeMap<ReleaseSeq, Arc<ReleaseManifest>>,
+    refused: Option<String>,
+    data_addr: SocketAddr,
+    listen_addrs: Vec<Multiaddr>,
+    source: Arc<dyn BlobSource>,
+    kademlia: bool,
+    kad_bootstrapped: bool,
+}
+
+pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
+    super::quic::install_crypto_provider();
+    let device = b.key.device_id();
+    std::fs::create_dir_all(&b.data_dir).map_err(|source| StartError::Bind {
+        what: "data directory",
+        addr: b.data_dir.display().to_string(),
+        source,
+    })?;
+    let store = Arc::new(Store::open(&b.data_dir.join("store"), b.quota_bytes)?);
+    let state_path = b.data_dir.join("node-state.bin");
+    let snapshot = match std::fs::read(&state_path) {
+        Ok(bytes) => Some(
+            encoding::decode::<core::Snapshot>(&bytes).map_err(|source| StartError::Snapshot {
+                path: state_path.clone(),
+                source,
+            })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(super::state::StateError::Io {
+                path: state_path,
+                source,
+            }
+            .into());
+        }
+    };
+    let mut config = core::Config::new(b.key.signing_key(), b.trust.clone(), b.arch.clone());
+    config.site = b.site.clone();
+    config.store_quota_bytes = b.quota_bytes;
+    config.origin = b.origin;
+    if let Some(tune) = b.tune {
+        tune(&mut config);
+    }
+    let node = match snapshot {
+        Some(s) => core::Node::resume(config, s, b.seed),
+        None => core::Node::new(config, b.seed),
+    };
+
+    let endpoint = super::quic::endpoint(&b.key, b.data_listen)?;
+    let data_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        what: "data plane",
+        addr: b.data_listen.to_string(),
+        source,
+    })?;
+    let mut swarm = net::swarm(&b.key, &b.fleet, data_addr.port(), b.origin, b.mdns)?;
+    let mut listen_addrs = Vec::new();
+    for addr in &b.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    // Wait for the listeners to report their bound addresses (or fail: a taken port).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while listen_addrs.len() < b.listen.len() {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some()).await;
+        match ev {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => {
+                listen_addrs.push(address.with(Protocol::P2p(b.key.peer_id())));
+            }
+            Ok(SwarmEvent::ListenerError { error, .. })
+            | Ok(SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            }) => {
+                return Err(StartError::Listen {
+                    addr: b.listen[listen_addrs.len()].clone(),
+                    message: error.to_string(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(StartError::Listen {
+                    addr: b.listen[listen_addrs.len()].clone(),
+                    message: "no listen address within 5 s".into(),
+                });
+            }
+        }
+    }
+    for addr in &b.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    let counters = Arc::new(Counters::default());
+    let (events_tx, mut events_rx) = mpsc::channel(EVENT_CAPACITY);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let (reports, _) = broadcast::channel(1024);
+    let banned: Arc<Mutex<BTreeMap<DeviceId, tokio::time::Instant>>> = Arc::default();
+
+    let mut local_tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+        Vec::new();
+    let metrics_addr = match b.metrics {
+        Some(addr) => {
+            let (bound, fut) =
+                super::local::serve_metrics(addr, counters.clone(), status_rx.clone())
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: "metrics endpoint",
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+            local_tasks.push(Box::pin(fut));
+            Some(bound)
+        }
+        None => None,
+    };
+    if b.control_socket {
+        let path = b.data_dir.join("control.sock");
+        let fut = super::local::serve_control(&path, status_rx.clone()).map_err(|source| {
+            StartError::Bind {
+                what: "control socket",
+                addr: path.display().to_string(),
+                source,
+            }
+        })?;
+        local_tasks.push(Box::pin(fut));
+    }
+    let source: Arc<dyn BlobSource> = match b.source {
+        Some(s) => s,
+        None => store.clone(),
+    };
+
+    let mut driver = Driver {
+        node,
+        started: tokio::time::Instant::now(),
+        clock: b.clock,
+        swarm,
+        topic: net::topic(&b.fleet),
+        key: b.key,
+        device,
+        fleet: b.fleet,
+        site: b.site,
+        origin: b.origin,
+        endpoint: endpoint.clone(),
+        store: store.clone(),
+        counters: counters.clone(),
+        banned,
+        peers: BTreeMap::new(),
+        dialing: BTreeSet::new(),
+        remote_ips: BTreeMap::new(),
+        gossip: BTreeMap::new(),
+        next_gossip: 0,
+        fetches: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        events_tx,
+        status_tx,
+        reports: reports.clone(),
+        runtime: b.runtime,
+        state_path,
+        manifests: BTreeMap::new(),
+        refused: None,
+        data_addr,
+        listen_addrs: listen_addrs.clone(),
+        source,
+        kademlia: b.kademlia,
+        kad_bootstrapped: false,
+    };
+    for fut in local_tasks {
+        driver.tasks.spawn(fut);
+    }
+    driver.spawn_accept_loop();
+    let now = driver.now();
+    let wall = (driver.clock)();
+    driver.node.handle(now, Input::WallClock(wall));
+    driver.drain();
+    driver.publish_status();
+
+    let task = tokio::spawn(async move {
+        driver.run(&mut events_rx, &mut cmd_rx).await;
+    });
+    Ok(Handle {
+        device,
+        data_addr,
+        listen_addrs,
+        store,
+        counters,
+        status: status_rx,
+        commands: cmd_tx,
+        reports,
+        task,
+        metrics_addr,
+        endpoint,
+    })
+}
+
+fn to_core_error(e: &FetchError) -> core::FetchError {
+    match e {
+        FetchError::Invalid(_) | FetchError::BadStatus(_) => core::FetchError::DigestMismatch,
+        FetchError::NotFound(_) => core::FetchError::NotFound,
+        FetchError::Refused => core::FetchError::Busy,
+        FetchError::Timeout => core::FetchError::Timeout,
+        _ => core::FetchError::Io,
+    }
+}
+
+impl Driver {
+    fn now(&self) -> core::Instant {
+        core::Instant(self.started.elapsed().as_millis() as u64)
+    }
+
+    fn admit_fn(&self) -> Arc<AdmitFn> {
+        let banned = self.banned.clone();
+        Arc::new(move |d: &DeviceId| {
+            let map = banned.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(d)
+                .is_none_or(|until| *until <= tokio::time::Instant::now())
+        })
+    }
+
+    fn spawn_accept_loop(&mut self) {
+        let endpoint = self.endpoint.clone();
+        let admit = self.admit_fn();
+        let events = self.events_tx.clone();
+        let store = self.source.clone();
+        let counters = self.counters.clone();
+        self.tasks.spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(transfer::MAX_CONNECTIONS));
+            while let Some(incoming) = endpoint.accept().await {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    incoming.refuse();
+                    continue;
+                };
+                let (admit, events, store, counters) = (
+                    admit.clone(),
+                    events.clone(),
+                    store.clone(),
+                    counters.clone(),
+                );
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let Ok(conn) = incoming.await else { return };
+                    let Some(device) = super::quic::remote_device(&conn) else {
+                        conn.close(1u32.into(), b"no device identity");
+                        return;
+                    };
+                    if !admit(&device) {
+                        conn.close(2u32.into(), b"banned");
+                        return;
+                    }
+                    if events
+                        .send(Event::Connected {
+                            device,
+                            conn: conn.clone(),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    transfer::serve_connection(conn, device, store, counters).await;
+                });
+            }
+        });
+    }
+
+    async fn run(
+        &mut self,
+        events: &mut mpsc::Receiver<Event>,
+        cmds: &mut mpsc::Receiver<Command>,
+    ) {
+        let mut wall_tick = tokio::time::interval(WALL_CLOCK_EVERY);
+        let mut status_tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            let wake = self
+                .node
+                .poll_timeout()
+                .map(|t| self.started + Duration::from_millis(t.as_millis()))
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                Some(ev) = events.recv() => self.on_event(ev),
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = self.now();
+                    self.node.handle_timeout(now);
+                }
+                _ = wall_tick.tick() => {
+                    if self.kademlia && self.kad_bootstrapped {
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                    let now = self.now();
+                    let wall = (self.clock)();
+                    self.node.handle(now, Input::WallClock(wall));
+                }
+                _ = status_tick.tick() => self.publish_status(),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+            self.drain();
+        }
+        self.publish_status();
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.tasks.shutdown().await;
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.node.poll_output() {
+            self.effect(out);
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        let now = self.now();
+        self.node.handle(now, input);
+    }
+
+    fn new_gossip_id(&mut self, pending: PendingGossip) -> core::MessageId {
+        if self.gossip.len() >= MAX_PENDING_GOSSIP
+            && let Some((&oldest, _)) = self.gossip.iter().next()
+        {
+            self.gossip.remove(&oldest);
+        }
+        let id = self.next_gossip;
+        self.next_gossip += 1;
+        self.gossip.insert(id, pending);
+        core::MessageId(id)
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { bytes, reply } => {
+                let id = self.new_gossip_id(PendingGossip::Local {
+                    bytes: bytes.clone(),
+                    reply,
+                });
+                let from = self.device;
+                self.feed(Input::Gossip { from, id, bytes });
+            }
+            Command::Seed {
+                announcement,
+                manifest,
+                reply,
+            } => {
+                let now = self.now();
+                let result = self
+                    .node
+                    .seed(now, announcement.clone(), manifest)
+                    .map_err(|e| PublishError::Refused(e.to_string()));
+                if result.is_ok() {
+                    let msg = core::GossipMessage::Announcement(announcement).encode();
+                    self.gossip_publish(msg);
+                }
+                let _ = reply.send(result);
+            }
+            Command::PublishUnchecked { bytes } => self.gossip_publish(bytes),
+            Command::Dial { addr } => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!(%addr, error = %e, "dial failed");
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn gossip_publish(&mut self, bytes: Vec<u8>) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            // Peers that connect later get it through the core's SyncGossip.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::warn!(error = %e, "gossip publish failed"),
+        }
+    }
+
+    // ---------------------------------------------------------------- libp2p
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.remote_ips.insert(peer_id, ip);
+                }
+                if self.kademlia && !self.kad_bootstrapped {
+                    self.kad_bootstrapped = true;
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.remote_ips.remove(&peer_id);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "libp2p listening");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let Some(from) = device_id_of(&propagation_source) else {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            gossipsub::MessageAcceptance::Reject,
+                        );
+                    return;
+                };
+                let id = self.new_gossip_id(PendingGossip::Net {
+                    id: message_id,
+                    source: propagation_source,
+                });
+                self.feed(Input::Gossip {
+                    from,
+                    id,
+                    bytes: message.data,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.on_identified(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_identified(&mut self, peer_id: libp2p::PeerId, info: identify::Info) {
+        let Some((fleet, port)) = net::parse_agent(&info.agent_version) else {
+            return;
+        };
+        if fleet != self.fleet {
+            return;
+        }
+        for addr in info.listen_addrs.iter().take(8) {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer_id, addr.clone());
+        }
+        let Some(device) = device_id_of(&peer_id) else {
+            return;
+        };
+        let Some(ip) = self.remote_ips.get(&peer_id).copied() else {
+            return;
+        };
+        // One connection per pair: the lower device id dials.
+        if device <= self.device
+            || self.peers.contains_key(&device)
+            || self.dialing.contains(&device)
+            || !(self.admit_fn())(&device)
+        {
+            return;
+        }
+        self.dialing.insert(device);
+        let addr = SocketAddr::new(ip, port);
+        let (endpoint, key, events) = (
+            self.endpoint.clone(),
+            self.key.clone(),
+            self.events_tx.clone(),
+        );
+        let (store, counters) = (self.source.clone(), self.counters.clone());
+        self.tasks.spawn(async move {
+            match super::quic::connect(&endpoint, &key, addr, &device).await {
+                Ok(conn) => {
+                    if events
+                        .send(Event::Connected {
+                            device,
+                            conn: conn.clone(),
+                        })
+                        .await
+                        .is_ok()
+                    {
+                        tokio::spawn(transfer::serve_connection(conn, device, store, counters));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %device.short(), %addr, error = %e, "data-plane dial failed");
+                    let _ = events.send(Event::DialFailed { device }).await;
+                }
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------- data plane events
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Connected { device, conn } => self.on_connected(device, conn),
+            Event::DialFailed { device } => {
+                self.dialing.remove(&device);
+            }
+            Event::Control {
+                device,
+                conn_id,
+                msg,
+            } => {
+                if self.peers.get(&device).map(|p| p.conn.stable_id()) == Some(conn_id) {
+                    self.on_control(device, msg);
+                }
+            }
+            Event::Closed { device, conn_id } => {
+                if self.peers.get(&device).map(|p| p.conn.stable_id()) == Some(conn_id) {
+                    self.remove_peer(&device);
+                }
+            }
+            Event::Chunk {
+                peer,
+                sequence,
+                index,
+                result,
+            } => {
+                self.fetches.remove(&(peer, sequence, index));
+                self.feed(Input::ChunkFetched {
+                    peer,
+                    sequence,
+                    index,
+                    result,
+                });
+            }
+            Event::Manifest {
+                peer,
+                sequence,
+                result,
+            } => self.feed(Input::ManifestFetched {
+                peer,
+                sequence,
+                result,
+            }),
+            Event::Applied { sequence, result } => {
+                let ok = result.is_ok();
+                self.feed(Input::ApplyFinished { sequence, result });
+                if ok {
+                    let runtime = self.runtime.clone();
+                    let events = self.events_tx.clone();
+                    self.tasks.spawn(async move {
+                        let (healthy, detail) = runtime.health(sequence).await;
+                        let _ = events
+                            .send(Event::Health {
+                                sequence,
+                                healthy,
+                                detail,
+                            })
+                            .await;
+                    });
+                }
+            }
+            Event::Health {
+                sequence,
+                healthy,
+                detail,
+            } => {
+                self.feed(Input::HealthResult {
+                    sequence,
+                    healthy,
+                    detail,
+                });
+                if healthy {
+                    self.evict();
+                }
+            }
+        }
+    }
+
+    fn on_connected(&mut self, device: DeviceId, conn: quinn::Connection) {
+        self.dialing.remove(&device);
+        if device == self.device {
+            conn.close(3u32.into(), b"self");
+            return;
+        }
+        if let Some(old) = self.peers.remove(&device) {
+            old.conn.close(4u32.into(), b"replaced");
+            if old.info.is_some() {
+                self.feed(Input::PeerDisconnected { peer: device });
+            }
+        }
+        let (ctrl, ctrl_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let hello = ControlMsg::Hello {
+            fleet: self.fleet.clone(),
+            site: self.site.clone(),
+            origin: self.origin,
+        };
+        let _ = ctrl.try_send(hello);
+        let conn_id = conn.stable_id();
+        let events = self.events_tx.clone();
+        let c = conn.clone();
+        self.tasks.spawn(async move {
+            let writer = write_control(c.clone(), ctrl_rx);
+            let reader = read_control(c.clone(), device, conn_id, events.clone());
+            tokio::select! {
+                _ = writer => {}
+                _ = reader => {}
+                _ = c.closed() => {}
+            }
+            c.close(0u32.into(), b"control stream ended");
+            let _ = events.send(Event::Closed { device, conn_id }).await;
+        });
+        self.peers.insert(
+            device,
+            Peer {
+                conn,
+                ctrl,
+                info: None,
+            },
+        );
+    }
+
+    fn remove_peer(&mut self, device: &DeviceId) {
+        if let Some(p) = self.peers.remove(device) {
+            p.conn.close(0u32.into(), b"bye");
+            self.counters.forget(device);
+            if p.info.is_some() {
+                self.feed(Input::PeerDisconnected { peer: *device });
+            }
+        }
+    }
+
+    fn on_control(&mut self, device: DeviceId, msg: ControlMsg) {
+        let Some(peer) = self.peers.get_mut(&device) else {
+            return;
+        };
+        match msg {
+            ControlMsg::Hello {
+                fleet,
+                site,
+                origin,
+            } => {
+                if fleet != self.fleet {
+                    tracing::debug!(peer = %device.short(), %fleet, "peer of another fleet");
+                    self.remove_peer(&device);
+                    return;
+                }
+                let class = if origin {
+                    PeerClass::Origin
+                } else if site.is_some() && site == self.site {
+                    PeerClass::Site
+                } else {
+                    PeerClass::Remote
+                };
+                self.counters.set_class(device, class);
+                let info = core::PeerInfo {
+                    site,
+                    rtt_ms: u32::try_from(peer.conn.rtt().as_millis()).unwrap_or(u32::MAX),
+                    origin,
+                };
+                peer.info = Some(info.clone());
+                self.feed(Input::PeerConnected { peer: device, info });
+            }
+            _ if peer.info.is_none() => {
+                tracing::debug!(peer = %device.short(), "control message before hello");
+                self.remove_peer(&device);
+            }
+            ControlMsg::Bitfield {
+                sequence,
+                len,
+                words,
+            } => match core::Bitfield::from_words(len, words) {
+                Ok(have) => self.feed(Input::PeerHave {
+                    peer: device,
+                    sequence,
+                    have,
+                }),
+                Err(e) => {
+                    tracing::debug!(peer = %device.short(), error = %e, "malformed bitfield");
+                    self.remove_peer(&device);
+                }
+            },
+            ControlMsg::Have { sequence, index } => self.feed(Input::PeerHaveChunk {
+                peer: device,
+                sequence,
+                index,
+            }),
+            ControlMsg::Gossip { bytes } => {
+                let id = self.new_gossip_id(PendingGossip::Sync);
+                self.feed(Input::Gossip {
+                    from: device,
+                    id,
+                    bytes,
+                });
+            }
+            ControlMsg::Report { envelope } => match verify::status_report(&envelope) {
+                Ok(report) => {
+                    let _ = self.reports.send(report);
+                }
+                Err(e) => tracing::debug!(peer = %device.short(), error = %e, "bad status report"),
+            },
+        }
+    }
+
+    fn send_control(&mut self, device: &DeviceId, msg: ControlMsg) {
+        let Some(peer) = self.peers.get(device) else {
+            return;
+        };
+        if peer.ctrl.try_send(msg).is_err() {
+            tracing::warn!(peer = %device.short(), "control queue full; disconnecting");
+            self.remove_peer(device);
+        }
+    }
+
+    // ---------------------------------------------------------------- core outputs
+
+    fn effect(&mut self, out: Output) {
+        match out {
+            Output::GossipVerdict { id, verdict } => self.on_verdict(id.0, verdict),
+            Output::SyncGossip { peer, messages } => {
+                for bytes in messages {
+                    self.send_control(&peer, ControlMsg::Gossip { bytes });
+                }
+            }
+            Output::SendBitfield {
+                peer,
+                sequence,
+                have,
+            } => self.send_control(
+                &peer,
+                ControlMsg::Bitfield {
+                    sequence,
+                    len: have.len(),
+                    words: have.words().to_vec(),
+                },
+            ),
+            Output::Advertise { sequence, index } => {
+                let targets: Vec<DeviceId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.info.is_some())
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in targets {
+                    self.send_control(&d, ControlMsg::Have { sequence, index });
+                }
+            }
+            Output::FetchManifest {
+                peer,
+                sequence,
+                digest,
+                size,
+            } => self.fetch_manifest(peer, sequence, digest, size),
+            Output::FetchChunk {
+                peer,
+                sequence,
+                index,
+                chunk,
+            } => self.fetch_chunk(peer, sequence, index, chunk),
+            Output::CancelFetch {
+                peer,
+                sequence,
+                index,
+            } => {
+                if let Some(h) = self.fetches.remove(&(peer, sequence, index)) {
+                    h.abort();
+                }
+            }
+            Output::DropPeer { peer, reason } => {
+                tracing::info!(peer = %peer.short(), ?reason, "dropping peer");
+                self.remove_peer(&peer);
+            }
+            Output::BanPeer {
+                peer,
+                reason,
+                until,
+            } => {
+                tracing::warn!(peer = %peer.short(), ?reason, "banning peer");
+                let until = self.started + Duration::from_millis(until.as_millis());
+                self.banned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(peer, until);
+                if let Some(pid) = super::identity::peer_id_of(&peer) {
+                    self.swarm.behaviour_mut().gossipsub.blacklist_peer(&pid);
+                    let _ = self.swarm.disconnect_peer_id(pid);
+                }
+                self.remove_peer(&peer);
+            }
+            Output::Persist(snapshot) => {
+                let bytes = encoding::encode(&*snapshot);
+                if let Err(e) = super::state::write_atomic(&self.state_path, &bytes) {
+                    tracing::error!(error = %e, "cannot persist node state");
+                }
+            }
+            Output::Apply { sequence, manifest } => {
+                self.manifests.insert(sequence, manifest.clone());
+                let runtime = self.runtime.clone();
+                let store = self.store.clone();
+                let events = self.events_tx.clone();
+                self.tasks.spawn(async move {
+                    let result = runtime.apply(sequence, manifest, store).await;
+                    let _ = events.send(Event::Applied { sequence, result }).await;
+                });
+            }
+            Output::Rollback { from, to } => {
+                let runtime = self.runtime.clone();
+                self.tasks
+                    .spawn(async move { runtime.rollback(from, to).await });
+            }
+            Output::Report { envelope, report } => {
+                tracing::info!(
+                    sequence = report.sequence.0,
+                    state = report.state.as_str(),
+                    "status report"
+                );
+                let origins: Vec<DeviceId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.info.as_ref().is_some_and(|i| i.origin))
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in origins {
+                    self.send_control(
+                        &d,
+                        ControlMsg::Report {
+                            envelope: envelope.clone(),
+                        },
+                    );
+                }
+                if self.origin {
+                    let _ = self.reports.send(report);
+                }
+            }
+            Output::Event(ev) => {
+                tracing::info!(event = ?ev, "node event");
+                if let core::Event::Refused { reason, .. } = &ev {
+                    self.refused = Some(reason.to_string());
+                }
+                self.publish_status();
+            }
+        }
+    }
+
+    fn on_verdict(&mut self, id: u64, verdict: core::Verdict) {
+        let Some(pending) = self.gossip.remove(&id) else {
+            return;
+        };
+        match pending {
+            PendingGossip::Net { id, source } => {
+                match verdict {
+                    core::Verdict::Accept => &self.counters.gossip_accepted,
+                    core::Verdict::Reject => &self.counters.gossip_rejected,
+                    core::Verdict::Ignore => &self.counters.gossip_ignored,
+                }
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let acceptance = match verdict {
+                    core::Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    core::Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    core::Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            PendingGossip::Local { bytes, reply } => {
+                let result = match verdict {
+                    core::Verdict::Accept => {
+                        self.gossip_publish(bytes);
+                        Ok(())
+                    }
+                    core::Verdict::Reject => Err(PublishError::Refused("invalid".into())),
+                    core::Verdict::Ignore => {
+                        Err(PublishError::Refused("ignored (duplicate or stale)".into()))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            PendingGossip::Sync => {}
+        }
+    }
+
+    fn fetch_manifest(
+        &mut self,
+        peer: DeviceId,
+        sequence: ReleaseSeq,
+        digest: shoal_protocol::Digest,
+        size: u64,
+    ) {
+        let Some(conn) = self.peer_conn(&peer) else {
+            self.feed(Input::ManifestFetched {
+                peer,
+                sequence,
+                result: Err(core::FetchError::Io),
+            });
+            return;
+        };
+        let (store, counters, events) = (
+            self.store.clone(),
+            self.counters.clone(),
+            self.events_tx.clone(),
+        );
+        self.tasks.spawn(async move {
+            let result = async {
+                let local = {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.read(&digest))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .flatten()
+                };
+                if let Some(bytes) = local {
+                    return Ok(Arc::<[u8]>::from(bytes));
+                }
+                let expected = u32::try_from(size).map_err(|_| core::FetchError::DigestMismatch)?;
+                let fetched = transfer::fetch(
+                    &conn,
+                    &peer,
+                    BlobKind::Manifest,
+                    &digest,
+                    Some(expected),
+                    &counters,
+                )
+                .await
+                .map_err(|e| to_core_error(&e))?;
+                let raw: Arc<[u8]> = fetched.raw.into();
+                let s = store.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    s.put(&digest, fetched.blob.raw_size, &fetched.blob.compressed)
+                })
+                .await;
+                Ok(raw)
+            }
+            .await;
+            let _ = events
+                .send(Event::Manifest {
+                    peer,
+                    sequence,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn fetch_chunk(
+        &mut self,
+        peer: DeviceId,
+        sequence: ReleaseSeq,
+        index: u32,
+        chunk: shoal_protocol::ChunkRef,
+    ) {
+        if self.store.contains(&chunk.digest) {
+            self.feed(Input::ChunkFetched {
+                peer,
+                sequence,
+                index,
+                result: Ok(core::FetchStats {
+                    bytes: 0,
+                    elapsed_ms: 0,
+                }),
+            });
+            return;
+        }
+        let Some(conn) = self.peer_conn(&peer) else {
+            self.feed(Input::ChunkFetched {
+                peer,
+                sequence,
+                index,
+                result: Err(core::FetchError::Io),
+            });
+            return;
+        };
+        let (store, counters, events) = (
+            self.store.clone(),
+            self.counters.clone(),
+            self.events_tx.clone(),
+        );
+        let handle = self.tasks.spawn(async move {
+            let start = tokio::time::Instant::now();
+            let result = match transfer::fetch_chunk_into(&conn, &peer, &store, chunk, &counters).await {
+                Ok(_) => Ok(core::FetchStats {
+                    bytes: u64::from(chunk.size),
+                    elapsed_ms: start.elapsed().as_millis() as u64,
+                }),
+                Err(e) => {
+                    if e.is_peer_fault() {
+                        tracing::warn!(peer = %peer.short(), chunk = %chunk.digest.short(), error = %e, "invalid chunk");
+                    } else {
+                        tracing::debug!(peer = %peer.short(), chunk = %chunk.digest.short(), error = %e, "fetch failed");
+                    }
+                    Err(to_core_error(&e))
+                }
+            };
+            let _ = events
+                .send(Event::Chunk {
+                    peer,
+                    sequence,
+                    index,
+                    result,
+                })
+                .await;
+        });
+        self.fetches.insert((peer, sequence, index), handle);
+    }
+
+    fn peer_conn(&self, peer: &DeviceId) -> Option<quinn::Connection> {
+        self.peers.get(peer).map(|p| p.conn.clone())
+    }
+
+    /// Keeps the blobs of the committed, previous and target releases; evicts the rest.
+    fn evict(&mut self) {
+        let mut keep = BTreeSet::new();
+        let committed = self.node.committed();
+        // Keep at most the two newest applied manifests (current and previous) plus the target.
+        while self.manifests.len() > 2 {
+            let Some((&oldest, _)) = self.manifests.iter().next() else {
+                break;
+            };
+            self.manifests.remove(&oldest);
+        }
+        let mut add = |m: &ReleaseManifest| {
+            for c in m.unique_chunks() {
+                keep.insert(c.digest);
+            }
+        };
+        for m in self.manifests.values() {
+            add(m);
+        }
+        if let Some(rel) = self.node.release() {
+            add(&rel.manifest);
+            keep.insert(rel.manifest_digest);
+        }
+        if committed.is_none() && self.manifests.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let stats = store.retain(&keep);
+        if stats.blobs > 0 {
+            tracing::info!(
+                blobs = stats.blobs,
+                bytes = stats.bytes,
+                "evicted old release blobs"
+            );
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let progress = self.node.progress();
+        let banned = {
+            let now = tokio::time::Instant::now();
+            let mut map = self.banned.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, until| *until > now);
+            map.len() as u64
+        };
+        let status = Status {
+            device: self.device.to_string(),
+            fleet: self.fleet.clone(),
+            site: self.site.clone(),
+            data_addr: self.data_addr.to_string(),
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            peers: self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.info.is_some())
+                .map(|(d, p)| PeerStatus {
+                    device: d.to_string(),
+                    addr: p.conn.remote_address().to_string(),
+                    class: self.counters.class_of(d).as_str().to_string(),
+                    rtt_ms: u32::try_from(p.conn.rtt().as_millis()).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            banned_peers: banned,
+            highest: self.node.highest().map(|(s, _)| s.0),
+            target: progress.map(|p| p.sequence.0),
+            phase: progress.map(|p| phase_name(p.phase).to_string()),
+            have_chunks: progress.map_or(0, |p| p.have_chunks),
+            total_chunks: progress.map_or(0, |p| p.total_chunks),
+            in_flight: progress.map_or(0, |p| p.in_flight),
+            applied: self.node.applied().map(|s| s.0),
+            committed: self.node.committed().map(|s| s.0),
+            refused: self.refused.clone(),
+            store_bytes: self.store.used_bytes(),
+            store_quota_bytes: self.store.quota_bytes(),
+            bytes_in: self.counters.total_in(),
+            bytes_out: self.counters.total_out(),
+        };
+        self.status_tx.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+    }
+}
+
+fn phase_name(p: core::Phase) -> &'static str {
+    match p {
+        core::Phase::FetchingManifest => "fetching_manifest",
+        core::Phase::Fetching => "fetching",
+        core::Phase::Staged => "staged",
+        core::Phase::Applying => "applying",
+        core::Phase::Running => "running",
+        core::Phase::Healthy => "healthy",
+        core::Phase::RolledBack => "rolled_back",
+        core::Phase::Refused => "refused",
+        core::Phase::Halted => "halted",
+    }
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+async fn write_control(conn: quinn::Connection, mut rx: mpsc::Receiver<ControlMsg>) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    while let Some(msg) = rx.recv().await {
+        if send.write_all(&peer::encode(&msg)).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn read_control(
+    conn: quinn::Connection,
+    device: DeviceId,
+    conn_id: usize,
+    events: mpsc::Sender<Event>,
+) {
+    let Ok(mut recv) = conn.accept_uni().await else {
+        return;
+    };
+    loop {
+        match peer::read(&mut recv).await {
+            Ok(Some(msg)) => {
+                if events
+                    .send(Event::Control {
+                        device,
+                        conn_id,
+                        msg,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(peer = %device.short(), error = %e, "control stream failed");
+                return;
+            }
+        }
+    }
+}
