@@ -15,6 +15,19 @@ pub struct WaveTimes {
     pub finished_s: Option<f64>,
 }
 
+/// The terms of the lower bound, seconds (see `sim/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BoundTerms {
+    /// `F / d_min`.
+    pub single_device: f64,
+    /// The largest site term.
+    pub site: f64,
+    /// The all-devices term.
+    pub all_devices: f64,
+    /// `S·F / (u_s + Σ WAN up)`.
+    pub import: f64,
+}
+
 /// The figures of one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -42,6 +55,8 @@ pub struct Report {
     pub lower_bound_s: f64,
     /// The client-server time.
     pub client_server_s: f64,
+    /// The terms of the lower bound: single device, largest site, all devices, site imports.
+    pub bound_terms_s: BoundTerms,
     /// Bytes the builder sent.
     pub builder_egress_bytes: u64,
     /// The most bytes that entered one site over its WAN.
