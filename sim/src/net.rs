@@ -11,14 +11,14 @@
 //!   receiver down;
 //! - builder → device: builder up, receiver site WAN down, receiver down.
 //!
-//! Rates are max-min fair (progressive filling) and are recomputed only when the set of flows
-//! changes, and then only for the affected *bottleneck group*: cross-site and builder flows form
-//! the global group, each site's local flows form a group of their own. The global group is
-//! filled first; a site's local flows share what the global flows leave on the device links
-//! (they rarely compete: WAN links are the global flows' bottleneck). Changes within one instant
-//! are batched: [`Net::flush`] recomputes each dirty group once. Completion events live in a
-//! priority queue; a rate change reschedules the flow's head transfer and leaves the stale event
-//! to be skipped when popped.
+//! Rates are max-min fair by progressive filling, recomputed only when the set of flows changes,
+//! and then only around the change: the flows that share a link with a flow that started, ended
+//! or changed its cap are refilled together, over what the other flows leave on their links (the
+//! other flows keep their rates). All changes of one instant are batched into one refill
+//! ([`Net::flush`]). This is exact for the flows next to a change and never allocates more than a
+//! link's capacity; capacity freed two hops away is picked up at the next change that reaches it.
+//! Completion events live in a priority queue; a rate change reschedules the flow's head
+//! transfer and leaves the stale event to be skipped when popped.
 //!
 //! Chunk streams are reliable (QUIC retransmits); loss applies to control messages, which the
 //! driver models, not to flows. A per-flow rate cap models a peer that trickles bytes.
@@ -69,7 +69,6 @@ struct Transfer {
     bytes_left: f64,
 }
 
-const GLOBAL: u32 = u32::MAX;
 const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
@@ -78,10 +77,10 @@ struct Flow {
     to: Endpoint,
     links: [u32; 4],
     nlinks: u8,
-    /// Site index for a local flow, [`GLOBAL`] otherwise.
-    group: u32,
-    /// Position in its group's flow list.
-    group_pos: u32,
+    /// Position of this flow in each of its links' flow lists.
+    link_pos: [u32; 4],
+    /// Epoch of the last refill that included it.
+    mark: u32,
     rate: f64,
     cap: f64,
     queue: VecDeque<Transfer>,
@@ -92,10 +91,27 @@ struct Flow {
     live: bool,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Group {
-    flows: Vec<u32>,
-    dirty: bool,
+#[derive(Debug, Clone, Copy)]
+struct FlowLinks {
+    from: Endpoint,
+    to: Endpoint,
+    links: [u32; 4],
+    link_pos: [u32; 4],
+    nlinks: u8,
+    rate: f64,
+}
+
+impl Flow {
+    fn clone_links(&self) -> FlowLinks {
+        FlowLinks {
+            from: self.from,
+            to: self.to,
+            links: self.links,
+            link_pos: self.link_pos,
+            nlinks: self.nlinks,
+            rate: self.rate,
+        }
+    }
 }
 
 /// Byte counters of the run.
@@ -107,31 +123,36 @@ pub struct Counters {
     pub site_ingress: Vec<f64>,
     /// Bytes moved by all flows.
     pub total: f64,
-    /// Rate recomputations of a group.
+    /// Refills (one per instant with changes).
     pub recomputes: u64,
+    /// Flows refilled, summed over refills.
+    pub refilled_flows: u64,
 }
 
 /// The network: flows, rates and completion events.
 #[derive(Debug)]
 pub struct Net {
     caps: Vec<f64>,
-    global_use: Vec<f64>,
+    /// Sum of the rates of the flows on each link.
+    used: Vec<f64>,
+    /// Flows on each link.
+    link_flows: Vec<Vec<u32>>,
+    link_dirty: Vec<bool>,
+    dirty_links: Vec<u32>,
     device_site: Vec<u32>,
     nsites: u32,
     flows: Vec<Flow>,
     free: Vec<u32>,
     pairs: HashMap<(Endpoint, Endpoint), u32>,
-    groups: Vec<Group>,
-    dirty_groups: Vec<u32>,
     events: BinaryHeap<Reverse<(Nanos, u32, u32)>>,
     counters: Counters,
     scratch: Scratch,
-    global_links: Vec<u32>,
-    prev_use: Vec<f64>,
+    epoch: u32,
 }
 
 #[derive(Debug, Default)]
 struct Scratch {
+    flows: Vec<u32>,
     pos: Vec<u32>,
     fill_at: Vec<u32>,
     rem: Vec<f64>,
@@ -178,22 +199,22 @@ impl Net {
         }
         let nlinks = caps.len();
         Net {
-            global_use: vec![0.0; nlinks],
+            used: vec![0.0; nlinks],
+            link_flows: vec![Vec::new(); nlinks],
+            link_dirty: vec![false; nlinks],
+            dirty_links: Vec::new(),
             caps,
             device_site: topo.devices.iter().map(|d| d.0).collect(),
             nsites,
             flows: Vec::new(),
             free: Vec::new(),
             pairs: HashMap::new(),
-            groups: vec![Group::default(); nsites as usize + 1],
-            dirty_groups: Vec::new(),
             events: BinaryHeap::new(),
             counters: Counters {
                 site_ingress: vec![0.0; nsites as usize],
                 ..Counters::default()
             },
-            global_links: Vec::new(),
-            prev_use: vec![0.0; nlinks],
+            epoch: 0,
             scratch: Scratch {
                 pos: vec![0; nlinks],
                 seen: vec![0; nlinks],
@@ -225,19 +246,13 @@ impl Net {
         }
     }
 
-    fn group_index(&self, g: u32) -> usize {
-        if g == GLOBAL {
-            self.nsites as usize
-        } else {
-            g as usize
-        }
-    }
-
-    fn mark_dirty(&mut self, g: u32) {
-        let gi = self.group_index(g);
-        if !self.groups[gi].dirty {
-            self.groups[gi].dirty = true;
-            self.dirty_groups.push(g);
+    fn mark_links(&mut self, fi: u32) {
+        let f = &self.flows[fi as usize];
+        for &l in &f.links[..f.nlinks as usize] {
+            if !self.link_dirty[l as usize] {
+                self.link_dirty[l as usize] = true;
+                self.dirty_links.push(l);
+            }
         }
     }
 
@@ -271,8 +286,7 @@ impl Net {
             let f = &mut self.flows[fi as usize];
             if cap < f.cap {
                 f.cap = cap;
-                let g = f.group;
-                self.mark_dirty(g);
+                self.mark_links(fi);
             }
             self.flows[fi as usize].queue.push_back(t);
             return true;
@@ -282,36 +296,39 @@ impl Net {
         };
         let dst_site = self.device_site[dst as usize];
         let mut links = [0u32; 4];
-        let (n, group, ingress) = match from {
+        let (n, ingress) = match from {
             Endpoint::Builder => {
                 links[0] = 0;
                 links[1] = self.wan_down(dst_site);
                 links[2] = self.dev_down(dst);
-                (3, GLOBAL, dst_site)
+                (3, dst_site)
             }
             Endpoint::Device(src) => {
                 let src_site = self.device_site[src as usize];
                 if src_site == dst_site {
                     links[0] = self.dev_up(src);
                     links[1] = self.dev_down(dst);
-                    (2, dst_site, NONE)
+                    (2, NONE)
                 } else {
                     links[0] = self.dev_up(src);
                     links[1] = self.wan_up(src_site);
                     links[2] = self.wan_down(dst_site);
                     links[3] = self.dev_down(dst);
-                    (4, GLOBAL, dst_site)
+                    (4, dst_site)
                 }
             }
         };
-        let gi = self.group_index(group);
+        let mut link_pos = [0u32; 4];
+        for k in 0..n as usize {
+            link_pos[k] = self.link_flows[links[k] as usize].len() as u32;
+        }
         let flow = Flow {
             from,
             to,
             links,
             nlinks: n,
-            group,
-            group_pos: self.groups[gi].flows.len() as u32,
+            link_pos,
+            mark: 0,
             rate: 0.0,
             cap,
             queue: VecDeque::from([t]),
@@ -334,9 +351,11 @@ impl Net {
                 self.flows.len() as u32 - 1
             }
         };
-        self.groups[gi].flows.push(fi);
+        for k in 0..n as usize {
+            self.link_flows[links[k] as usize].push(fi);
+        }
         self.pairs.insert((from, to), fi);
-        self.mark_dirty(group);
+        self.mark_links(fi);
         true
     }
 
@@ -381,24 +400,30 @@ impl Net {
     }
 
     fn remove_flow(&mut self, fi: u32) {
-        let (from, to, group, pos) = {
-            let f = &self.flows[fi as usize];
-            (f.from, f.to, f.group, f.group_pos)
-        };
-        let gi = self.group_index(group);
-        let list = &mut self.groups[gi].flows;
-        list.swap_remove(pos as usize);
-        if let Some(&moved) = list.get(pos as usize) {
-            self.flows[moved as usize].group_pos = pos;
+        self.mark_links(fi);
+        let f = self.flows[fi as usize].clone_links();
+        for k in 0..f.nlinks as usize {
+            let l = f.links[k] as usize;
+            self.used[l] = (self.used[l] - f.rate).max(0.0);
+            let list = &mut self.link_flows[l];
+            let pos = f.link_pos[k] as usize;
+            list.swap_remove(pos);
+            if let Some(&moved) = list.get(pos) {
+                let m = &mut self.flows[moved as usize];
+                for j in 0..m.nlinks as usize {
+                    if m.links[j] as usize == l {
+                        m.link_pos[j] = pos as u32;
+                    }
+                }
+            }
         }
-        self.pairs.remove(&(from, to));
+        self.pairs.remove(&(f.from, f.to));
         let f = &mut self.flows[fi as usize];
         f.live = false;
         f.queue.clear();
         f.rate = 0.0;
         f.version = f.version.wrapping_add(1);
         self.free.push(fi);
-        self.mark_dirty(group);
     }
 
     /// Cancel one queued or running transfer; returns whether it existed.
@@ -456,79 +481,52 @@ impl Net {
 
     /// Whether a rate recomputation is pending.
     pub fn is_dirty(&self) -> bool {
-        !self.dirty_groups.is_empty()
+        !self.dirty_links.is_empty()
     }
 
-    /// Recompute the rates of every dirty group (global first) and reschedule what changed.
+    /// Refill the flows on every link touched by a change since the last flush.
     pub fn flush(&mut self, now: Nanos) {
-        if self.dirty_groups.is_empty() {
+        if self.dirty_links.is_empty() {
             return;
         }
-        let gi = self.nsites as usize;
-        if self.groups[gi].dirty {
-            self.groups[gi].dirty = false;
-            let changed_sites = self.fill_global(now);
-            for s in changed_sites {
-                self.mark_dirty(s);
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
+        let mut flows = std::mem::take(&mut self.scratch.flows);
+        flows.clear();
+        let dirty = std::mem::take(&mut self.dirty_links);
+        for &l in &dirty {
+            self.link_dirty[l as usize] = false;
+            for &fi in &self.link_flows[l as usize] {
+                let f = &mut self.flows[fi as usize];
+                if f.mark != epoch {
+                    f.mark = epoch;
+                    flows.push(fi);
+                }
             }
         }
-        let mut dirty = std::mem::take(&mut self.dirty_groups);
-        dirty.sort_unstable();
-        for g in dirty {
-            if g == GLOBAL {
-                continue;
-            }
-            let gi = g as usize;
-            if self.groups[gi].dirty {
-                self.groups[gi].dirty = false;
-                let flows = std::mem::take(&mut self.groups[gi].flows);
-                self.fill(&flows, now, false);
-                self.groups[gi].flows = flows;
-            }
-        }
-    }
-
-    /// Fill the global group; returns the sites whose device links' leftover changed.
-    fn fill_global(&mut self, now: Nanos) -> Vec<u32> {
-        let flows = std::mem::take(&mut self.groups[self.nsites as usize].flows);
-        let old_links = std::mem::take(&mut self.global_links);
-        for &l in &old_links {
-            self.prev_use[l as usize] = self.global_use[l as usize];
-            self.global_use[l as usize] = 0.0;
-        }
-        self.fill(&flows, now, true);
-        self.scratch.epoch = self.scratch.epoch.wrapping_add(1);
-        let epoch = self.scratch.epoch;
-        let mut new_links = Vec::new();
+        self.dirty_links = dirty;
+        self.dirty_links.clear();
+        flows.sort_unstable();
+        // Take the refilled flows' own use off their links: what is left is what they share.
         for &fi in &flows {
             let f = &self.flows[fi as usize];
             for &l in &f.links[..f.nlinks as usize] {
-                if self.scratch.seen[l as usize] != epoch {
-                    self.scratch.seen[l as usize] = epoch;
-                    new_links.push(l);
-                }
-                self.global_use[l as usize] += f.rate;
+                self.used[l as usize] -= f.rate;
             }
         }
-        let first_dev = 1 + 2 * self.nsites;
-        let mut sites = Vec::new();
-        for &l in old_links.iter().chain(new_links.iter()) {
-            if l >= first_dev && self.global_use[l as usize] != self.prev_use[l as usize] {
-                sites.push(self.device_site[((l - first_dev) / 2) as usize]);
+        self.fill(&flows, now);
+        for &fi in &flows {
+            let f = &self.flows[fi as usize];
+            for &l in &f.links[..f.nlinks as usize] {
+                self.used[l as usize] = (self.used[l as usize] + f.rate).max(0.0);
             }
         }
-        for &l in &old_links {
-            self.prev_use[l as usize] = 0.0;
-        }
-        self.global_links = new_links;
-        self.groups[self.nsites as usize].flows = flows;
-        sites.sort_unstable();
-        sites.dedup();
-        sites
+        self.counters.refilled_flows += flows.len() as u64;
+        self.scratch.flows = flows;
     }
 
-    /// Progressive filling over `flows`; local groups see the capacity global flows leave.
-    fn fill(&mut self, flows: &[u32], now: Nanos, global: bool) {
+    /// Progressive filling over `flows`, sharing what the other flows leave on each link.
+    fn fill(&mut self, flows: &[u32], now: Nanos) {
         self.counters.recomputes += 1;
         let sc = &mut self.scratch;
         sc.epoch = sc.epoch.wrapping_add(1);
@@ -540,8 +538,7 @@ impl Net {
                 let li = l as usize;
                 if sc.seen[li] != epoch {
                     sc.seen[li] = epoch;
-                    let used = if global { 0.0 } else { self.global_use[li] };
-                    sc.rem[li] = (self.caps[li] - used).max(0.0);
+                    sc.rem[li] = (self.caps[li] - self.used[li]).max(0.0);
                     sc.cnt[li] = 0;
                     sc.touched.push(l);
                 }

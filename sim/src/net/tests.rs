@@ -140,3 +140,58 @@ fn cancel_and_cap() {
     assert!(!net.start(0, d(0), d(0), 10, 9, f64::INFINITY));
     assert!(!net.start(0, d(0), d(99), 10, 9, f64::INFINITY));
 }
+
+#[test]
+fn no_link_is_ever_over_capacity_under_random_churn() {
+    let topo = Topology {
+        builder_up: 300.0,
+        sites: vec![(80.0, 120.0), (50.0, 70.0), (200.0, 40.0)],
+        devices: (0..12)
+            .map(|i| (i % 3, 30.0 + f64::from(i) * 7.0, 60.0 + f64::from(i) * 5.0))
+            .collect(),
+    };
+    let mut net = Net::new(&topo);
+    let mut rng = crate::rng::Rng::new(9);
+    let mut now = 0;
+    let mut tag = 0;
+    for _ in 0..400 {
+        let from = if rng.chance(0.2) {
+            B
+        } else {
+            d(rng.below(12) as u32)
+        };
+        let to = d(rng.below(12) as u32);
+        tag += 1;
+        net.start(now, from, to, 1 + rng.below(500), tag, f64::INFINITY);
+        if rng.chance(0.3) {
+            net.cancel_where(now, |a, b| a == from && b != to);
+        }
+        net.flush(now);
+        let mut per_link = vec![0.0; net.caps.len()];
+        for f in net.flows.iter().filter(|f| f.live) {
+            for &l in &f.links[..f.nlinks as usize] {
+                per_link[l as usize] += f.rate;
+            }
+        }
+        for (l, used) in per_link.iter().enumerate() {
+            assert!(
+                *used <= net.caps[l] * (1.0 + 1e-9) + 1e-9,
+                "link {l}: {used} > {}",
+                net.caps[l]
+            );
+            assert!((net.used[l] - used).abs() < 1e-6, "link {l} use drifted");
+        }
+        if let Some(t) = net.next_time() {
+            now = t;
+            while net.pop_done(now).is_some() {}
+        }
+    }
+    // Everything drains.
+    loop {
+        net.flush(now);
+        let Some(t) = net.next_time() else { break };
+        now = t;
+        while net.pop_done(now).is_some() {}
+    }
+    assert_eq!(net.flow_count(), 0);
+}
