@@ -351,8 +351,8 @@ impl Net {
                 self.flows.len() as u32 - 1
             }
         };
-        for k in 0..n as usize {
-            self.link_flows[links[k] as usize].push(fi);
+        for &l in &links[..n as usize] {
+            self.link_flows[l as usize].push(fi);
         }
         self.pairs.insert((from, to), fi);
         self.mark_links(fi);
