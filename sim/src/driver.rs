@@ -215,6 +215,7 @@ pub(crate) struct Metrics {
     pub(crate) origin_busy: u64,
     pub(crate) not_found: u64,
     pub(crate) chunk_requests: u64,
+    pub(crate) remote_requests: u64,
     pub(crate) by_kind: [u64; 16],
 }
 
@@ -498,5 +499,52 @@ impl Sim {
             activations_by_wave: act,
             rollbacks_by_wave: rb,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_violation_stops_the_run_and_names_the_replay_command() {
+        let mut sc = Scenario::default();
+        sc.fleet.devices = 4;
+        sc.fleet.sites = 1;
+        sc.release.size_mib = 0.5;
+        let mut sim = Sim::new(&sc, 7, "shoal-sim run --scenario x.toml --seed 7".into());
+        sim.fail(2, "test violation".into());
+        let err = sim.run().unwrap_err();
+        let RunError::Invariant(v) = &err;
+        assert_eq!(v.device, 2);
+        assert_eq!(v.replay, "shoal-sim run --scenario x.toml --seed 7");
+        let text = err.to_string();
+        assert!(
+            text.contains("test violation") && text.ends_with("--seed 7"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_sequence_going_down_is_caught() {
+        let mut sc = Scenario::default();
+        sc.fleet.devices = 3;
+        sc.fleet.sites = 1;
+        sc.release.size_mib = 0.5;
+        let mut sim = Sim::new(&sc, 1, "replay".into());
+        // Pretend device 0 had seen a higher sequence than its node reports.
+        sim.devs[0].last_highest = 5;
+        sim.feed(
+            0,
+            shoal_node::core::Input::WallClock(shoal_node::testing::TEST_EPOCH),
+        );
+        let err = sim.run().unwrap_err();
+        let RunError::Invariant(v) = err;
+        assert!(
+            v.what.contains("highest sequence went from 5"),
+            "{}",
+            v.what
+        );
+        assert_eq!(v.device, 0);
     }
 }

@@ -618,6 +618,9 @@ impl Sim {
 
     fn serve_chunk(&mut self, to: u32, from: u32, index: u32) {
         self.m.chunk_requests += 1;
+        if from != BUILDER && self.devs[from as usize].site != self.devs[to as usize].site {
+            self.m.remote_requests += 1;
+        }
         if from == BUILDER {
             self.m.origin_requests += 1;
         }
