@@ -104,6 +104,8 @@ pub(crate) struct Dev {
     pub(crate) wave: u32,
     pub(crate) runtime: Runtime,
     pub(crate) seed: u64,
+    /// Status reports waiting for the builder to be reachable again.
+    pub(crate) queued_reports: Vec<(Vec<u8>, Option<bool>)>,
 }
 
 /// A queued event.

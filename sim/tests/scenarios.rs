@@ -207,7 +207,11 @@ fn cli_prints_the_json_report() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 4,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Any seed, faults included: no invariant breaks and every online device converges.
     #[test]

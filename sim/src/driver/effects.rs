@@ -9,6 +9,8 @@ use crate::net::{Endpoint, Nanos};
 
 /// The store quota the simulated devices run with (the core's default).
 pub(crate) const STORE_QUOTA_BYTES: u64 = 16 << 30;
+/// Status reports a device keeps while the builder is unreachable.
+pub(crate) const MAX_QUEUED_REPORTS: usize = 8;
 /// Rate of a trickling peer, bytes per second.
 const TRICKLE_BYTES_PER_S: f64 = 1.0;
 /// How long a dropped (not banned) peer waits before it is dialled again.
@@ -134,12 +136,38 @@ impl Sim {
         }
     }
 
+    /// Send a status report to the builder; while it is unreachable, keep it (at most
+    /// [`MAX_QUEUED_REPORTS`] per device) for when the connection comes back.
+    fn send_report(&mut self, d: u32, envelope: Vec<u8>, healthy: Option<bool>) {
+        if self.reachable(d, BUILDER) {
+            let t = self.now + self.message_delay(d, BUILDER);
+            self.m.pending_runtime += 1;
+            self.push(
+                t,
+                Ev::Report {
+                    from: d,
+                    envelope,
+                    healthy,
+                },
+            );
+        } else {
+            let queue = &mut self.devs[d as usize].queued_reports;
+            if queue.len() >= MAX_QUEUED_REPORTS {
+                queue.remove(0);
+            }
+            queue.push((envelope, healthy));
+        }
+    }
+
     /// Open the origin's connection to device `d`.
     pub(crate) fn connect_origin(&mut self, d: u32) {
         if self.devs[d as usize].origin_up || !self.reachable(d, BUILDER) {
             return;
         }
         self.devs[d as usize].origin_up = true;
+        for (envelope, healthy) in std::mem::take(&mut self.devs[d as usize].queued_reports) {
+            self.send_report(d, envelope, healthy);
+        }
         let rtt = 2 * self.latency(d, BUILDER);
         let info = self.info(BUILDER, rtt);
         let peer = self.origin_id;
@@ -381,18 +409,7 @@ impl Sim {
                     DeviceState::Failed | DeviceState::RolledBack => Some(false),
                     _ => None,
                 };
-                if self.reachable(d, BUILDER) {
-                    let t = self.now + self.message_delay(d, BUILDER);
-                    self.m.pending_runtime += 1;
-                    self.push(
-                        t,
-                        Ev::Report {
-                            from: d,
-                            envelope,
-                            healthy,
-                        },
-                    );
-                }
+                self.send_report(d, envelope, healthy);
             }
             Output::Event(Event::Staged { sequence })
                 if sequence == self.release.announcement.sequence

@@ -125,6 +125,7 @@ impl Sim {
                 wave: waves::wave_of(&plan, &id, FLEET, release.announcement.sequence),
                 runtime: Runtime::Idle,
                 seed: dev_seed,
+                queued_reports: Vec::new(),
             });
         }
         let origin_id = DeviceId::from(device_key(1 << 40).public_key());
