@@ -10,7 +10,7 @@
 //! - `testing` (feature `testing`): signed test releases for tests and the simulator.
 
 pub mod core;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
