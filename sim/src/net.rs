@@ -86,6 +86,8 @@ struct Flow {
     queue: VecDeque<Transfer>,
     since: Nanos,
     version: u32,
+    /// When the queued completion event of the head fires (`Nanos::MAX`: none queued).
+    due: Nanos,
     /// Site whose WAN down this flow crosses, for ingress accounting.
     ingress_site: u32,
     live: bool,
@@ -334,6 +336,7 @@ impl Net {
             queue: VecDeque::from([t]),
             since: now,
             version: 0,
+            due: Nanos::MAX,
             ingress_site: ingress,
             live: true,
         };
@@ -381,21 +384,31 @@ impl Net {
         }
     }
 
-    fn schedule(&mut self, fi: u32, now: Nanos) {
+    /// (Re)schedule the completion of a flow's head. A new event is queued only when the head
+    /// changed (`force`) or the new finish is meaningfully earlier (by more than 1% of the time
+    /// left) than the queued one; otherwise the queued event stays and, if it fires before the
+    /// head is done (the rate went down), [`Net::pop_done`] queues the real finish then. This
+    /// keeps the queue from filling with stale entries when many flows share a busy link; a
+    /// head can finish up to 1% of its remaining time late.
+    fn schedule(&mut self, fi: u32, now: Nanos, force: bool) {
         let f = &mut self.flows[fi as usize];
-        f.version = f.version.wrapping_add(1);
-        if f.rate <= 0.0 {
+        let Some(head) = f.queue.front().filter(|_| f.rate > 0.0) else {
+            f.version = f.version.wrapping_add(1);
+            f.due = Nanos::MAX;
             return;
-        }
-        if let Some(head) = f.queue.front() {
-            let secs = head.bytes_left / f.rate;
-            let dt = if secs > 1e9 {
-                u64::MAX / 4
-            } else {
-                (secs * SECOND as f64).ceil() as u64
-            };
-            self.events
-                .push(Reverse((now.saturating_add(dt), fi, f.version)));
+        };
+        let secs = head.bytes_left / f.rate;
+        let dt = if secs > 1e9 {
+            u64::MAX / 4
+        } else {
+            (secs * SECOND as f64).ceil() as u64
+        };
+        let t = now.saturating_add(dt);
+        let slack = f.due.saturating_sub(now) / 100;
+        if force || t < f.due.saturating_sub(slack) {
+            f.version = f.version.wrapping_add(1);
+            f.due = t;
+            self.events.push(Reverse((t, fi, f.version)));
         }
     }
 
@@ -444,7 +457,7 @@ impl Net {
             if self.flows[fi as usize].queue.is_empty() {
                 self.remove_flow(fi);
             } else {
-                self.schedule(fi, now);
+                self.schedule(fi, now, true);
             }
         } else {
             self.flows[fi as usize].queue.remove(pos);
@@ -630,7 +643,7 @@ impl Net {
             if (new - old).abs() > 1e-9 * new.max(old) || (old == 0.0 && new > 0.0) {
                 self.settle(fi, now);
                 self.flows[fi as usize].rate = new;
-                self.schedule(fi, now);
+                self.schedule(fi, now, false);
             }
         }
     }
@@ -655,6 +668,15 @@ impl Net {
         }
         let Reverse((_, fi, _)) = self.events.pop()?;
         self.settle(fi, now);
+        if self.flows[fi as usize]
+            .queue
+            .front()
+            .is_some_and(|h| h.bytes_left > 0.5)
+        {
+            // The rate went down since this event was queued: not done yet.
+            self.schedule(fi, now, true);
+            return None;
+        }
         let f = &mut self.flows[fi as usize];
         let head = f.queue.pop_front()?;
         let done = Done {
@@ -665,7 +687,7 @@ impl Net {
         if f.queue.is_empty() {
             self.remove_flow(fi);
         } else {
-            self.schedule(fi, now);
+            self.schedule(fi, now, true);
         }
         Some(done)
     }
