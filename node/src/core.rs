@@ -37,12 +37,19 @@
 //!   site, then other peers by RTT, then the origin (builder) — and a chunk is asked of a remote
 //!   peer only when no same-site peer has it, of the origin only when no other peer has it, so
 //!   each site imports a chunk about once and the builder sends it about once. Among the chunks a
-//!   peer has, rarest first (sampled, with a seeded random start). In flight: at most
+//!   peer has, rarest first (sampled, with a seeded random start). What a site lacks is split
+//!   among its nodes: each imports (from remote peers or the origin) only its share, by rank of
+//!   id among the same-site peers it sees, until it has stored nothing for
+//!   [`Config::idle_fallback_ms`]; so with a full local mesh each chunk enters a site about
+//!   once. When every missing chunk is in flight, the oldest are fetched a second time from
+//!   other peers (endgame) and the loser cancelled. In flight: at most
 //!   [`Config::max_in_flight_per_peer`] per peer and [`Config::max_in_flight_total`] overall.
 //!   A fetch that outlives its deadline (the larger of [`Config::fetch_timeout_ms`] and the time
 //!   the chunk takes at [`Config::min_rate_bytes_per_s`]) is cancelled; failures put the peer in
 //!   exponential backoff, and [`Config::max_peer_failures`] in a row drop it. A peer that sends
 //!   bytes not matching their digest is banned and the chunk is fetched elsewhere.
+//! - **Serving**: [`Node::admit_upload`] bounds concurrent uploads; the origin node
+//!   ([`Config::origin`], filled with [`Node::seed`]) serves each chunk once before any twice.
 //! - **Advertising**: [`Output::Advertise`] as soon as each chunk is stored; the full
 //!   [`Bitfield`] to each peer on connect and when a manifest is accepted.
 //! - **Activation**: prefetch on announcement; apply only when the device's own wave
@@ -62,6 +69,7 @@ mod release;
 pub(crate) mod rng;
 mod snapshot;
 mod types;
+mod upload;
 
 #[cfg(test)]
 mod tests;
@@ -74,3 +82,4 @@ pub use types::{
     DropReason, Event, FetchError, FetchStats, GossipMessage, Input, Instant, MessageId, Output,
     PeerId, PeerInfo, Refusal, Verdict,
 };
+pub use upload::Admission;

@@ -45,8 +45,38 @@ struct Avail {
     exhausted: bool,
 }
 
+/// Which chunks this node imports into its site: its share of a partition of the chunk list
+/// among the site's peers it sees (itself included), by rank of id. Exact when every node of a
+/// site sees every other (a LAN with mDNS); with partial views some chunks have several
+/// importers or none, and `idle` (no chunk stored for a while) lifts the restriction so the
+/// site never stalls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Share {
+    pub(crate) k: u32,
+    pub(crate) rank: u32,
+    pub(crate) salt: u64,
+    pub(crate) idle: bool,
+}
+
+impl Share {
+    fn mine(&self, i: u32) -> bool {
+        self.idle
+            || self.k <= 1
+            || (mix64(u64::from(i) ^ self.salt) % u64::from(self.k)) as u32 == self.rank
+    }
+}
+
+/// SplitMix64's finaliser: a fixed, well-spread hash of a 64-bit value.
+pub(crate) fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[derive(Debug)]
 pub(crate) struct Scheduler {
+    share: Share,
     pub(crate) have: Bitfield,
     need: Bitfield,
     count_any: Vec<u16>,
@@ -63,6 +93,12 @@ impl Scheduler {
             need.clear(i);
         }
         Scheduler {
+            share: Share {
+                k: 1,
+                rank: 0,
+                salt: 0,
+                idle: false,
+            },
             have,
             need,
             count_any: vec![0; len as usize],
@@ -236,12 +272,26 @@ impl Scheduler {
         self.need.get(i)
     }
 
-    /// Whether a peer of `class` may be asked for chunk `i`.
+    /// Sets the site share; peers are scanned again if it changed.
+    pub(crate) fn set_share(&mut self, share: Share) {
+        if share != self.share {
+            self.share = share;
+            self.unexhaust_all();
+        }
+    }
+
+    pub(crate) fn share(&self) -> Share {
+        self.share
+    }
+
+    /// Whether a peer of `class` may be asked for chunk `i`: a same-site peer for anything; a
+    /// remote peer only for what no same-site peer has, the origin only for what no other peer
+    /// has, and both only for this node's share of the site's imports (unless idle).
     pub(crate) fn class_may_serve(&self, class: Class, i: u32) -> bool {
         match class {
             Class::Local => true,
-            Class::Remote => self.count_local[i as usize] == 0,
-            Class::Origin => self.count_any[i as usize] == 0,
+            Class::Remote => self.count_local[i as usize] == 0 && self.share.mine(i),
+            Class::Origin => self.count_any[i as usize] == 0 && self.share.mine(i),
         }
     }
 
@@ -294,7 +344,8 @@ impl Scheduler {
 
     /// Endgame: nothing is left to ask for but some chunks are still in flight. Returns the
     /// oldest in-flight chunk that `peer` has and is not already fetching, with fewer than
-    /// `max_copies` fetches in flight. Never for the origin (the builder sends a byte once).
+    /// `max_copies` fetches in flight, within the class rules. Never for the origin (the
+    /// builder sends a byte once).
     pub(crate) fn pick_endgame(&self, peer: &PeerId, max_copies: usize) -> Option<u32> {
         if self.need.words().iter().any(|w| *w != 0) {
             return None;
@@ -305,6 +356,7 @@ impl Scheduler {
         }
         self.in_flight.iter().map(|f| f.index).find(|&i| {
             a.bits.get(i)
+                && self.class_may_serve(a.class, i)
                 && !self
                     .in_flight
                     .iter()

@@ -20,6 +20,12 @@ use super::types::{
     PeerInfo, Refusal, Verdict,
 };
 
+/// The in-flight cap for `p`: `base`, plus one per 10 ms of RTT, at most `4 * base`.
+fn per_peer_cap(base: u32, p: &Peer) -> u32 {
+    base.saturating_add(p.info.rtt_ms / 10)
+        .min(base.saturating_mul(4))
+}
+
 /// Most fetches of one chunk in flight at once in the endgame.
 const ENDGAME_COPIES: usize = 2;
 
@@ -41,7 +47,8 @@ pub struct Config {
     pub store_quota_bytes: u64,
     /// Most connected peers; more are dropped.
     pub max_peers: usize,
-    /// Most chunk fetches in flight from one peer.
+    /// Most chunk fetches in flight from one nearby peer; a distant peer gets one more per
+    /// 10 ms of RTT (to fill the bandwidth-delay product), up to four times this.
     pub max_in_flight_per_peer: u32,
     /// Most chunk fetches in flight overall.
     pub max_in_flight_total: u32,
@@ -62,6 +69,11 @@ pub struct Config {
     pub persist_interval_ms: u64,
     /// Candidates examined per rarest-first pick (see [`super::fetch`]).
     pub rarest_sample: u32,
+    /// With no chunk stored for this long, the node imports any chunk its site lacks, not only
+    /// its share (see [`super::fetch`]).
+    pub idle_fallback_ms: u64,
+    /// Most uploads served at once (see [`Node::admit_upload`]).
+    pub max_uploads: u32,
     /// Verified releases shared with other nodes of this process (the simulator); a fresh cache
     /// by default.
     pub releases: ReleaseCache,
@@ -73,7 +85,7 @@ pub struct Config {
 impl Config {
     /// Defaults: 16 GiB quota, 64 peers, 4 fetches per peer and 32 overall, 10 s minimum
     /// deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s, 3 failures, 1 h bans,
-    /// persist every 5 s, rarest of 32.
+    /// persist every 5 s, rarest of 32, idle fallback after 2 s, 16 uploads.
     pub fn new(key: SigningKey, trust: TrustRoot, arch: impl Into<String>) -> Config {
         Config {
             key,
@@ -92,6 +104,8 @@ impl Config {
             ban_ms: 3_600_000,
             persist_interval_ms: 5_000,
             rarest_sample: 32,
+            idle_fallback_ms: 500,
+            max_uploads: 16,
             releases: ReleaseCache::default(),
             origin: false,
         }
@@ -162,6 +176,10 @@ pub(super) struct Current {
     pub(super) wave: Option<u32>,
     pub(super) waves: Waves,
     pub(super) manifest_fetch: ManifestFetch,
+    /// When a chunk was last stored (or fetching began): the idle fallback counts from here.
+    pub(super) last_progress: Instant,
+    /// The origin's serve counts (super-seeding), once it serves.
+    pub(super) served: Option<super::upload::Served>,
 }
 
 /// A device's decision logic for releases. See the [module docs](super) for how to drive it.
@@ -188,6 +206,8 @@ pub struct Node {
     pub(super) persist_due: Option<Instant>,
     /// A snapshot to re-verify at the first wall clock.
     pub(super) resume_from: Option<ReleaseSnapshot>,
+    /// Uploads admitted and not yet finished.
+    pub(super) uploads: u32,
 }
 
 impl Node {
@@ -214,6 +234,7 @@ impl Node {
             pending_control: None,
             persist_due: None,
             resume_from: None,
+            uploads: 0,
         }
     }
 
@@ -271,6 +292,8 @@ impl Node {
             wave: None,
             waves: Waves::default(),
             manifest_fetch: ManifestFetch::default(),
+            last_progress: Instant::ZERO,
+            served: None,
         });
         self.accept_release_with(release, Some(full));
         Ok(())
@@ -371,6 +394,12 @@ impl Node {
             }
             if let Some(r) = cur.manifest_fetch.retry_at {
                 at(r);
+            }
+            if cur.phase == Phase::Fetching
+                && let Some(s) = &cur.sched
+                && !s.share().idle
+            {
+                at(cur.last_progress.plus_ms(self.config.idle_fallback_ms));
             }
             if matches!(cur.phase, Phase::Fetching | Phase::FetchingManifest) {
                 for p in self.peers.values() {
@@ -514,6 +543,39 @@ impl Node {
             .collect();
         order.sort();
         self.order = order.into_iter().map(|(_, _, id)| id).collect();
+        self.update_share();
+    }
+
+    /// Recomputes this node's share of its site's imports (see [`super::fetch::Share`]).
+    pub(super) fn update_share(&mut self) {
+        let key = |id: &PeerId| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&id.0[..8]);
+            u64::from_le_bytes(b)
+        };
+        let me = key(&self.id);
+        let mut keys: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.class == Class::Local)
+            .map(|(id, _)| key(id))
+            .collect();
+        keys.push(me);
+        keys.sort_unstable();
+        let rank = keys.iter().position(|k| *k == me).unwrap_or(0) as u32;
+        let now = self.now;
+        let idle_ms = self.config.idle_fallback_ms;
+        let Some(cur) = &mut self.cur else { return };
+        let salt = super::fetch::mix64(cur.ann.sequence.0);
+        let idle = now.ms_since(cur.last_progress) >= idle_ms;
+        if let Some(s) = &mut cur.sched {
+            s.set_share(super::fetch::Share {
+                k: keys.len() as u32,
+                rank,
+                salt,
+                idle,
+            });
+        }
     }
 
     fn on_peer_connected(&mut self, peer: PeerId, info: PeerInfo) {
@@ -707,6 +769,8 @@ impl Node {
             wave: None,
             waves: Waves::default(),
             manifest_fetch: ManifestFetch::default(),
+            last_progress: Instant::ZERO,
+            served: None,
         };
         if let Some((wc, b)) = self.pending_control.take()
             && wc.sequence == cur.ann.sequence
@@ -868,7 +932,7 @@ impl Node {
             && s.is_needed(index)
             && s.class_may_serve(class, index)
             && (s.in_flight.len() as u32) < self.config.max_in_flight_total
-            && s.in_flight_of(&peer) < self.config.max_in_flight_per_peer
+            && s.in_flight_of(&peer) < per_peer_cap(self.config.max_in_flight_per_peer, p)
             && p.backoff_until <= self.now
         {
             self.start_fetch(peer, index);
@@ -1058,6 +1122,8 @@ impl Node {
         }
         cur.sched = Some(sched);
         cur.phase = Phase::Fetching;
+        cur.last_progress = self.now;
+        self.update_share();
         self.outputs
             .push_back(Output::Event(Event::ManifestAccepted {
                 sequence: seq,
@@ -1087,8 +1153,23 @@ impl Node {
         });
     }
 
+    /// Updates the idle flag of the site share: no chunk stored for `idle_fallback_ms`.
+    fn refresh_idle(&mut self) {
+        let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
+        if let Some(cur) = &mut self.cur
+            && let Some(s) = &mut cur.sched
+        {
+            let idle = now.ms_since(cur.last_progress) >= idle_ms;
+            let share = s.share();
+            if share.idle != idle {
+                s.set_share(super::fetch::Share { idle, ..share });
+            }
+        }
+    }
+
     /// Fills free fetch slots, peers in preference order, one chunk per peer per round.
     pub(super) fn schedule(&mut self) {
+        self.refresh_idle();
         let now = self.now;
         let (per_peer, total, sample) = (
             self.config.max_in_flight_per_peer,
@@ -1107,7 +1188,9 @@ impl Node {
                     return;
                 }
                 let peer = self.order[k];
-                if self.peers[&peer].backoff_until > now || s.in_flight_of(&peer) >= per_peer {
+                if self.peers[&peer].backoff_until > now
+                    || s.in_flight_of(&peer) >= per_peer_cap(per_peer, &self.peers[&peer])
+                {
                     continue;
                 }
                 if let Some(i) = s.pick(&peer, &mut self.rng, sample) {
@@ -1140,7 +1223,9 @@ impl Node {
                 return;
             }
             let peer = self.order[k];
-            if self.peers[&peer].backoff_until > now || s.in_flight_of(&peer) >= per_peer {
+            if self.peers[&peer].backoff_until > now
+                || s.in_flight_of(&peer) >= per_peer_cap(per_peer, &self.peers[&peer])
+            {
                 continue;
             }
             if let Some(i) = s.pick_endgame(&peer, ENDGAME_COPIES) {
@@ -1169,6 +1254,7 @@ impl Node {
             Ok(stats) => {
                 // Verified and stored by the driver, even if we had given up on it.
                 if s.store(index) {
+                    cur.last_progress = self.now;
                     for f in s.take_duplicates(index) {
                         self.outputs.push_back(Output::CancelFetch {
                             peer: f.peer,
@@ -1254,6 +1340,8 @@ impl Node {
             wave: None,
             waves: Waves::default(),
             manifest_fetch: ManifestFetch::default(),
+            last_progress: Instant::ZERO,
+            served: None,
         };
         for c in &snap.controls {
             if let Ok(wc) = verify::wave_control(&self.config.trust, c, ctx.now)

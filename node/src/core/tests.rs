@@ -6,3 +6,4 @@ mod harness;
 mod recovery;
 mod swarm;
 mod trust;
+mod uploads;

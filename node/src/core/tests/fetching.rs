@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::harness::{Harness, fetches, info, peer};
-use crate::core::{Bitfield, DropReason, FetchError, Input, Instant, Output};
+use crate::core::{Bitfield, DropReason, FetchError, Input, Instant, Output, PeerId};
 
 fn bits(len: u32, ones: &[u32]) -> Bitfield {
     let mut b = Bitfield::new(len);
@@ -15,7 +15,7 @@ fn bits(len: u32, ones: &[u32]) -> Bitfield {
 
 #[test]
 fn same_site_first_then_remote_then_origin() {
-    let mut h = Harness::new();
+    let mut h = Harness::with(|c| c.max_in_flight_per_peer = 8);
     let (local, remote, origin) = (peer(1), peer(2), peer(3));
     h.connect(origin, info(None, 1, true));
     h.connect(remote, info(Some("elsewhere"), 2, false));
@@ -51,28 +51,38 @@ fn same_site_first_then_remote_then_origin() {
         result: Ok(rel.manifest_bytes.clone()),
     });
     let f = fetches(&out);
-    let of = |p| {
+    let of = |f: &[(PeerId, u32)], p| {
         f.iter()
             .filter(|(q, _)| *q == p)
             .map(|(_, i)| *i)
             .collect::<BTreeSet<_>>()
     };
     assert_eq!(
-        of(local),
+        of(&f, local),
         BTreeSet::from([0, 1, 2, 3]),
         "local serves all it has"
     );
-    assert_eq!(
-        of(remote),
-        BTreeSet::from([4, 5, 6, 7]),
-        "remote only what the site lacks"
+    // With one same-site peer, this node imports its half of what the site lacks: from the
+    // remote peer what it has, from the origin only what no peer has.
+    let (r, o) = (of(&f, remote), of(&f, origin));
+    assert!(
+        r.iter().all(|i| (4..8).contains(i)),
+        "remote only what the site lacks: {r:?}"
     );
-    assert_eq!(
-        of(origin),
-        BTreeSet::from([8, 9, 10, 11]),
-        "origin only what no peer has"
+    assert!(
+        o.iter().all(|i| (8..12).contains(i)),
+        "origin only what no peer has: {o:?}"
     );
-    assert_eq!(f.len(), 12);
+    assert!(r.len() + o.len() < 8, "only this node's share: {r:?} {o:?}");
+    // Nothing arrives for the idle fallback's 2 s: then the rest of what the site lacks too.
+    let out = h
+        .advance(Instant::from_millis(2_000))
+        .expect("the idle timer fires");
+    let later = fetches(&out);
+    let all_r: BTreeSet<u32> = r.union(&of(&later, remote)).copied().collect();
+    let all_o: BTreeSet<u32> = o.union(&of(&later, origin)).copied().collect();
+    assert_eq!(all_r, BTreeSet::from([4, 5, 6, 7]));
+    assert_eq!(all_o, BTreeSet::from([8, 9, 10, 11]));
 }
 
 #[test]
