@@ -2,7 +2,10 @@
 //!
 //! `http://HOST:PORT/git/FLEET.git/...` is authenticated first (HTTP Basic; the password — or the
 //! user name when the password is empty — must be a push token; otherwise 401 with
-//! `WWW-Authenticate: Basic`, and git never runs). The request is then handed to
+//! `WWW-Authenticate: Basic`, and git never runs). Each request gets a push id ([`PUSH_ID_ENV`]);
+//! if the client goes away before the backend's response ends, the build started by that push
+//! is cancelled through it (receive-pack itself would not notice: git's sideband thread ignores
+//! a broken pipe, and the hook would run on). The request is then handed to
 //! `git http-backend` with the CGI environment, its body streamed to the backend's stdin and the
 //! backend's output streamed back as it comes, so the `remote:` lines of the pre-receive hook
 //! reach the pusher live. The environment also carries the hook's callback address and secret
@@ -23,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const HOOK_URL_ENV: &str = "SHOAL_HOOK_URL";
 /// The hook's callback secret.
 pub const HOOK_SECRET_ENV: &str = "SHOAL_HOOK_SECRET";
+/// The push (HTTP request) a hook runs for.
+pub const PUSH_ID_ENV: &str = "SHOAL_PUSH_ID";
 /// The fleet the push is for.
 pub const HOOK_FLEET_ENV: &str = "SHOAL_FLEET";
 /// Largest CGI header block accepted from the backend.
@@ -125,8 +130,16 @@ pub struct CgiRequest<'a> {
     pub env: Vec<(&'static str, String)>,
 }
 
-/// Runs `git http-backend` for one request, streaming both ways.
-pub async fn run_backend(req: CgiRequest<'_>, body: Body) -> Response {
+/// Something told when a response ended: [`PushGuard::finished`] when the backend finished,
+/// dropped unfinished when the client went away.
+pub trait PushGuard: Send + 'static {
+    /// The backend finished and its whole response was read.
+    fn finished(&mut self);
+}
+
+/// Runs `git http-backend` for one request, streaming both ways. `guard` lives as long as the
+/// response stream.
+pub async fn run_backend(req: CgiRequest<'_>, body: Body, guard: impl PushGuard) -> Response {
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg("http-backend")
         .env_clear()
@@ -243,17 +256,18 @@ pub async fn run_backend(req: CgiRequest<'_>, body: Body) -> Response {
     }
     let first = Bytes::copy_from_slice(&head[body_start..]);
     let rest = futures_util::stream::unfold(
-        Some((stdout, child, vec![0u8; 64 * 1024])),
+        Some((stdout, child, vec![0u8; 64 * 1024], guard)),
         |state| async move {
-            let (mut stdout, mut child, mut buf) = state?;
+            let (mut stdout, mut child, mut buf, mut guard) = state?;
             match stdout.read(&mut buf).await {
                 Ok(0) => {
                     let _ = child.wait().await;
+                    guard.finished();
                     None
                 }
                 Ok(n) => Some((
                     Ok::<Bytes, std::io::Error>(Bytes::copy_from_slice(&buf[..n])),
-                    Some((stdout, child, buf)),
+                    Some((stdout, child, buf, guard)),
                 )),
                 Err(e) => Some((Err(e), None)),
             }

@@ -46,6 +46,9 @@ pub struct Request {
     pub updates: Vec<RefUpdate>,
     /// Object directories to read new objects from, quarantine first.
     pub object_dirs: Vec<PathBuf>,
+    /// The push (HTTP request) this hook runs for.
+    #[serde(default)]
+    pub push_id: Option<String>,
 }
 
 fn is_zero(id: &str) -> bool {
@@ -172,6 +175,7 @@ pub fn client_main() -> i32 {
         fleet,
         updates,
         object_dirs,
+        push_id: std::env::var(crate::githttp::PUSH_ID_ENV).ok(),
     };
     match post(&url, &secret, &req) {
         Ok(code) => code,

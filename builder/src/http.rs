@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde::Deserialize;
 use shoal_protocol::{Digest, RolloutPlan};
+use tokio::sync::watch;
 
 use crate::app::{App, AppError};
 use crate::db::{ReleaseFilter, Status};
@@ -52,6 +53,37 @@ pub struct Server {
     pub hook_url: String,
     /// The hook callback secret (random per process).
     pub hook_secret: String,
+    /// Cancel switches of the pushes in progress, by push id.
+    pub pushes: Arc<Mutex<HashMap<String, Arc<watch::Sender<bool>>>>>,
+}
+
+/// Most pushes in progress at once.
+const MAX_PUSHES: usize = 64;
+
+/// Removes a push's cancel switch when its response ends; flips it if the client went away.
+struct PushEntry {
+    id: String,
+    pushes: Arc<Mutex<HashMap<String, Arc<watch::Sender<bool>>>>>,
+    done: bool,
+}
+
+impl githttp::PushGuard for PushEntry {
+    fn finished(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for PushEntry {
+    fn drop(&mut self) {
+        let entry = self
+            .pushes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        if let (Some(tx), false) = (entry, self.done) {
+            let _ = tx.send(true);
+        }
+    }
 }
 
 /// A JSON error response.
@@ -139,6 +171,27 @@ async fn git(
         Err(e) => return internal(e),
     }
     let project_root = s.app.root.join("repos");
+    let push_id = {
+        use rand::Rng;
+        let mut b = [0u8; 16];
+        rand::rng().fill_bytes(&mut b);
+        hex::encode(b)
+    };
+    {
+        let mut pushes = s.pushes.lock().unwrap_or_else(|p| p.into_inner());
+        if pushes.len() >= MAX_PUSHES {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many pushes in progress",
+            );
+        }
+        pushes.insert(push_id.clone(), Arc::new(watch::channel(false).0));
+    }
+    let entry = PushEntry {
+        id: push_id.clone(),
+        pushes: s.pushes.clone(),
+        done: false,
+    };
     githttp::run_backend(
         githttp::CgiRequest {
             project_root: &project_root,
@@ -151,9 +204,11 @@ async fn git(
                 (githttp::HOOK_URL_ENV, s.hook_url.clone()),
                 (githttp::HOOK_SECRET_ENV, s.hook_secret.clone()),
                 (githttp::HOOK_FLEET_ENV, fleet.to_string()),
+                (githttp::PUSH_ID_ENV, push_id),
             ],
         },
         body,
+        entry,
     )
     .await
 }
@@ -216,7 +271,20 @@ async fn pre_receive(State(s): State<Server>, headers: HeaderMap, body: Bytes) -
         hook::Plan::Reject(m) => hook_reply(&[], crate::log::Verdict::Reject(m)),
         hook::Plan::Accept(notes) => hook_reply(&notes, crate::log::Verdict::Accept),
         hook::Plan::Build { commit, notes } => {
-            let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+            // The push's cancel switch: flipped when the pusher's HTTP request goes away, or
+            // when this hook's own connection does.
+            let switch = req
+                .push_id
+                .as_ref()
+                .and_then(|id| {
+                    s.pushes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(id)
+                        .cloned()
+                })
+                .unwrap_or_else(|| Arc::new(watch::channel(false).0));
+            let cancel_rx = switch.subscribe();
             let push = crate::pipeline::Push {
                 fleet,
                 commit,
@@ -230,8 +298,8 @@ async fn pre_receive(State(s): State<Server>, headers: HeaderMap, body: Bytes) -
             for n in notes {
                 log.line(&n);
             }
-            // Dropping the stream before the verdict (the pusher went away) cancels the build.
-            struct CancelOnDrop(tokio::sync::watch::Sender<bool>);
+            // Dropping the stream before the verdict (the hook went away) cancels the build.
+            struct CancelOnDrop(Arc<watch::Sender<bool>>);
             impl Drop for CancelOnDrop {
                 fn drop(&mut self) {
                     let _ = self.0.send(true);
@@ -242,7 +310,7 @@ async fn pre_receive(State(s): State<Server>, headers: HeaderMap, body: Bytes) -
                     f.write_str("CancelOnDrop")
                 }
             }
-            let guard = CancelOnDrop(cancel_tx);
+            let guard = CancelOnDrop(switch);
             let stream = hook::follow(log, guard);
             (
                 StatusCode::OK,
@@ -545,6 +613,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
         app,
         hook_url: format!("http://{host}:{}", local.port()),
         hook_secret,
+        pushes: Arc::new(Mutex::new(HashMap::new())),
     };
     axum::serve(listener, router(s)).await
 }

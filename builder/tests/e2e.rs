@@ -461,7 +461,10 @@ fn a_release_running_at_restart_is_marked_interrupted() {
     };
     let p = Project::new(&[(
         "Dockerfile",
-        "FROM busybox\nRUN echo sleeping && sleep 120\n",
+        &format!(
+            "FROM busybox\nLABEL nonce={}\nRUN echo sleeping && sleep 120\n",
+            nonce()
+        ),
     )]);
     let remote = b.remote();
     let pusher = std::thread::spawn(move || p.push(&remote, "master"));
@@ -479,7 +482,7 @@ fn a_release_running_at_restart_is_marked_interrupted() {
             b"",
         );
         String::from_utf8_lossy(&body)
-            .contains("Step 2/2")
+            .contains("Step 3/3")
             .then_some(())
     });
     b.kill();
@@ -492,4 +495,54 @@ fn a_release_running_at_restart_is_marked_interrupted() {
     );
     let r = b.get_json(&format!("/api/v1/releases/{id}"));
     assert_eq!(r["status"], "interrupted");
+}
+
+#[test]
+fn a_pusher_that_goes_away_cancels_the_build_and_log_followers_see_it_live() {
+    let Some(b) = Builder::start_with_engine("cancel") else {
+        return;
+    };
+    // A fresh label first, so the Engine's build cache cannot skip the slow step.
+    let p = Project::new(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\nLABEL nonce={}\nRUN for i in $(seq 1 300); do echo tick $i; sleep 1; done\n",
+            nonce()
+        ),
+    )]);
+    let mut pusher = p.push_in_background(&b.remote(), "master");
+    let id = wait_for(|| {
+        b.get_json("/api/v1/fleets/demo/releases?status=running")["releases"][0]["id"].as_i64()
+    });
+    let addr = b.addr();
+    let follower = std::thread::spawn(move || {
+        http_request(
+            &addr,
+            "GET",
+            &format!("/api/v1/releases/{id}/logs"),
+            &[],
+            b"",
+        )
+    });
+    wait_for(|| {
+        let (_, _, body) = http_request(
+            &b.addr(),
+            "GET",
+            &format!("/api/v1/releases/{id}/logs?follow=false"),
+            &[],
+            b"",
+        );
+        String::from_utf8_lossy(&body)
+            .contains("tick 2")
+            .then_some(())
+    });
+    pusher.kill_group();
+    let (status, _, body) = follower.join().unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(text.contains("tick 2"), "{text}");
+    assert!(text.contains("error: the pusher disconnected"), "{text}");
+    let r = b.get_json(&format!("/api/v1/releases/{id}"));
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert!(!text.contains("tick 300"), "{text}");
 }

@@ -12,6 +12,12 @@ use shoal_protocol::{ReleaseManifest, TrustRoot, UnixTime, verify};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shoal-builder");
 
+/// A value unique to this call, to defeat the Engine's build cache.
+pub fn nonce() -> String {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}-{}", d.as_nanos(), std::process::id())
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -406,4 +412,37 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A `git push` running in its own process group.
+pub struct BackgroundPush(Child);
+
+impl BackgroundPush {
+    /// Kills git and its helpers (the whole process group), as a pusher pressing ^C would.
+    pub fn kill_group(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for BackgroundPush {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+impl Project {
+    pub fn push_in_background(&self, remote: &str, refspec: &str) -> BackgroundPush {
+        use std::os::unix::process::CommandExt;
+        let child = git_cmd(self.dir.path(), self.home.path())
+            .args(["push", remote, refspec])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        BackgroundPush(child)
+    }
 }
