@@ -38,10 +38,9 @@
 //!   peer only when no same-site peer has it, of the origin only when no other peer has it, so
 //!   each site imports a chunk about once and the builder sends it about once. Among the chunks a
 //!   peer has, rarest first (sampled, with a seeded random start). What a site lacks is split
-//!   among its nodes: each imports (from remote peers or the origin) only its share, by rank of
-//!   id among the same-site peers it sees, until it has stored nothing for
-//!   [`Config::idle_fallback_ms`]; so with a full local mesh each chunk enters a site about
-//!   once. When every missing chunk is in flight, the oldest are fetched a second time from
+//!   among its nodes by consistent hashing over the same-site peers each sees: a node imports
+//!   (from remote peers or the origin) only its arc of the ring, until it has stored nothing
+//!   for [`Config::idle_fallback_ms`]; with a full local mesh each chunk enters a site once. When every missing chunk is in flight, the oldest are fetched a second time from
 //!   other peers (endgame) and the loser cancelled. In flight: at most
 //!   [`Config::max_in_flight_per_peer`] per peer and [`Config::max_in_flight_total`] overall.
 //!   A fetch that outlives its deadline (the larger of [`Config::fetch_timeout_ms`] and the time

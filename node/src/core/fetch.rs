@@ -45,24 +45,52 @@ struct Avail {
     exhausted: bool,
 }
 
-/// Which chunks this node imports into its site: its share of a partition of the chunk list
-/// among the site's peers it sees (itself included), by rank of id. Exact when every node of a
-/// site sees every other (a LAN with mDNS); with partial views some chunks have several
-/// importers or none, and `idle` (no chunk stored for a while) lifts the restriction so the
-/// site never stalls.
+/// Which chunks this node imports into its site. Consistent hashing: each node of the site and
+/// each chunk get a point on a ring (salted per release); a node imports the chunks whose points
+/// fall between its own point and the next point of a same-site peer it sees. With a full view
+/// of the site (a LAN with mDNS) every chunk has exactly one importer; with partial views a few
+/// chunks get two (a node that does not see the owner also claims them), rarely more, and
+/// `idle` (no chunk stored for a while) lifts the restriction so a site never stalls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Share {
-    pub(crate) k: u32,
-    pub(crate) rank: u32,
+    /// This node's arc, `[lo, hi)`, wrapping when `hi <= lo`.
+    pub(crate) lo: u64,
+    pub(crate) hi: u64,
+    /// No same-site peer seen: everything is this node's.
+    pub(crate) all: bool,
     pub(crate) salt: u64,
     pub(crate) idle: bool,
 }
 
 impl Share {
-    fn mine(&self, i: u32) -> bool {
-        self.idle
-            || self.k <= 1
-            || (mix64(u64::from(i) ^ self.salt) % u64::from(self.k)) as u32 == self.rank
+    /// The share of the node at point `me` among same-site peers at `others` (any order).
+    pub(crate) fn new(me: u64, others: &mut [u64], salt: u64, idle: bool) -> Share {
+        others.sort_unstable();
+        let hi = others
+            .iter()
+            .copied()
+            .find(|p| *p > me)
+            .or_else(|| others.first().copied())
+            .unwrap_or(me);
+        Share {
+            lo: me,
+            hi,
+            all: others.is_empty(),
+            salt,
+            idle,
+        }
+    }
+
+    pub(crate) fn mine(&self, i: u32) -> bool {
+        if self.idle || self.all {
+            return true;
+        }
+        let p = mix64(u64::from(i) ^ self.salt);
+        if self.lo < self.hi {
+            self.lo <= p && p < self.hi
+        } else {
+            p >= self.lo || p < self.hi
+        }
     }
 }
 
@@ -94,8 +122,9 @@ impl Scheduler {
         }
         Scheduler {
             share: Share {
-                k: 1,
-                rank: 0,
+                lo: 0,
+                hi: 0,
+                all: true,
                 salt: 0,
                 idle: false,
             },
@@ -452,6 +481,48 @@ mod tests {
             }
         }
         b
+    }
+
+    #[test]
+    fn every_chunk_has_one_importer_with_a_full_view_and_at_least_one_without() {
+        let mut rng = Rng::new(9);
+        let points: Vec<u64> = (0..25).map(|_| rng.next_u64()).collect();
+        let share_of = |me: usize, seen: &[usize]| {
+            let mut others: Vec<u64> = seen.iter().map(|&j| points[j]).collect();
+            Share::new(points[me], &mut others, 77, false)
+        };
+        let full: Vec<Share> = (0..25)
+            .map(|me| share_of(me, &(0..25).filter(|j| *j != me).collect::<Vec<_>>()))
+            .collect();
+        for i in 0..1000 {
+            assert_eq!(full.iter().filter(|s| s.mine(i)).count(), 1, "chunk {i}");
+        }
+        // Each node sees 8 random others.
+        let partial: Vec<Share> = (0..25)
+            .map(|me| {
+                let mut seen = Vec::new();
+                while seen.len() < 8 {
+                    let j = rng.below(25) as usize;
+                    if j != me && !seen.contains(&j) {
+                        seen.push(j);
+                    }
+                }
+                share_of(me, &seen)
+            })
+            .collect();
+        let owners: Vec<usize> = (0..1000)
+            .map(|i| partial.iter().filter(|s| s.mine(i)).count())
+            .collect();
+        assert!(
+            owners.iter().all(|o| *o >= 1),
+            "no chunk is left without an importer"
+        );
+        let mean = owners.iter().sum::<usize>() as f64 / owners.len() as f64;
+        // 3.3 measured: the owner, plus the nodes before it on the ring that do not see it.
+        assert!(
+            mean < 4.0,
+            "a few importers per chunk with a third of the site seen: {mean}"
+        );
     }
 
     #[test]

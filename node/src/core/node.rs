@@ -61,6 +61,8 @@ pub struct Config {
     pub backoff_base_ms: u64,
     /// Longest retry delay.
     pub backoff_max_ms: u64,
+    /// How long a peer that answered [`FetchError::Busy`] is left alone (no penalty).
+    pub busy_backoff_ms: u64,
     /// Consecutive failures (timeouts, I/O errors, false advertisements) before a peer is dropped.
     pub max_peer_failures: u32,
     /// How long a peer that sent bad bytes stays banned.
@@ -84,7 +86,7 @@ pub struct Config {
 
 impl Config {
     /// Defaults: 16 GiB quota, 64 peers, 4 fetches per peer and 32 overall, 10 s minimum
-    /// deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s, 3 failures, 1 h bans,
+    /// deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s (100 ms after Busy), 3 failures, 1 h bans,
     /// persist every 5 s, rarest of 32, idle fallback after 2 s, 16 uploads.
     pub fn new(key: SigningKey, trust: TrustRoot, arch: impl Into<String>) -> Config {
         Config {
@@ -100,6 +102,7 @@ impl Config {
             min_rate_bytes_per_s: 64 * 1024,
             backoff_base_ms: 500,
             backoff_max_ms: 30_000,
+            busy_backoff_ms: 100,
             max_peer_failures: 3,
             ban_ms: 3_600_000,
             persist_interval_ms: 5_000,
@@ -548,33 +551,26 @@ impl Node {
 
     /// Recomputes this node's share of its site's imports (see [`super::fetch::Share`]).
     pub(super) fn update_share(&mut self) {
-        let key = |id: &PeerId| {
+        let Some(cur) = &self.cur else { return };
+        let salt = super::fetch::mix64(cur.ann.sequence.0 ^ 0x5348_4f41_4c00_0000);
+        let point = |id: &PeerId| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&id.0[..8]);
-            u64::from_le_bytes(b)
+            super::fetch::mix64(u64::from_le_bytes(b) ^ salt)
         };
-        let me = key(&self.id);
-        let mut keys: Vec<u64> = self
+        let me = point(&self.id);
+        let mut points: Vec<u64> = self
             .peers
             .iter()
             .filter(|(_, p)| p.class == Class::Local)
-            .map(|(id, _)| key(id))
+            .map(|(id, _)| point(id))
             .collect();
-        keys.push(me);
-        keys.sort_unstable();
-        let rank = keys.iter().position(|k| *k == me).unwrap_or(0) as u32;
-        let now = self.now;
-        let idle_ms = self.config.idle_fallback_ms;
+        let chunk_salt = super::fetch::mix64(salt);
+        let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
         let Some(cur) = &mut self.cur else { return };
-        let salt = super::fetch::mix64(cur.ann.sequence.0);
         let idle = now.ms_since(cur.last_progress) >= idle_ms;
         if let Some(s) = &mut cur.sched {
-            s.set_share(super::fetch::Share {
-                k: keys.len() as u32,
-                rank,
-                salt,
-                idle,
-            });
+            s.set_share(super::fetch::Share::new(me, &mut points, chunk_salt, idle));
         }
     }
 
@@ -1289,7 +1285,7 @@ impl Node {
             }
             Err(FetchError::Busy) => {
                 if let Some(p) = self.peers.get_mut(&peer) {
-                    p.backoff_until = self.now.plus_ms(self.config.backoff_base_ms);
+                    p.backoff_until = self.now.plus_ms(self.config.busy_backoff_ms);
                 }
             }
             Err(_) => self.peer_failed(&peer),

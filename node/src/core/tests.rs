@@ -3,6 +3,7 @@
 mod activation;
 mod fetching;
 mod harness;
+mod purity;
 mod recovery;
 mod swarm;
 mod trust;
