@@ -228,8 +228,11 @@ async fn main() -> anyhow::Result<()> {
         let client = endpoint(&client_key, "127.0.0.1:0".parse()?)?;
         let serve = tokio::spawn(transfer::serve(
             server.clone(),
-            seeder.clone(),
-            Arc::new(Counters::default()),
+            transfer::Server::new(
+                seeder.clone(),
+                Arc::new(Counters::default()),
+                args.concurrency,
+            ),
             Arc::new(|_: &shoal_protocol::DeviceId| true),
         ));
         let fetch_dir = work.path().join(format!("fetch-{round}"));

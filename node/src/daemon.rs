@@ -29,6 +29,6 @@ pub mod store;
 pub mod transfer;
 
 pub use handle::{
-    BoxFuture, Builder, Handle, PeerStatus, PublishError, Runtime, StageOnly, StartError, Status,
-    TuneFn, WallClock, system_clock,
+    BoxFuture, Builder, DEFAULT_MAX_UPLOADS, Handle, PeerStatus, PublishError, Runtime, SourceFn,
+    StageOnly, StartError, Status, TuneFn, WallClock, system_clock,
 };

@@ -27,15 +27,17 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::handle::{
-    Builder, Command, Handle, PeerStatus, PublishError, Runtime, StartError, Status, WallClock,
+    Builder, Command, Handle, PublishError, Runtime, StartError, Status, WallClock,
 };
 use super::identity::{DeviceKey, device_id_of};
 use super::metrics::{Counters, PeerClass};
 use super::net::{self, Behaviour, BehaviourEvent};
 use super::peer::{self, ControlMsg};
 use super::store::Store;
-use super::transfer::{self, AdmitFn, BlobKind, BlobSource, FetchError};
-use crate::core::{self, Input, Output};
+use super::transfer::{self, AdmitFn, BlobSource};
+use crate::core::{self, Input};
+
+mod effects;
 
 /// Capacity of the loop's event channel.
 const EVENT_CAPACITY: usize = 4096;
@@ -135,8 +137,7 @@ struct Driver {
     refused: Option<String>,
     data_addr: SocketAddr,
     listen_addrs: Vec<Multiaddr>,
-    source: Arc<dyn BlobSource>,
-    kademlia: bool,
+    server: transfer::Server,
     kad_bootstrapped: bool,
 }
 
@@ -184,7 +185,14 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
         addr: b.data_listen.to_string(),
         source,
     })?;
-    let mut swarm = net::swarm(&b.key, &b.fleet, data_addr.port(), b.origin, b.mdns)?;
+    let mut swarm = net::swarm(
+        &b.key,
+        &b.fleet,
+        data_addr.port(),
+        b.origin,
+        b.mdns,
+        b.kademlia,
+    )?;
     let mut listen_addrs = Vec::new();
     for addr in &b.listen {
         swarm
@@ -221,8 +229,10 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
         }
     }
     for addr in &b.bootstrap {
-        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        if let Some(Protocol::P2p(peer)) = addr.iter().last()
+            && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
+        {
+            kad.add_address(&peer, addr.clone());
         }
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -265,7 +275,7 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
         local_tasks.push(Box::pin(fut));
     }
     let source: Arc<dyn BlobSource> = match b.source {
-        Some(s) => s,
+        Some(wrap) => wrap(store.clone()),
         None => store.clone(),
     };
 
@@ -300,8 +310,7 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
         refused: None,
         data_addr,
         listen_addrs: listen_addrs.clone(),
-        source,
-        kademlia: b.kademlia,
+        server: transfer::Server::new(source, counters.clone(), b.max_uploads),
         kad_bootstrapped: false,
     };
     for fut in local_tasks {
@@ -332,16 +341,6 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
     })
 }
 
-fn to_core_error(e: &FetchError) -> core::FetchError {
-    match e {
-        FetchError::Invalid(_) | FetchError::BadStatus(_) => core::FetchError::DigestMismatch,
-        FetchError::NotFound(_) => core::FetchError::NotFound,
-        FetchError::Refused => core::FetchError::Busy,
-        FetchError::Timeout => core::FetchError::Timeout,
-        _ => core::FetchError::Io,
-    }
-}
-
 impl Driver {
     fn now(&self) -> core::Instant {
         core::Instant(self.started.elapsed().as_millis() as u64)
@@ -360,8 +359,7 @@ impl Driver {
         let endpoint = self.endpoint.clone();
         let admit = self.admit_fn();
         let events = self.events_tx.clone();
-        let store = self.source.clone();
-        let counters = self.counters.clone();
+        let server = self.server.clone();
         self.tasks.spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(transfer::MAX_CONNECTIONS));
             while let Some(incoming) = endpoint.accept().await {
@@ -369,12 +367,7 @@ impl Driver {
                     incoming.refuse();
                     continue;
                 };
-                let (admit, events, store, counters) = (
-                    admit.clone(),
-                    events.clone(),
-                    store.clone(),
-                    counters.clone(),
-                );
+                let (admit, events, server) = (admit.clone(), events.clone(), server.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     let Ok(conn) = incoming.await else { return };
@@ -396,7 +389,7 @@ impl Driver {
                     {
                         return;
                     }
-                    transfer::serve_connection(conn, device, store, counters).await;
+                    transfer::serve_connection(conn, device, server).await;
                 });
             }
         });
@@ -428,8 +421,10 @@ impl Driver {
                     self.node.handle_timeout(now);
                 }
                 _ = wall_tick.tick() => {
-                    if self.kademlia && self.kad_bootstrapped {
-                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    if self.kad_bootstrapped
+                        && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                    {
+                        let _ = kad.bootstrap();
                     }
                     let now = self.now();
                     let wall = (self.clock)();
@@ -528,9 +523,11 @@ impl Driver {
                 if let Some(ip) = ip_of(endpoint.get_remote_address()) {
                     self.remote_ips.insert(peer_id, ip);
                 }
-                if self.kademlia && !self.kad_bootstrapped {
+                if !self.kad_bootstrapped
+                    && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                {
                     self.kad_bootstrapped = true;
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    let _ = kad.bootstrap();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -593,11 +590,10 @@ impl Driver {
         if fleet != self.fleet {
             return;
         }
-        for addr in info.listen_addrs.iter().take(8) {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer_id, addr.clone());
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            for addr in info.listen_addrs.iter().take(8) {
+                kad.add_address(&peer_id, addr.clone());
+            }
         }
         let Some(device) = device_id_of(&peer_id) else {
             return;
@@ -620,7 +616,7 @@ impl Driver {
             self.key.clone(),
             self.events_tx.clone(),
         );
-        let (store, counters) = (self.source.clone(), self.counters.clone());
+        let server = self.server.clone();
         self.tasks.spawn(async move {
             match super::quic::connect(&endpoint, &key, addr, &device).await {
                 Ok(conn) => {
@@ -632,7 +628,7 @@ impl Driver {
                         .await
                         .is_ok()
                     {
-                        tokio::spawn(transfer::serve_connection(conn, device, store, counters));
+                        tokio::spawn(transfer::serve_connection(conn, device, server));
                     }
                 }
                 Err(e) => {
@@ -856,405 +852,6 @@ impl Driver {
             tracing::warn!(peer = %device.short(), "control queue full; disconnecting");
             self.remove_peer(device);
         }
-    }
-
-    // ---------------------------------------------------------------- core outputs
-
-    fn effect(&mut self, out: Output) {
-        match out {
-            Output::GossipVerdict { id, verdict } => self.on_verdict(id.0, verdict),
-            Output::SyncGossip { peer, messages } => {
-                for bytes in messages {
-                    self.send_control(&peer, ControlMsg::Gossip { bytes });
-                }
-            }
-            Output::SendBitfield {
-                peer,
-                sequence,
-                have,
-            } => self.send_control(
-                &peer,
-                ControlMsg::Bitfield {
-                    sequence,
-                    len: have.len(),
-                    words: have.words().to_vec(),
-                },
-            ),
-            Output::Advertise { sequence, index } => {
-                let targets: Vec<DeviceId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.info.is_some())
-                    .map(|(d, _)| *d)
-                    .collect();
-                for d in targets {
-                    self.send_control(&d, ControlMsg::Have { sequence, index });
-                }
-            }
-            Output::FetchManifest {
-                peer,
-                sequence,
-                digest,
-                size,
-            } => self.fetch_manifest(peer, sequence, digest, size),
-            Output::FetchChunk {
-                peer,
-                sequence,
-                index,
-                chunk,
-            } => self.fetch_chunk(peer, sequence, index, chunk),
-            Output::CancelFetch {
-                peer,
-                sequence,
-                index,
-            } => {
-                if let Some(h) = self.fetches.remove(&(peer, sequence, index)) {
-                    h.abort();
-                }
-            }
-            Output::DropPeer { peer, reason } => {
-                tracing::info!(peer = %peer.short(), ?reason, "dropping peer");
-                self.remove_peer(&peer);
-            }
-            Output::BanPeer {
-                peer,
-                reason,
-                until,
-            } => {
-                tracing::warn!(peer = %peer.short(), ?reason, "banning peer");
-                let until = self.started + Duration::from_millis(until.as_millis());
-                self.banned
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(peer, until);
-                if let Some(pid) = super::identity::peer_id_of(&peer) {
-                    self.swarm.behaviour_mut().gossipsub.blacklist_peer(&pid);
-                    let _ = self.swarm.disconnect_peer_id(pid);
-                }
-                self.remove_peer(&peer);
-            }
-            Output::Persist(snapshot) => {
-                let bytes = encoding::encode(&*snapshot);
-                if let Err(e) = super::state::write_atomic(&self.state_path, &bytes) {
-                    tracing::error!(error = %e, "cannot persist node state");
-                }
-            }
-            Output::Apply { sequence, manifest } => {
-                self.manifests.insert(sequence, manifest.clone());
-                let runtime = self.runtime.clone();
-                let store = self.store.clone();
-                let events = self.events_tx.clone();
-                self.tasks.spawn(async move {
-                    let result = runtime.apply(sequence, manifest, store).await;
-                    let _ = events.send(Event::Applied { sequence, result }).await;
-                });
-            }
-            Output::Rollback { from, to } => {
-                let runtime = self.runtime.clone();
-                self.tasks
-                    .spawn(async move { runtime.rollback(from, to).await });
-            }
-            Output::Report { envelope, report } => {
-                tracing::info!(
-                    sequence = report.sequence.0,
-                    state = report.state.as_str(),
-                    "status report"
-                );
-                let origins: Vec<DeviceId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.info.as_ref().is_some_and(|i| i.origin))
-                    .map(|(d, _)| *d)
-                    .collect();
-                for d in origins {
-                    self.send_control(
-                        &d,
-                        ControlMsg::Report {
-                            envelope: envelope.clone(),
-                        },
-                    );
-                }
-                if self.origin {
-                    let _ = self.reports.send(report);
-                }
-            }
-            Output::Event(ev) => {
-                tracing::info!(event = ?ev, "node event");
-                if let core::Event::Refused { reason, .. } = &ev {
-                    self.refused = Some(reason.to_string());
-                }
-                self.publish_status();
-            }
-        }
-    }
-
-    fn on_verdict(&mut self, id: u64, verdict: core::Verdict) {
-        let Some(pending) = self.gossip.remove(&id) else {
-            return;
-        };
-        match pending {
-            PendingGossip::Net { id, source } => {
-                match verdict {
-                    core::Verdict::Accept => &self.counters.gossip_accepted,
-                    core::Verdict::Reject => &self.counters.gossip_rejected,
-                    core::Verdict::Ignore => &self.counters.gossip_ignored,
-                }
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let acceptance = match verdict {
-                    core::Verdict::Accept => gossipsub::MessageAcceptance::Accept,
-                    core::Verdict::Reject => gossipsub::MessageAcceptance::Reject,
-                    core::Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
-                };
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
-            }
-            PendingGossip::Local { bytes, reply } => {
-                let result = match verdict {
-                    core::Verdict::Accept => {
-                        self.gossip_publish(bytes);
-                        Ok(())
-                    }
-                    core::Verdict::Reject => Err(PublishError::Refused("invalid".into())),
-                    core::Verdict::Ignore => {
-                        Err(PublishError::Refused("ignored (duplicate or stale)".into()))
-                    }
-                };
-                let _ = reply.send(result);
-            }
-            PendingGossip::Sync => {}
-        }
-    }
-
-    fn fetch_manifest(
-        &mut self,
-        peer: DeviceId,
-        sequence: ReleaseSeq,
-        digest: shoal_protocol::Digest,
-        size: u64,
-    ) {
-        let Some(conn) = self.peer_conn(&peer) else {
-            self.feed(Input::ManifestFetched {
-                peer,
-                sequence,
-                result: Err(core::FetchError::Io),
-            });
-            return;
-        };
-        let (store, counters, events) = (
-            self.store.clone(),
-            self.counters.clone(),
-            self.events_tx.clone(),
-        );
-        self.tasks.spawn(async move {
-            let result = async {
-                let local = {
-                    let store = store.clone();
-                    tokio::task::spawn_blocking(move || store.read(&digest))
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok())
-                        .flatten()
-                };
-                if let Some(bytes) = local {
-                    return Ok(Arc::<[u8]>::from(bytes));
-                }
-                let expected = u32::try_from(size).map_err(|_| core::FetchError::DigestMismatch)?;
-                let fetched = transfer::fetch(
-                    &conn,
-                    &peer,
-                    BlobKind::Manifest,
-                    &digest,
-                    Some(expected),
-                    &counters,
-                )
-                .await
-                .map_err(|e| to_core_error(&e))?;
-                let raw: Arc<[u8]> = fetched.raw.into();
-                let s = store.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    s.put(&digest, fetched.blob.raw_size, &fetched.blob.compressed)
-                })
-                .await;
-                Ok(raw)
-            }
-            .await;
-            let _ = events
-                .send(Event::Manifest {
-                    peer,
-                    sequence,
-                    result,
-                })
-                .await;
-        });
-    }
-
-    fn fetch_chunk(
-        &mut self,
-        peer: DeviceId,
-        sequence: ReleaseSeq,
-        index: u32,
-        chunk: shoal_protocol::ChunkRef,
-    ) {
-        if self.store.contains(&chunk.digest) {
-            self.feed(Input::ChunkFetched {
-                peer,
-                sequence,
-                index,
-                result: Ok(core::FetchStats {
-                    bytes: 0,
-                    elapsed_ms: 0,
-                }),
-            });
-            return;
-        }
-        let Some(conn) = self.peer_conn(&peer) else {
-            self.feed(Input::ChunkFetched {
-                peer,
-                sequence,
-                index,
-                result: Err(core::FetchError::Io),
-            });
-            return;
-        };
-        let (store, counters, events) = (
-            self.store.clone(),
-            self.counters.clone(),
-            self.events_tx.clone(),
-        );
-        let handle = self.tasks.spawn(async move {
-            let start = tokio::time::Instant::now();
-            let result = match transfer::fetch_chunk_into(&conn, &peer, &store, chunk, &counters).await {
-                Ok(_) => Ok(core::FetchStats {
-                    bytes: u64::from(chunk.size),
-                    elapsed_ms: start.elapsed().as_millis() as u64,
-                }),
-                Err(e) => {
-                    if e.is_peer_fault() {
-                        tracing::warn!(peer = %peer.short(), chunk = %chunk.digest.short(), error = %e, "invalid chunk");
-                    } else {
-                        tracing::debug!(peer = %peer.short(), chunk = %chunk.digest.short(), error = %e, "fetch failed");
-                    }
-                    Err(to_core_error(&e))
-                }
-            };
-            let _ = events
-                .send(Event::Chunk {
-                    peer,
-                    sequence,
-                    index,
-                    result,
-                })
-                .await;
-        });
-        self.fetches.insert((peer, sequence, index), handle);
-    }
-
-    fn peer_conn(&self, peer: &DeviceId) -> Option<quinn::Connection> {
-        self.peers.get(peer).map(|p| p.conn.clone())
-    }
-
-    /// Keeps the blobs of the committed, previous and target releases; evicts the rest.
-    fn evict(&mut self) {
-        let mut keep = BTreeSet::new();
-        let committed = self.node.committed();
-        // Keep at most the two newest applied manifests (current and previous) plus the target.
-        while self.manifests.len() > 2 {
-            let Some((&oldest, _)) = self.manifests.iter().next() else {
-                break;
-            };
-            self.manifests.remove(&oldest);
-        }
-        let mut add = |m: &ReleaseManifest| {
-            for c in m.unique_chunks() {
-                keep.insert(c.digest);
-            }
-        };
-        for m in self.manifests.values() {
-            add(m);
-        }
-        if let Some(rel) = self.node.release() {
-            add(&rel.manifest);
-            keep.insert(rel.manifest_digest);
-        }
-        if committed.is_none() && self.manifests.is_empty() {
-            return;
-        }
-        let store = self.store.clone();
-        let stats = store.retain(&keep);
-        if stats.blobs > 0 {
-            tracing::info!(
-                blobs = stats.blobs,
-                bytes = stats.bytes,
-                "evicted old release blobs"
-            );
-        }
-    }
-
-    fn publish_status(&mut self) {
-        let progress = self.node.progress();
-        let banned = {
-            let now = tokio::time::Instant::now();
-            let mut map = self.banned.lock().unwrap_or_else(|e| e.into_inner());
-            map.retain(|_, until| *until > now);
-            map.len() as u64
-        };
-        let status = Status {
-            device: self.device.to_string(),
-            fleet: self.fleet.clone(),
-            site: self.site.clone(),
-            data_addr: self.data_addr.to_string(),
-            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
-            peers: self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.info.is_some())
-                .map(|(d, p)| PeerStatus {
-                    device: d.to_string(),
-                    addr: p.conn.remote_address().to_string(),
-                    class: self.counters.class_of(d).as_str().to_string(),
-                    rtt_ms: u32::try_from(p.conn.rtt().as_millis()).unwrap_or(u32::MAX),
-                })
-                .collect(),
-            banned_peers: banned,
-            highest: self.node.highest().map(|(s, _)| s.0),
-            target: progress.map(|p| p.sequence.0),
-            phase: progress.map(|p| phase_name(p.phase).to_string()),
-            have_chunks: progress.map_or(0, |p| p.have_chunks),
-            total_chunks: progress.map_or(0, |p| p.total_chunks),
-            in_flight: progress.map_or(0, |p| p.in_flight),
-            applied: self.node.applied().map(|s| s.0),
-            committed: self.node.committed().map(|s| s.0),
-            refused: self.refused.clone(),
-            store_bytes: self.store.used_bytes(),
-            store_quota_bytes: self.store.quota_bytes(),
-            bytes_in: self.counters.total_in(),
-            bytes_out: self.counters.total_out(),
-        };
-        self.status_tx.send_if_modified(|s| {
-            if *s == status {
-                false
-            } else {
-                *s = status;
-                true
-            }
-        });
-    }
-}
-
-fn phase_name(p: core::Phase) -> &'static str {
-    match p {
-        core::Phase::FetchingManifest => "fetching_manifest",
-        core::Phase::Fetching => "fetching",
-        core::Phase::Staged => "staged",
-        core::Phase::Applying => "applying",
-        core::Phase::Running => "running",
-        core::Phase::Healthy => "healthy",
-        core::Phase::RolledBack => "rolled_back",
-        core::Phase::Refused => "refused",
-        core::Phase::Halted => "halted",
     }
 }
 

@@ -241,6 +241,12 @@ pub fn system_clock() -> WallClock {
     })
 }
 
+/// Blobs a daemon serves at once by default.
+pub const DEFAULT_MAX_UPLOADS: usize = 8;
+
+/// Wraps the store into what serves peers (see [`Builder::serve_from`]).
+pub type SourceFn = Box<dyn FnOnce(Arc<Store>) -> Arc<dyn super::transfer::BlobSource> + Send>;
+
 /// Adjusts the core's configuration before start.
 pub type TuneFn = Box<dyn FnOnce(&mut core::Config) + Send>;
 
@@ -258,6 +264,7 @@ pub struct Builder {
     pub(super) quota_bytes: u64,
     pub(super) mdns: bool,
     pub(super) kademlia: bool,
+    pub(super) max_uploads: usize,
     pub(super) metrics: Option<SocketAddr>,
     pub(super) control_socket: bool,
     pub(super) origin: bool,
@@ -265,7 +272,7 @@ pub struct Builder {
     pub(super) clock: WallClock,
     pub(super) tune: Option<TuneFn>,
     pub(super) seed: u64,
-    pub(super) source: Option<Arc<dyn super::transfer::BlobSource>>,
+    pub(super) source: Option<SourceFn>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -307,6 +314,7 @@ impl Builder {
             quota_bytes: 16 << 30,
             mdns: false,
             kademlia: true,
+            max_uploads: DEFAULT_MAX_UPLOADS,
             metrics: None,
             control_socket: false,
             origin: false,
@@ -358,6 +366,12 @@ impl Builder {
         self.kademlia = on;
         self
     }
+    /// Most blobs served at once; requests beyond are answered "busy" (default
+    /// [`DEFAULT_MAX_UPLOADS`]).
+    pub fn max_uploads(mut self, n: usize) -> Self {
+        self.max_uploads = n;
+        self
+    }
     /// Serve Prometheus metrics at this address.
     pub fn metrics(mut self, addr: Option<SocketAddr>) -> Self {
         self.metrics = addr;
@@ -389,10 +403,13 @@ impl Builder {
         self
     }
 
-    /// Serves peers' blob requests from `source` instead of the store (tests use it to make a
-    /// byzantine peer).
-    pub fn serve_from(mut self, source: Arc<dyn super::transfer::BlobSource>) -> Self {
-        self.source = Some(source);
+    /// Serves peers' blob requests from what `wrap` makes of the daemon's store instead of the
+    /// store itself (tests use it to make a byzantine or slow peer).
+    pub fn serve_from(
+        mut self,
+        wrap: impl FnOnce(Arc<Store>) -> Arc<dyn super::transfer::BlobSource> + Send + 'static,
+    ) -> Self {
+        self.source = Some(Box::new(wrap));
         self
     }
 

@@ -8,7 +8,8 @@
 //!   scoring penalises invalid deliveries.
 //! - **identify**, whose agent string carries the fleet and the data plane's UDP port
 //!   ([`agent_version`], [`parse_agent`]), so two peers can open their QUIC chunk connection;
-//! - **Kademlia** (server mode) fed with identified addresses and the bootstrap peers;
+//! - **Kademlia** (server mode, switchable) fed with identified addresses and the bootstrap
+//!   peers;
 //! - **mDNS**, switchable, for peers on the same LAN.
 //!
 //! The transport is libp2p's QUIC (TLS bound to the device key, as on the data plane).
@@ -34,7 +35,7 @@ pub struct Behaviour {
     /// Agent string exchange (fleet, data-plane port).
     pub identify: identify::Behaviour,
     /// Peer discovery beyond the bootstrap peers.
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     /// LAN discovery, when enabled.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -86,6 +87,7 @@ pub fn swarm(
     data_port: u16,
     origin: bool,
     enable_mdns: bool,
+    kademlia: bool,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let agent = agent_version(fleet, data_port, origin);
@@ -124,8 +126,11 @@ pub fn swarm(
                     .with_interval(Duration::from_secs(60)),
             );
             let peer_id = kp.public().to_peer_id();
-            let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
-            kad.set_mode(Some(kad::Mode::Server));
+            let kad = kademlia.then(|| {
+                let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+                kad.set_mode(Some(kad::Mode::Server));
+                kad
+            });
             let mdns = if enable_mdns {
                 Some(
                     mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -137,7 +142,7 @@ pub fn swarm(
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
                 gossipsub,
                 identify,
-                kad,
+                kad: kad.into(),
                 mdns: mdns.into(),
             })
         })

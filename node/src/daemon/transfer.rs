@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! request:  version (1) | kind (1: 0 chunk, 1 manifest) | digest (32)
-//! response: status (1: 0 ok, 1 not found, 2 refused)
+//! response: status (1: 0 ok, 1 not found, 2 refused, 3 busy)
 //!           then, if ok: raw size (u32 LE) | frame length (u32 LE) | zstd frame
 //! ```
 //!
@@ -35,6 +35,7 @@ const REQUEST_BYTES: usize = 34;
 const STATUS_OK: u8 = 0;
 const STATUS_NOT_FOUND: u8 = 1;
 const STATUS_REFUSED: u8 = 2;
+const STATUS_BUSY: u8 = 3;
 
 /// How long one request may take end to end.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,21 +100,47 @@ pub use super::metrics::Counters;
 /// Decides whether a connecting device is served (false for a banned one).
 pub type AdmitFn = dyn Fn(&DeviceId) -> bool + Send + Sync;
 
+/// What a server needs to answer requests: where blobs come from, the counters, and the bound
+/// on concurrent uploads (requests beyond it are answered "busy" at once, so a popular seeder
+/// sheds load to other peers instead of queueing).
+#[derive(Clone)]
+pub struct Server {
+    /// Where blobs come from.
+    pub source: Arc<dyn BlobSource>,
+    /// Byte and chunk counters.
+    pub counters: Arc<Counters>,
+    /// Upload slots.
+    pub uploads: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("free_uploads", &self.uploads.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server of `source` with at most `max_uploads` blobs in flight.
+    pub fn new(source: Arc<dyn BlobSource>, counters: Arc<Counters>, max_uploads: usize) -> Server {
+        Server {
+            source,
+            counters,
+            uploads: Arc::new(Semaphore::new(max_uploads.max(1))),
+        }
+    }
+}
+
 /// Serves blobs on every connection `endpoint` accepts, until the endpoint is closed.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    source: Arc<dyn BlobSource>,
-    counters: Arc<Counters>,
-    admit: Arc<AdmitFn>,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, server: Server, admit: Arc<AdmitFn>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             incoming.refuse();
             continue;
         };
-        let source = source.clone();
-        let counters = counters.clone();
+        let server = server.clone();
         let admit = admit.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -132,29 +159,21 @@ pub async fn serve(
                 conn.close(2u32.into(), b"refused");
                 return;
             }
-            serve_connection(conn, device, source, counters).await;
+            serve_connection(conn, device, server).await;
         });
     }
 }
 
 /// Serves the blob requests a peer makes on an established connection, until it closes.
-pub async fn serve_connection(
-    conn: quinn::Connection,
-    device: DeviceId,
-    source: Arc<dyn BlobSource>,
-    counters: Arc<Counters>,
-) {
+pub async fn serve_connection(conn: quinn::Connection, device: DeviceId, server: Server) {
     // quinn bounds the concurrent streams a peer may open (transport_config).
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let source = source.clone();
-        let counters = counters.clone();
+        let server = server.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                serve_stream(send, recv, source, &device, &counters),
-            )
-            .await
-            .unwrap_or(Err(ServeError::Timeout))
+            if let Err(e) =
+                tokio::time::timeout(REQUEST_TIMEOUT, serve_stream(send, recv, &server, &device))
+                    .await
+                    .unwrap_or(Err(ServeError::Timeout))
             {
                 tracing::debug!(peer = %device.short(), error = %e, "data-plane request failed");
             }
@@ -175,10 +194,10 @@ enum ServeError {
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    source: Arc<dyn BlobSource>,
+    server: &Server,
     device: &DeviceId,
-    counters: &Counters,
 ) -> Result<(), ServeError> {
+    let counters = &server.counters;
     let mut req = [0u8; REQUEST_BYTES];
     recv.read_exact(&mut req).await?;
     let kind = BlobKind::from_code(req[1]);
@@ -190,6 +209,12 @@ async fn serve_stream(
     let kind = kind.expect("checked above");
     let mut digest = Digest::default();
     digest.0.copy_from_slice(&req[2..]);
+    let Ok(_upload) = server.uploads.clone().try_acquire_owned() else {
+        send.write_all(&[STATUS_BUSY]).await?;
+        let _ = send.finish();
+        return Ok(());
+    };
+    let source = server.source.clone();
     let blob = tokio::task::spawn_blocking(move || source.get(kind, &digest))
         .await
         .ok()
@@ -231,6 +256,9 @@ pub enum FetchError {
     /// The peer refused the request.
     #[error("peer refused the request")]
     Refused,
+    /// The peer is at its upload limit; ask again later or elsewhere.
+    #[error("peer is busy")]
+    Busy,
     /// The peer answered with an unknown status byte.
     #[error("peer sent unknown status {0}")]
     BadStatus(u8),
@@ -305,6 +333,7 @@ async fn fetch_inner(
         STATUS_OK => {}
         STATUS_NOT_FOUND => return Err(FetchError::NotFound(*digest)),
         STATUS_REFUSED => return Err(FetchError::Refused),
+        STATUS_BUSY => return Err(FetchError::Busy),
         other => return Err(FetchError::BadStatus(other)),
     }
     let mut head = [0u8; 8];

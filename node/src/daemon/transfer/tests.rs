@@ -47,7 +47,11 @@ fn start_server(source: Arc<dyn BlobSource>, banned: Arc<Mutex<BTreeSet<DeviceId
     let addr = ep.local_addr().unwrap();
     let counters = Arc::new(Counters::default());
     let admit: Arc<AdmitFn> = Arc::new(move |d: &DeviceId| !banned.lock().unwrap().contains(d));
-    tokio::spawn(serve(ep.clone(), source, counters.clone(), admit));
+    tokio::spawn(serve(
+        ep.clone(),
+        super::Server::new(source, counters.clone(), 64),
+        admit,
+    ));
     Server {
         key,
         addr,
