@@ -711,7 +711,8 @@ impl Net {
 
     /// Account progress of every flow up to `now`.
     pub fn settle_all(&mut self, now: Nanos) {
-        let live: Vec<u32> = self.pairs.values().copied().collect();
+        let mut live: Vec<u32> = self.pairs.values().copied().collect();
+        live.sort_unstable();
         for fi in live {
             self.settle(fi, now);
         }
