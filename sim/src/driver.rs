@@ -215,10 +215,8 @@ pub(crate) struct Metrics {
     pub(crate) pending_runtime: u32,
     pub(crate) origin_requests: u64,
     pub(crate) origin_busy: u64,
-    pub(crate) not_found: u64,
     pub(crate) chunk_requests: u64,
     pub(crate) remote_requests: u64,
-    pub(crate) by_kind: [u64; 16],
 }
 
 /// A simulation in progress. Build with [`Sim::new`], run with [`Sim::run`].
@@ -303,6 +301,8 @@ pub struct Outcome {
     pub activations_by_wave: Vec<u32>,
     /// Rollbacks per wave.
     pub rollbacks_by_wave: Vec<u32>,
+    /// Request counters: (all chunk requests, to another site, to the origin, origin `Busy`).
+    pub requests: (u64, u64, u64, u64),
 }
 
 pub(crate) fn secs(t: Nanos) -> f64 {
@@ -332,7 +332,6 @@ impl Sim {
     }
 
     fn record(&mut self, kind: u8, a: u32, b: u32, c: u64) {
-        self.m.by_kind[kind as usize & 15] += 1;
         let mut buf = [0u8; 25];
         buf[..8].copy_from_slice(&self.now.to_le_bytes());
         buf[8] = kind;
@@ -426,15 +425,6 @@ impl Sim {
     }
 
     fn outcome(mut self) -> Outcome {
-        if std::env::var_os("SIM_DEBUG").is_some() {
-            eprintln!(
-                "{:?} flows {} recomputes {}",
-                self.m,
-                self.net.flow_count(),
-                self.net.counters().recomputes
-            );
-            eprintln!("{:?}", self.control);
-        }
         self.net.settle_all(self.now);
         let mut staged: Vec<f64> = Vec::new();
         let mut online = 0;
@@ -500,6 +490,12 @@ impl Sim {
             rolled_back,
             activations_by_wave: act,
             rollbacks_by_wave: rb,
+            requests: (
+                self.m.chunk_requests,
+                self.m.remote_requests,
+                self.m.origin_requests,
+                self.m.origin_busy,
+            ),
         }
     }
 }

@@ -64,6 +64,10 @@ pub fn run(scenario: &Scenario, seed: u64, scenario_ref: &str) -> Result<Report,
         max_site_ingress_bytes: out.max_site_ingress_bytes,
         corrupt_chunks_stored: out.corrupt_chunks_stored,
         peers_banned: out.peers_banned,
+        chunk_requests: out.requests.0,
+        remote_chunk_requests: out.requests.1,
+        origin_chunk_requests: out.requests.2,
+        origin_busy: out.requests.3,
         waves: out
             .waves
             .iter()

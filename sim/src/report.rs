@@ -65,6 +65,14 @@ pub struct Report {
     pub corrupt_chunks_stored: u64,
     /// Peers banned by devices (sum over devices).
     pub peers_banned: u64,
+    /// Chunk requests devices made (answered or not).
+    pub chunk_requests: u64,
+    /// Of those, to a device on another site.
+    pub remote_chunk_requests: u64,
+    /// Of those, to the builder's origin.
+    pub origin_chunk_requests: u64,
+    /// Origin requests answered `Busy` (all upload slots taken).
+    pub origin_busy: u64,
     /// Wave open and finish times.
     pub waves: Vec<WaveTimes>,
     /// Whether the controller paused the rollout.
@@ -175,6 +183,16 @@ impl Report {
                 self.corrupt_chunks_stored.to_string(),
             ),
             ("peers_banned".into(), self.peers_banned.to_string()),
+            (
+                "chunk requests".into(),
+                format!(
+                    "{} ({} remote, {} origin, {} origin busy)",
+                    self.chunk_requests,
+                    self.remote_chunk_requests,
+                    self.origin_chunk_requests,
+                    self.origin_busy
+                ),
+            ),
             (
                 "staged / online".into(),
                 format!("{} / {}", self.staged_devices, self.online_devices),

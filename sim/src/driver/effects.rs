@@ -308,9 +308,6 @@ impl Sim {
     }
 
     fn effect(&mut self, d: u32, out: Output) {
-        if std::env::var_os("SIM_DEBUG").is_some() && d < 2 {
-            eprintln!("{:.4} dev{d}: {:?}", super::secs(self.now), out);
-        }
         match out {
             Output::GossipVerdict {
                 id,
@@ -689,7 +686,6 @@ impl Sim {
                         .as_ref()
                         .is_some_and(|n| n.has_chunk(seq, index));
                     if !has {
-                        self.m.not_found += 1;
                         self.reply_chunk(to, from, index, FetchError::NotFound);
                         return;
                     }
