@@ -376,7 +376,7 @@ impl Scheduler {
     /// `max_copies` fetches in flight, within the class rules. Never for the origin (the
     /// builder sends a byte once).
     pub(crate) fn pick_endgame(&self, peer: &PeerId, max_copies: usize) -> Option<u32> {
-        if self.need.words().iter().any(|w| *w != 0) {
+        if !self.nothing_needed() {
             return None;
         }
         let a = self.peer_have.get(peer)?;
@@ -392,6 +392,11 @@ impl Scheduler {
                     .any(|f| f.index == i && f.peer == *peer)
                 && self.in_flight.iter().filter(|f| f.index == i).count() < max_copies
         })
+    }
+
+    /// Whether every missing chunk is in flight.
+    pub(crate) fn nothing_needed(&self) -> bool {
+        self.need.words().iter().all(|w| *w == 0)
     }
 
     /// Removes and returns every remaining fetch of chunk `i` (it arrived from someone else).

@@ -147,7 +147,7 @@ pub(super) struct Peer {
 }
 
 /// Highest chunk index remembered from a HAVE that arrives before the manifest.
-pub const MAX_EARLY_HAVE_BITS: u32 = 1 << 20;
+pub const MAX_EARLY_HAVE_BITS: u32 = 1 << 18;
 
 /// Rollout state of the current release, from verified wave control messages.
 #[derive(Debug, Default, Clone)]
@@ -1204,6 +1204,14 @@ impl Node {
     /// When every missing chunk is in flight, free slots fetch the oldest ones again from other
     /// peers (at most two copies); the first copy to arrive cancels the rest.
     fn endgame(&mut self) {
+        if !self
+            .cur
+            .as_ref()
+            .and_then(|c| c.sched.as_ref())
+            .is_some_and(|s| !s.in_flight.is_empty() && s.nothing_needed())
+        {
+            return;
+        }
         let now = self.now;
         let (per_peer, total) = (
             self.config.max_in_flight_per_peer,
