@@ -394,6 +394,11 @@ impl Scheduler {
         })
     }
 
+    /// Non-origin peers known to hold chunk `i`.
+    pub(crate) fn holders(&self, i: u32) -> u16 {
+        self.count_any.get(i as usize).copied().unwrap_or(0)
+    }
+
     /// Whether every missing chunk is in flight.
     pub(crate) fn nothing_needed(&self) -> bool {
         self.need.words().iter().all(|w| *w == 0)

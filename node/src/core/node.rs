@@ -76,6 +76,9 @@ pub struct Config {
     pub idle_fallback_ms: u64,
     /// Most uploads served at once (see [`Node::admit_upload`]).
     pub max_uploads: u32,
+    /// On the origin: times each chunk is served before it is served only when no peer holds
+    /// it (see [`super::Admission`]).
+    pub origin_copies: u32,
     /// Verified releases shared with other nodes of this process (the simulator); a fresh cache
     /// by default.
     pub releases: ReleaseCache,
@@ -85,9 +88,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: 16 GiB quota, 64 peers, 4 fetches per peer and 32 overall, 10 s minimum
-    /// deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s (100 ms after Busy), 3 failures, 1 h bans,
-    /// persist every 5 s, rarest of 32, idle fallback after 2 s, 16 uploads.
+    /// Defaults: 16 GiB quota, 64 peers, 4 fetches per peer (plus one per 10 ms of RTT) and 32
+    /// overall, 10 s minimum deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
+    /// (100 ms after Busy), 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
+    /// after 500 ms, 16 uploads, the origin serves each chunk once.
     pub fn new(key: SigningKey, trust: TrustRoot, arch: impl Into<String>) -> Config {
         Config {
             key,
@@ -109,6 +113,7 @@ impl Config {
             rarest_sample: 32,
             idle_fallback_ms: 500,
             max_uploads: 16,
+            origin_copies: 1,
             releases: ReleaseCache::default(),
             origin: false,
         }

@@ -1,16 +1,17 @@
 //! Serving: whether to answer a peer's chunk request now.
 //!
 //! Every node bounds its concurrent uploads ([`super::Config::max_uploads`]). The origin node
-//! (the builder) also *super-seeds*: it serves each chunk once before it serves any chunk
-//! twice, so in the first round the builder sends the release about once, and the devices
-//! spread it among themselves; a request for a chunk already served in the current round gets
-//! [`Admission::Busy`] (the requester backs off briefly and asks for another). Rounds advance
-//! when every chunk has been served, so a chunk whose only copy left the fleet is served again.
+//! (the builder) also *super-seeds*: it serves each chunk at most
+//! [`super::Config::origin_copies`] times (default once) while the devices spread it among
+//! themselves, and again only when no peer is known to hold it (it sees its peers' HAVEs like any
+//! node) and its last upload is older than [`super::Config::fetch_timeout_ms`] (so it is not
+//! still on its way). A request it declines gets [`Admission::Busy`]; the requester backs off
+//! briefly and asks a peer, or the origin for another chunk.
 
 use shoal_protocol::ReleaseSeq;
 
 use super::node::Node;
-use super::types::PeerId;
+use super::types::{Instant, PeerId};
 
 /// The answer to [`Node::admit_upload`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,40 +25,36 @@ pub enum Admission {
     NotFound,
 }
 
-/// Per-chunk serve counts of the origin, for super-seeding.
+/// Per-chunk serve counts and last serve times of the origin, for super-seeding.
 #[derive(Debug, Clone)]
 pub(super) struct Served {
     counts: Vec<u16>,
-    round: u16,
-    done_in_round: u32,
+    last: Vec<Instant>,
 }
 
 impl Served {
     pub(super) fn new(len: u32) -> Served {
         Served {
             counts: vec![0; len as usize],
-            round: 0,
-            done_in_round: 0,
+            last: vec![Instant::ZERO; len as usize],
         }
     }
 
-    /// Counts a serve of chunk `i` if it is its turn in this round.
-    fn take(&mut self, i: u32) -> bool {
-        let Some(c) = self.counts.get_mut(i as usize) else {
+    /// Counts a serve of chunk `i` if the policy allows it now.
+    fn take(&mut self, i: u32, now: Instant, copies: u32, held: bool, in_flight_ms: u64) -> bool {
+        let (Some(c), Some(last)) = (
+            self.counts.get_mut(i as usize),
+            self.last.get_mut(i as usize),
+        ) else {
             return false;
         };
-        if *c > self.round {
-            return false;
+        let again = !held && *c > 0 && now.ms_since(*last) >= in_flight_ms;
+        if u32::from(*c) < copies || again {
+            *c = c.saturating_add(1);
+            *last = now;
+            return true;
         }
-        *c += 1;
-        if *c == self.round + 1 {
-            self.done_in_round += 1;
-            if self.done_in_round as usize == self.counts.len() {
-                self.round = self.round.saturating_add(1);
-                self.done_in_round = 0;
-            }
-        }
-        true
+        false
     }
 }
 
@@ -77,8 +74,14 @@ impl Node {
                 return Admission::NotFound;
             };
             let len = cur.release.as_ref().map_or(0, |r| r.chunks.len() as u32);
+            let held = cur.sched.as_ref().is_some_and(|s| s.holders(index) > 0);
             let served = cur.served.get_or_insert_with(|| Served::new(len));
-            if !served.take(index) {
+            let (now, copies, wait) = (
+                self.now,
+                self.config.origin_copies,
+                self.config.fetch_timeout_ms,
+            );
+            if !served.take(index, now, copies, held, wait) {
                 return Admission::Busy;
             }
         }

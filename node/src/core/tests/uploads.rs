@@ -7,7 +7,7 @@ use crate::core::{Admission, Bitfield, Input, Instant, Node};
 use crate::testing::TEST_EPOCH;
 
 #[test]
-fn the_origin_serves_each_chunk_once_before_any_twice() {
+fn the_origin_serves_each_chunk_once_then_only_what_no_peer_holds() {
     let h = Harness::new();
     let rel = h.release(1, 3);
     let seq = rel.announcement.sequence;
@@ -24,20 +24,47 @@ fn the_origin_serves_each_chunk_once_before_any_twice() {
         .expect("a valid release seeds");
     assert_eq!(origin.have(), Some(&Bitfield::full(3)));
     let (a, b) = (peer(1), peer(2));
+    origin.handle(
+        Instant::ZERO,
+        Input::PeerConnected {
+            peer: a,
+            info: info(None, 5, false),
+        },
+    );
+    origin.handle(
+        Instant::ZERO,
+        Input::PeerConnected {
+            peer: b,
+            info: info(None, 5, false),
+        },
+    );
     assert_eq!(origin.admit_upload(a, seq, 0), Admission::Serve);
     assert_eq!(
         origin.admit_upload(b, seq, 0),
         Admission::Busy,
-        "chunk 0 already went out this round"
+        "chunk 0 already went out"
     );
     assert_eq!(origin.admit_upload(b, seq, 1), Admission::Serve);
-    assert_eq!(origin.admit_upload(b, seq, 2), Admission::Serve);
-    // Every chunk went out once: the next round serves chunk 0 again.
-    assert_eq!(origin.admit_upload(b, seq, 0), Admission::Serve);
+    // Later, a holds chunk 0 (its HAVE reached the origin): still not served twice.
+    origin.handle(
+        Instant(20_000),
+        Input::PeerHaveChunk {
+            peer: a,
+            sequence: seq,
+            index: 0,
+        },
+    );
+    assert_eq!(
+        origin.admit_upload(b, seq, 0),
+        Admission::Busy,
+        "a peer holds it"
+    );
+    // Nobody holds chunk 1 long after it went out (its fetcher left): it is served again.
+    assert_eq!(origin.admit_upload(a, seq, 1), Admission::Serve);
     assert_eq!(origin.admit_upload(a, seq, 9), Admission::NotFound);
-    assert_eq!(origin.uploads(), 4);
-    origin.upload_finished(a, seq, 0);
     assert_eq!(origin.uploads(), 3);
+    origin.upload_finished(a, seq, 0);
+    assert_eq!(origin.uploads(), 2);
 }
 
 #[test]
