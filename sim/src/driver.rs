@@ -12,9 +12,11 @@
 //!   loss, deduplicated per node by message (as gossipsub does) and forwarded only when the core
 //!   says [`Verdict::Accept`](shoal_node::core::Verdict);
 //! - the runtime applies a release in `apply_s` and reports health `health_s` later;
-//! - the builder's origin is a seeder: it holds every chunk, serves at most
-//!   [`ORIGIN_UPLOAD_SLOTS`] chunk uploads at once (`Busy` beyond), publishes the announcement
-//!   and the controller's wave control messages, and hands status reports to the controller.
+//! - the builder's origin is a core node too, in origin mode ([`Node::seed`]): it holds every
+//!   chunk, sends its availability, and decides its uploads (at most [`ORIGIN_UPLOAD_SLOTS`],
+//!   super-seeding); every chunk request to any node goes through that node's
+//!   `admit_upload`; the builder publishes the announcement and the controller's wave control
+//!   messages and hands status reports to the controller.
 //!
 //! After every event the invariants are checked ([`Violation`]); a failure names the replay
 //! command. At the end, the liveness phase checks that every online honest device staged the
@@ -38,7 +40,7 @@ use crate::net::{Nanos, Net, SECOND};
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 
-/// Concurrent chunk uploads the origin serves; more requests are answered `Busy`.
+/// Concurrent chunk uploads the origin node admits (its `Config::max_uploads`).
 pub const ORIGIN_UPLOAD_SLOTS: u32 = 64;
 
 /// Index standing for the builder's origin in device-indexed places.
@@ -199,6 +201,8 @@ pub(crate) struct Rec {
     pub(crate) started: Nanos,
     pub(crate) bytes: u64,
     pub(crate) corrupt: bool,
+    /// The server's core admitted it (`upload_finished` is due when it ends).
+    pub(crate) admitted: bool,
     pub(crate) live: bool,
 }
 
@@ -242,7 +246,8 @@ pub struct Sim {
     pub(crate) free_recs: Vec<u32>,
     pub(crate) fetches: HashMap<(u32, u32, u32), u32>,
     pub(crate) have_batches: HashMap<(u32, bool), Vec<u32>>,
-    pub(crate) origin_uploads: u32,
+    /// The builder's origin: a core node in origin mode (seeded with the release).
+    pub(crate) origin: Node,
     pub(crate) partitioned: Vec<bool>,
     pub(crate) plan: faults::Plan,
     pub(crate) control: control::Control,

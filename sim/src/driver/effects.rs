@@ -1,6 +1,8 @@
 //! Carrying out a node's outputs, and feeding it inputs.
 
-use shoal_node::core::{DropReason, Event, FetchError, Input, Instant, Output, PeerInfo, Verdict};
+use shoal_node::core::{
+    Admission, DropReason, Event, FetchError, Input, Instant, Output, PeerInfo, Verdict,
+};
 use shoal_protocol::{DeviceState, ReleaseSeq};
 
 use super::{BUILDER, Conn, Ev, Rec, Runtime, Sim, ns};
@@ -172,17 +174,61 @@ impl Sim {
         let info = self.info(BUILDER, rtt);
         let peer = self.origin_id;
         self.feed(d, Input::PeerConnected { peer, info });
-        if self.announced {
-            let t = self.now + self.latency(BUILDER, d);
-            let have = Box::new(self.full.clone());
-            self.push(
-                t,
-                Ev::Bitfield {
-                    to: d,
-                    from: BUILDER,
-                    have,
-                },
-            );
+        let info = self.info(d, rtt);
+        let peer = self.devs[d as usize].id;
+        self.feed_origin(Input::PeerConnected { peer, info });
+    }
+
+    /// Feed the builder's origin node and carry out its outputs: it announces availability
+    /// (`SendBitfield`) and catches peers up on gossip (`SyncGossip`); it never fetches.
+    pub(crate) fn feed_origin(&mut self, input: Input) {
+        self.origin.handle(ms(self.now), input);
+        self.drain_origin();
+    }
+
+    pub(crate) fn drain_origin(&mut self) {
+        while let Some(out) = self.origin.poll_output() {
+            match out {
+                Output::SendBitfield { peer, have, .. } => {
+                    if let Some(p) = self.ids.get(&peer).copied()
+                        && self.devs[p as usize].node.is_some()
+                    {
+                        let t = self.now + self.message_delay(BUILDER, p);
+                        self.push(
+                            t,
+                            Ev::Bitfield {
+                                to: p,
+                                from: BUILDER,
+                                have: Box::new(have),
+                            },
+                        );
+                    }
+                }
+                Output::SyncGossip { peer, messages } => {
+                    let Some(p) = self.ids.get(&peer).copied() else {
+                        continue;
+                    };
+                    for bytes in messages {
+                        if let Some(&msg) = self.gossip_index.get(&bytes) {
+                            let t = self.now + self.latency(BUILDER, p);
+                            self.push(
+                                t,
+                                Ev::Gossip {
+                                    to: p,
+                                    from: BUILDER,
+                                    msg,
+                                },
+                            );
+                        }
+                    }
+                }
+                Output::DropPeer { peer, .. } | Output::BanPeer { peer, .. } => {
+                    if let Some(p) = self.ids.get(&peer).copied() {
+                        self.disconnect(BUILDER, p, None);
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -228,8 +274,10 @@ impl Sim {
         }
         if was {
             for (x, y) in [(a, b), (b, a)] {
-                if x != BUILDER {
-                    let peer = self.pid(y);
+                let peer = self.pid(y);
+                if x == BUILDER {
+                    self.feed_origin(Input::PeerDisconnected { peer });
+                } else {
                     self.feed(x, Input::PeerDisconnected { peer });
                 }
             }
@@ -242,9 +290,15 @@ impl Sim {
             return;
         }
         rec.live = false;
-        let (to, from, index) = (rec.to, rec.from, rec.index);
-        if from == BUILDER && index != u32::MAX {
-            self.origin_uploads -= 1;
+        let (to, from, index, admitted) = (rec.to, rec.from, rec.index, rec.admitted);
+        if admitted {
+            let peer = self.devs[to as usize].id;
+            let seq = self.release.announcement.sequence;
+            if from == BUILDER {
+                self.origin.upload_finished(peer, seq, index);
+            } else if let Some(n) = self.devs[from as usize].node.as_mut() {
+                n.upload_finished(peer, seq, index);
+            }
         }
         self.fetches.remove(&(to, from, index));
         self.free_recs.push(r);
@@ -429,9 +483,11 @@ impl Sim {
     /// from sim" in `/work/core-api.md`).
     fn resend_availability(&mut self, d: u32) {
         let seq = self.release.announcement.sequence;
-        if self.devs[d as usize].origin_up {
+        if self.devs[d as usize].origin_up
+            && let Some(have) = self.origin.have().cloned()
+        {
             let t = self.now + 2 * self.latency(d, BUILDER);
-            let have = Box::new(self.full.clone());
+            let have = Box::new(have);
             self.push(
                 t,
                 Ev::Bitfield {
@@ -663,47 +719,66 @@ impl Sim {
         };
         let mut cap = f64::INFINITY;
         let mut corrupt = false;
-        if from == BUILDER {
-            if self.origin_uploads >= super::ORIGIN_UPLOAD_SLOTS {
-                self.m.origin_busy += 1;
-                self.reply_chunk(to, from, index, FetchError::Busy);
+        let byz = (from != BUILDER)
+            .then(|| self.devs[from as usize].byz)
+            .flatten();
+        let admitted = match byz {
+            Some(Byzantine::Corrupt) => {
+                corrupt = true;
+                false
+            }
+            Some(Byzantine::FalseAdverts) => {
+                self.reply_chunk(to, from, index, FetchError::NotFound);
                 return;
             }
-            self.origin_uploads += 1;
-        } else {
-            let server = &self.devs[from as usize];
-            match server.byz {
-                Some(Byzantine::Corrupt) => corrupt = true,
-                Some(Byzantine::FalseAdverts) => {
-                    self.reply_chunk(to, from, index, FetchError::NotFound);
-                    return;
-                }
-                Some(Byzantine::Trickle) => cap = TRICKLE_BYTES_PER_S,
-                None => {
-                    let seq = self.release.announcement.sequence;
-                    let has = server
-                        .node
-                        .as_ref()
-                        .is_some_and(|n| n.has_chunk(seq, index));
-                    if !has {
+            Some(Byzantine::Trickle) => {
+                cap = TRICKLE_BYTES_PER_S;
+                false
+            }
+            None => {
+                // The server's core decides: serve, busy (upload slots, super-seeding) or not here.
+                let peer = self.devs[to as usize].id;
+                let seq = self.release.announcement.sequence;
+                let admission = if from == BUILDER {
+                    self.origin.admit_upload(peer, seq, index)
+                } else {
+                    match self.devs[from as usize].node.as_mut() {
+                        Some(n) => n.admit_upload(peer, seq, index),
+                        None => Admission::NotFound,
+                    }
+                };
+                match admission {
+                    Admission::Serve => true,
+                    Admission::Busy => {
+                        if from == BUILDER {
+                            self.m.origin_busy += 1;
+                        }
+                        self.reply_chunk(to, from, index, FetchError::Busy);
+                        return;
+                    }
+                    _ => {
                         self.reply_chunk(to, from, index, FetchError::NotFound);
                         return;
                     }
                 }
             }
-        }
-        self.start_transfer(to, from, index, size, corrupt, cap);
+        };
+        let rec = Rec {
+            to,
+            from,
+            index,
+            started: self.now,
+            bytes: size,
+            corrupt,
+            admitted,
+            live: true,
+        };
+        self.start_transfer(rec, cap);
     }
 
-    fn start_transfer(
-        &mut self,
-        to: u32,
-        from: u32,
-        index: u32,
-        size: u64,
-        corrupt: bool,
-        cap: f64,
-    ) {
+    /// Start the transfer `rec` (its `started` is now) at most at `cap` bytes/s.
+    fn start_transfer(&mut self, rec: Rec, cap: f64) {
+        let (to, from, index, size) = (rec.to, rec.from, rec.index, rec.bytes);
         if let Some(old) = self.fetches.get(&(to, from, index)).copied() {
             // A repeated request for the same chunk from the same peer replaces the old one.
             self.net.cancel(
@@ -714,15 +789,7 @@ impl Sim {
             );
             self.free_rec(old);
         }
-        let r = self.new_rec(Rec {
-            to,
-            from,
-            index,
-            started: self.now,
-            bytes: size,
-            corrupt,
-            live: true,
-        });
+        let r = self.new_rec(rec);
         self.fetches.insert((to, from, index), r);
         let ok = self.net.start(
             self.now,
@@ -791,7 +858,17 @@ impl Sim {
                 }
             },
         };
-        self.start_transfer(to, from, u32::MAX, size, corrupt, cap);
+        let rec = Rec {
+            to,
+            from,
+            index: u32::MAX,
+            started: self.now,
+            bytes: size,
+            corrupt,
+            admitted: false,
+            live: true,
+        };
+        self.start_transfer(rec, cap);
     }
 
     /// The net finished transfer `r`: the answer reaches the receiver one latency later.

@@ -213,19 +213,14 @@ impl Sim {
                 self.announced = true;
                 let ann = self.release.announcement_gossip.clone();
                 self.publish(ann);
+                // The origin node installs the release and announces its availability.
+                let envelope = self.release.announcement_gossip[1..].to_vec();
+                let manifest = self.release.manifest_bytes.clone();
+                if let Err(e) = self.origin.seed(ms(self.now), envelope, manifest) {
+                    self.fail(BUILDER, format!("the origin refused its own release: {e}"));
+                }
+                self.drain_origin();
                 for d in 0..self.devs.len() as u32 {
-                    if self.devs[d as usize].origin_up {
-                        let t = self.now + self.latency(BUILDER, d);
-                        let have = Box::new(self.full.clone());
-                        self.push(
-                            t,
-                            Ev::Bitfield {
-                                to: d,
-                                from: BUILDER,
-                                have,
-                            },
-                        );
-                    }
                     if self.devs[d as usize].byz.is_some() {
                         for k in 0..self.devs[d as usize].conns.len() {
                             let c = self.devs[d as usize].conns[k];

@@ -128,7 +128,18 @@ impl Sim {
                 queued_reports: Vec::new(),
             });
         }
-        let origin_id = DeviceId::from(device_key(1 << 40).public_key());
+        let origin_key = device_key(1 << 40);
+        let origin_id = DeviceId::from(origin_key.public_key());
+        let mut origin_cfg = Config::new(
+            origin_key,
+            fleet.trust.clone(),
+            shoal_node::testing::TEST_ARCH,
+        );
+        origin_cfg.origin = true;
+        origin_cfg.max_peers = n as usize + 16;
+        origin_cfg.max_uploads = super::ORIGIN_UPLOAD_SLOTS;
+        origin_cfg.releases = cache.clone();
+        let origin = Node::new(origin_cfg, seeds.next_u64());
 
         // Peer graph: each device introduced to some same-site and some other-site peers.
         let mut by_site: Vec<Vec<u32>> = vec![Vec::new(); nsites as usize];
@@ -218,7 +229,7 @@ impl Sim {
             free_recs: Vec::new(),
             fetches: HashMap::new(),
             have_batches: HashMap::new(),
-            origin_uploads: 0,
+            origin,
             partitioned: vec![false; nsites as usize],
             control: control::Control::new(plan),
             plan: fplan,
@@ -242,6 +253,7 @@ impl Sim {
             sim.replay = format!("shoal-sim run --scenario {} --seed {seed}", sim.sc.name);
         }
         let wall = Input::WallClock(TEST_EPOCH);
+        sim.feed_origin(wall.clone());
         for i in 0..n {
             sim.feed(i, wall.clone());
         }
