@@ -231,7 +231,9 @@ async fn main() -> anyhow::Result<()> {
             transfer::Server::new(
                 seeder.clone(),
                 Arc::new(Counters::default()),
-                args.concurrency,
+                // A slot is released once the client acknowledged the last byte, a little after
+                // the client saw it: room for the client's next requests.
+                2 * args.concurrency,
             ),
             Arc::new(|_: &shoal_protocol::DeviceId| true),
         ));

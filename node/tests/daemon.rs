@@ -492,3 +492,66 @@ async fn forged_expired_and_replayed_announcements_are_refused_and_not_forwarded
         assert_eq!(s.target, Some(2), "{s:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_over_the_quota_is_refused_up_front() {
+    let mut fleet = Fleet::new("quota");
+    let payload = Payload::new(&fleet.fleet, 1, 8, 61);
+    let origin = fleet.origin(&payload).await;
+    let small = fleet
+        .builder(DeviceKey::generate(), "small")
+        .bootstrap(vec![origin.listen_addrs()[0].clone()])
+        .store_quota_bytes(4 << 20)
+        .start()
+        .await
+        .unwrap();
+    let (s, ok) = small.wait_for(WAIT, |s| s.refused.is_some()).await;
+    assert!(ok, "no refusal: {s:#?}");
+    assert_eq!(s.phase.as_deref(), Some("refused"), "{s:#?}");
+    assert!(s.refused.as_deref().unwrap().contains("quota"), "{s:#?}");
+    // Nothing but (at most) the manifest was stored.
+    assert!(small.store().used_bytes() < 1 << 20, "{s:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_shows_peers_release_and_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut fleet = Fleet::new("metrics");
+    let payload = Payload::new(&fleet.fleet, 1, 4, 71);
+    let origin = fleet.origin(&payload).await;
+    let dev = fleet
+        .builder(DeviceKey::generate(), "dev")
+        .bootstrap(vec![origin.listen_addrs()[0].clone()])
+        .metrics(Some("127.0.0.1:0".parse().unwrap()))
+        .start()
+        .await
+        .unwrap();
+    staged(&dev, 1).await;
+    let mut sock = tokio::net::TcpStream::connect(dev.metrics_addr().unwrap())
+        .await
+        .unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    sock.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("shoal_peers 1\n"), "{body}");
+    assert!(body.contains("shoal_target_release 1\n"), "{body}");
+    assert!(body.contains("shoal_banned_peers 0\n"), "{body}");
+    let verified = format!(
+        "shoal_chunks_verified_total {}\n",
+        payload.blobs.len() + 1 // the chunks and the manifest
+    );
+    assert!(body.contains(&verified), "{body}");
+    let origin_in = body
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal_bytes_in_total{class=\"origin\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert!(origin_in >= payload.bytes(), "{body}");
+    assert!(
+        body.contains(&format!("shoal_store_bytes {}\n", dev.store().used_bytes())),
+        "{body}"
+    );
+}

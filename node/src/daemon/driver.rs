@@ -835,6 +835,18 @@ impl Driver {
                     bytes,
                 });
             }
+            ControlMsg::WantBitfield { sequence } => {
+                if let (Some(progress), Some(have)) = (self.node.progress(), self.node.have())
+                    && progress.sequence == sequence
+                {
+                    let msg = ControlMsg::Bitfield {
+                        sequence,
+                        len: have.len(),
+                        words: have.words().to_vec(),
+                    };
+                    self.send_control(&device, msg);
+                }
+            }
             ControlMsg::Report { envelope } => match verify::status_report(&envelope) {
                 Ok(report) => {
                     let _ = self.reports.send(report);

@@ -49,6 +49,12 @@ pub enum ControlMsg {
         /// The bytes.
         bytes: Vec<u8>,
     },
+    /// Asks for the receiver's bitfield of a release (sent when the sender just accepted its
+    /// announcement: availability sent before that was dropped by its core).
+    WantBitfield {
+        /// The release.
+        sequence: ReleaseSeq,
+    },
     /// A signed status report, for the builder's origin node.
     Report {
         /// The encoded [`shoal_protocol::Envelope`] of a [`shoal_protocol::StatusReport`].

@@ -150,6 +150,19 @@ impl Driver {
                 if let core::Event::Refused { reason, .. } = &ev {
                     self.refused = Some(reason.to_string());
                 }
+                // Availability peers sent before the announcement was accepted here was dropped
+                // by the core: ask for it again.
+                if let core::Event::Announced { sequence } = ev {
+                    let peers: Vec<DeviceId> = self
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| p.info.is_some())
+                        .map(|(d, _)| *d)
+                        .collect();
+                    for d in peers {
+                        self.send_control(&d, ControlMsg::WantBitfield { sequence });
+                    }
+                }
                 self.publish_status();
             }
         }
