@@ -2,7 +2,8 @@
 //! its layers into the store.
 //!
 //! Builds use the Engine's classic builder through bollard, streaming each output line to the
-//! log. Export reads `GET /images/{name}/get` (the `docker save` stream) through a bounded
+//! log; a service with build secrets goes through the Engine's BuildKit instead
+//! ([`build_with_secrets`]), the only builder that can mount a secret without committing it. Export reads `GET /images/{name}/get` (the `docker save` stream) through a bounded
 //! channel into a blocking thread that walks the tar: every layer tar is cut with
 //! [`shoal_protocol::chunking::chunk_reader`] straight into the [`Store`] (nothing is written to
 //! disk twice), small entries (the image config, `manifest.json`) are kept in memory, and

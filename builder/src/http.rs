@@ -39,8 +39,8 @@ use crate::githttp;
 use crate::hook;
 use crate::store::Kind;
 
-/// Largest JSON request body.
-const MAX_JSON_BODY: usize = 64 * 1024;
+/// Largest JSON request body (a hook call lists up to 1,000 ref updates).
+const MAX_JSON_BODY: usize = 1024 * 1024;
 /// Most releases in one list.
 const MAX_LIST: i64 = 500;
 

@@ -21,9 +21,11 @@ fn compose_project_with_two_services_builds_and_publishes_a_verifiable_release()
         ),
         (
             "web/Dockerfile",
-            "FROM busybox\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-h\", \"/www\"]\n",
+            "FROM busybox\nCOPY . /www/\nRUN test -f /www/index.html && test ! -e /www/notes.md\nCMD [\"httpd\", \"-f\", \"-h\", \"/www\"]\n",
         ),
         ("web/index.html", "<h1>hello</h1>\n"),
+        ("web/notes.md", "not for the image\n"),
+        ("web/.dockerignore", "*.md\n"),
         (
             "api/Dockerfile.template",
             "FROM busybox\nLABEL arch=%%SHOAL_ARCH%%\nRUN echo api-built-for-%%BALENA_MACHINE_NAME%% > /api.txt\n",
@@ -32,7 +34,7 @@ fn compose_project_with_two_services_builds_and_publishes_a_verifiable_release()
     let out = p.push(&b.remote(), "master");
     assert!(out.ok, "push failed:\n{}", out.stderr);
     assert!(
-        out.stderr.contains("remote: [web] Step 1/3 : FROM busybox"),
+        out.stderr.contains("remote: [web] Step 1/4 : FROM busybox"),
         "{}",
         out.stderr
     );
@@ -160,6 +162,21 @@ fn second_push_changing_one_file_stores_far_fewer_new_bytes() {
     println!("image {image2} bytes, second push stored {new2} new bytes");
     assert!(new2 > 0, "the changed layer is new: {second}");
     assert!(new2 * 20 < image2, "{new2} new of {image2}: {second}");
+
+    // The list filters.
+    let count = |q: &str| {
+        b.get_json(&format!("/api/v1/fleets/demo/releases?{q}"))["releases"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let first_commit = first["commit"].as_str().unwrap();
+    assert_eq!(count(&format!("commit={}", &first_commit[..10])), 1);
+    assert_eq!(count("status=success"), 2);
+    assert_eq!(count("status=failed"), 0);
+    assert_eq!(count(&format!("since={}", first["created"])), 2);
+    assert_eq!(count(&format!("since={}", now() + 3600)), 0);
+    assert_eq!(count("until=1000"), 0);
 }
 
 #[test]
