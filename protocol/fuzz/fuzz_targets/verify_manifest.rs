@@ -3,19 +3,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use shoal_protocol::verify::{self, Context};
-use shoal_protocol::{Announcement, Digest, ReleaseSeq, SigningKey, TrustRoot, UnixTime};
+use shoal_protocol::{Announcement, Digest, ReleaseSeq, UnixTime};
 
 fuzz_target!(|data: &[u8]| {
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let trust = TrustRoot {
-        fleet: "f".into(),
-        version: 1,
-        expires: UnixTime(u64::MAX),
-        root_keys: vec![key.public_key()],
-        root_threshold: 1,
-        release_keys: vec![key.public_key()],
-        release_threshold: 1,
-    };
+    let trust = shoal_protocol_fuzz::trust_root();
     let ann = Announcement {
         fleet: "f".into(),
         sequence: ReleaseSeq(1),
@@ -25,6 +16,11 @@ fuzz_target!(|data: &[u8]| {
         release_bytes: 0,
         expires: UnixTime(u64::MAX),
     };
-    let ctx = Context { trust: &trust, arch: "amd64", highest_seen: None, now: UnixTime(1) };
+    let ctx = Context {
+        trust: &trust,
+        arch: "amd64",
+        highest_seen: None,
+        now: UnixTime(1),
+    };
     let _ = verify::manifest(&ctx, &ann, data);
 });
