@@ -347,16 +347,88 @@ fn next_header<R: Read>(r: &mut R) -> io::Result<Option<TarEntry>> {
     }
 }
 
+/// Threads writing new chunks, so their fsyncs overlap hashing and each other.
+const CHUNK_WRITERS: usize = 4;
+/// Chunks queued for the writers (at most 1 MiB each).
+const WRITE_QUEUE: usize = 16;
+
+/// Hands each chunk not yet in the store (nor already queued) to the writer threads.
+struct ChunkSink<'s> {
+    store: &'s Store,
+    tx: std::sync::mpsc::SyncSender<(shoal_protocol::ChunkRef, Vec<u8>)>,
+    queued: std::collections::HashSet<Digest>,
+}
+
+impl ChunkSink<'_> {
+    fn put(&mut self, c: shoal_protocol::ChunkRef, bytes: &[u8]) -> io::Result<()> {
+        if self.queued.insert(c.digest) && !self.store.has(crate::store::Kind::Chunk, &c.digest) {
+            self.tx
+                .send((c, bytes.to_vec()))
+                .map_err(|_| io::Error::other("the chunk writers stopped"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Walks a `docker save` archive, storing layers as chunks.
 pub fn read_save_archive<R: Read + Send>(
-    mut reader: R,
+    reader: R,
     store: &Store,
+) -> Result<Exported, EngineError> {
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<(shoal_protocol::ChunkRef, Vec<u8>)>(WRITE_QUEUE);
+    let rx = std::sync::Mutex::new(rx);
+    let new_bytes = std::sync::atomic::AtomicU64::new(0);
+    let failure: std::sync::Mutex<Option<io::Error>> = std::sync::Mutex::new(None);
+    let walked = std::thread::scope(|scope| {
+        for _ in 0..CHUNK_WRITERS {
+            scope.spawn(|| {
+                loop {
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((c, bytes)) = next else { break };
+                    match store.put_chunk(&c, &bytes) {
+                        Ok(true) => {
+                            new_bytes
+                                .fetch_add(u64::from(c.size), std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            failure
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        // The sink (and with it the sender) is dropped when the walk ends, so the writers finish.
+        walk_archive(
+            reader,
+            ChunkSink {
+                store,
+                tx,
+                queued: std::collections::HashSet::new(),
+            },
+        )
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(EngineError::Store(e));
+    }
+    let mut exported = walked?;
+    exported.new_bytes = new_bytes.into_inner();
+    Ok(exported)
+}
+
+fn walk_archive<R: Read + Send>(
+    mut reader: R,
+    mut sink: ChunkSink<'_>,
 ) -> Result<Exported, EngineError> {
     let ex = |e: io::Error| EngineError::Export(e.to_string());
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     let mut layers: HashMap<String, LayerRef> = HashMap::new();
     let mut links: HashMap<String, String> = HashMap::new();
-    let mut new_bytes = 0u64;
     while let Some(entry) = next_header(&mut reader).map_err(ex)? {
         let path = entry.path.trim_start_matches("./").to_string();
         let padding = entry.size.div_ceil(512) * 512 - entry.size;
@@ -369,10 +441,7 @@ pub fn read_save_archive<R: Read + Send>(
                 } else {
                     let mut body = (&mut reader).take(entry.size);
                     let layer = chunk_reader(&mut body, ChunkParams::DEFAULT, |c, bytes| {
-                        if store.put_chunk(&c, bytes)? {
-                            new_bytes += u64::from(c.size);
-                        }
-                        Ok(())
+                        sink.put(c, bytes)
                     })?;
                     if layer.size != entry.size {
                         return Err(EngineError::Export(format!("{path}: truncated")));
@@ -422,10 +491,7 @@ pub fn read_save_archive<R: Read + Send>(
             layer.clone()
         } else if let Some(bytes) = small.get(&p) {
             chunk_reader(bytes.as_slice(), ChunkParams::DEFAULT, |c, b| {
-                if store.put_chunk(&c, b)? {
-                    new_bytes += u64::from(c.size);
-                }
-                Ok(())
+                sink.put(c, b)
             })?
         } else {
             return Err(EngineError::Export(format!(
@@ -440,7 +506,7 @@ pub fn read_save_archive<R: Read + Send>(
             config,
             layers: out_layers,
         },
-        new_bytes,
+        new_bytes: 0,
     })
 }
 
