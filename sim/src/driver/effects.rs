@@ -393,7 +393,7 @@ impl Sim {
                 let Some(p) = self.index_of(&peer) else {
                     return;
                 };
-                if p != BUILDER && self.devs[p as usize].node.is_some() {
+                if p == BUILDER || self.devs[p as usize].node.is_some() {
                     let t = self.now + self.message_delay(d, p);
                     self.push(
                         t,
@@ -561,7 +561,7 @@ impl Sim {
 
     fn advertise(&mut self, d: u32, index: u32) {
         let site = self.devs[d as usize].site;
-        let (mut local, mut remote) = (false, false);
+        let (mut local, mut remote) = (false, self.devs[d as usize].origin_up);
         for c in &self.devs[d as usize].conns {
             if c.up {
                 if self.devs[c.peer as usize].site == site {
@@ -740,6 +740,9 @@ impl Sim {
                 let peer = self.devs[to as usize].id;
                 let seq = self.release.announcement.sequence;
                 let admission = if from == BUILDER {
+                    // `admit_upload` reads the node's clock: bring the origin's up to now.
+                    self.origin.handle_timeout(ms(self.now));
+                    self.drain_origin();
                     self.origin.admit_upload(peer, seq, index)
                 } else {
                     match self.devs[from as usize].node.as_mut() {

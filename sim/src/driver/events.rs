@@ -58,6 +58,23 @@ impl Sim {
                         self.deliver_haves(c.peer, from, &batch, true);
                     }
                 }
+                if remote && self.devs[from as usize].origin_up {
+                    // The origin is a peer too: it hears HAVEs (super-seeding uses them).
+                    let peer = self.devs[from as usize].id;
+                    let sequence = self.release.announcement.sequence;
+                    let now = ms(self.now);
+                    for &index in &batch {
+                        self.origin.handle(
+                            now,
+                            Input::PeerHaveChunk {
+                                peer,
+                                sequence,
+                                index,
+                            },
+                        );
+                    }
+                    self.drain_origin();
+                }
             }
             Ev::HavesTo { to, from, batch } => {
                 self.record(15, to, from, batch.len() as u64);
@@ -70,14 +87,16 @@ impl Sim {
                 }
                 let peer = self.pid(from);
                 let sequence = self.release.announcement.sequence;
-                self.feed(
-                    to,
-                    Input::PeerHave {
-                        peer,
-                        sequence,
-                        have: *have,
-                    },
-                );
+                let input = Input::PeerHave {
+                    peer,
+                    sequence,
+                    have: *have,
+                };
+                if to == BUILDER {
+                    self.feed_origin(input);
+                } else {
+                    self.feed(to, input);
+                }
             }
             Ev::Chunk {
                 to,
