@@ -239,6 +239,12 @@ impl Scheduler {
         }
     }
 
+    /// Forgets what `peer` advertised (it failed to deliver in time): its claims no longer keep
+    /// this node from importing those chunks elsewhere; new HAVEs from it count again.
+    pub(crate) fn distrust(&mut self, peer: &PeerId) {
+        self.forget_peer_have(peer);
+    }
+
     fn forget_peer_have(&mut self, peer: &PeerId) {
         if let Some(a) = self.peer_have.remove(peer) {
             for i in a.bits.ones() {

@@ -89,7 +89,7 @@ pub struct Config {
 
 impl Config {
     /// Defaults: 16 GiB quota, 64 peers, 4 fetches per peer (plus one per 10 ms of RTT) and 32
-    /// overall, 10 s minimum deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
+    /// overall, 5 s minimum deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
     /// (100 ms after Busy), 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
     /// after 500 ms, 16 uploads, the origin serves each chunk once.
     pub fn new(key: SigningKey, trust: TrustRoot, arch: impl Into<String>) -> Config {
@@ -102,7 +102,7 @@ impl Config {
             max_peers: 64,
             max_in_flight_per_peer: 4,
             max_in_flight_total: 32,
-            fetch_timeout_ms: 10_000,
+            fetch_timeout_ms: 5_000,
             min_rate_bytes_per_s: 64 * 1024,
             backoff_base_ms: 500,
             backoff_max_ms: 30_000,
@@ -485,6 +485,11 @@ impl Node {
                     sequence: seq,
                     index: f.index,
                 });
+                // A peer that does not deliver in time loses its advertised availability, so a
+                // trickling peer's claims stop blocking imports from elsewhere.
+                if let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) {
+                    s.distrust(&f.peer);
+                }
                 self.peer_failed(&f.peer);
             }
         }
@@ -1300,6 +1305,10 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.backoff_until = self.now.plus_ms(self.config.busy_backoff_ms);
                 }
+            }
+            Err(FetchError::Timeout) => {
+                s.distrust(&peer);
+                self.peer_failed(&peer);
             }
             Err(_) => self.peer_failed(&peer),
         }
