@@ -555,3 +555,43 @@ async fn the_metrics_endpoint_shows_peers_release_and_bytes() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_activate_when_their_wave_opens_and_old_ones_are_evicted() {
+    let mut fleet = Fleet::new("evict");
+    let payloads: Vec<Payload> = (1..=3)
+        .map(|seq| Payload::new(&fleet.fleet, seq, 2, 80 + 2 * seq + 1))
+        .collect();
+    let origin = fleet
+        .builder(DeviceKey::generate(), "origin")
+        .origin(true)
+        .start()
+        .await
+        .unwrap();
+    let dev = fleet.device("dev", &[&origin]).await;
+    for (i, p) in payloads.iter().enumerate() {
+        let seq = i as u64 + 1;
+        seed(&origin, p).await;
+        staged(&dev, seq).await;
+        let open =
+            fleet
+                .fleet
+                .wave_control(&p.release, 1, shoal_protocol::WaveAction::Open { wave: 0 });
+        origin.publish(open).await.unwrap();
+        // The stage-only runtime activates only after every chunk reads back and verifies.
+        let (s, ok) = dev.wait_for(WAIT, |s| s.committed == Some(seq)).await;
+        assert!(ok, "release {seq} not committed: {s:#?}");
+    }
+    // Release 1 is neither current, previous nor target any more: its chunks are gone.
+    let (s, ok) = dev
+        .wait_for(WAIT, |_| {
+            payloads[0]
+                .blobs
+                .iter()
+                .all(|(c, _)| !dev.store().contains(&c.digest))
+        })
+        .await;
+    assert!(ok, "release 1 not evicted: {s:#?}");
+    assert_store_complete(dev.store(), &payloads[1]);
+    assert_store_complete(dev.store(), &payloads[2]);
+}
