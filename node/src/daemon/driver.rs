@@ -429,6 +429,7 @@ impl Driver {
                     let now = self.now();
                     let wall = (self.clock)();
                     self.node.handle(now, Input::WallClock(wall));
+                    self.refresh_rtts();
                 }
                 _ = status_tick.tick() => self.publish_status(),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
@@ -853,6 +854,22 @@ impl Driver {
                 }
                 Err(e) => tracing::debug!(peer = %device.short(), error = %e, "bad status report"),
             },
+        }
+    }
+
+    /// Tells the core of peers whose RTT moved by more than half (and 5 ms) since it last heard.
+    fn refresh_rtts(&mut self) {
+        let mut changed = Vec::new();
+        for (d, p) in &mut self.peers {
+            let Some(info) = &mut p.info else { continue };
+            let rtt = u32::try_from(p.conn.rtt().as_millis()).unwrap_or(u32::MAX);
+            if rtt.abs_diff(info.rtt_ms) > (info.rtt_ms / 2).max(5) {
+                info.rtt_ms = rtt;
+                changed.push((*d, info.clone()));
+            }
+        }
+        for (peer, info) in changed {
+            self.feed(Input::PeerConnected { peer, info });
         }
     }
 
