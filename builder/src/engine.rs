@@ -546,6 +546,16 @@ pub async fn build_with_secrets(
     for (k, v) in req.build_args {
         opts = opts.buildarg(k, v);
     }
+    if let Some(p) = req.platform {
+        let mut parts = p.split('/');
+        if let (Some(os), Some(architecture)) = (parts.next(), parts.next()) {
+            opts = opts.platforms(&bollard::grpc::build::ImageBuildPlatform {
+                os: os.to_string(),
+                architecture: architecture.to_string(),
+                variant: parts.next().map(str::to_string),
+            });
+        }
+    }
     for (i, (name, data)) in secrets.iter().enumerate() {
         let path = dir.0.join(i.to_string());
         let mut f = std::fs::OpenOptions::new()
