@@ -312,6 +312,18 @@ fn push_without_a_valid_token_is_refused_and_stores_nothing() {
         "{headers}"
     );
     assert_eq!(ls_remote(&b.remote()), "");
+    // No object reached the repository either.
+    let objects = b.data.path().join("repos/demo.git/objects");
+    let stored: Vec<_> = walk_files(&objects)
+        .into_iter()
+        .filter(|p| {
+            let loose = p.parent().and_then(|d| d.file_name()).is_some_and(|d| {
+                d.len() == 2 && d.to_string_lossy().bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            loose || p.extension().is_some_and(|e| e == "pack")
+        })
+        .collect();
+    assert!(stored.is_empty(), "{stored:?}");
     assert!(
         b.get_json("/api/v1/fleets/demo/releases")["releases"]
             .as_array()
