@@ -62,8 +62,13 @@
 
 mod activate;
 mod bitfield;
+mod chunks;
 mod fetch;
+mod gossip;
+mod manifest;
 mod node;
+mod peers;
+mod persist;
 mod release;
 pub(crate) mod rng;
 mod snapshot;
@@ -74,7 +79,7 @@ mod upload;
 mod tests;
 
 pub use bitfield::{Bitfield, BitfieldError};
-pub use node::{Config, MAX_BANNED, MAX_EARLY_HAVE_BITS, Node, Progress};
+pub use node::{Config, MAX_BANNED, MAX_EARLY_HAVE_BITS, MAX_SITE_MEMBERS, Node, Progress};
 pub use release::{RELEASE_CACHE_ENTRIES, Release, ReleaseCache};
 pub use snapshot::{Phase, ReleaseSnapshot, Snapshot};
 pub use types::{

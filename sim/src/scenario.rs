@@ -44,6 +44,10 @@ pub struct Fleet {
     pub local_peers: u32,
     /// Peers on other sites each device is introduced to.
     pub remote_peers: u32,
+    /// Whether each device knows every device of its site, connected or not (as mDNS on a LAN
+    /// gives it), and tells its core (`Input::SiteMembers`), which then splits the site's
+    /// imports exactly. Off: a core knows only its connected same-site peers.
+    pub site_discovery: bool,
 }
 
 /// Link capacities (Mbit/s), latencies (ms) and loss (probability per message).
@@ -191,6 +195,7 @@ impl Default for Fleet {
             sites: 4,
             local_peers: 8,
             remote_peers: 3,
+            site_discovery: true,
         }
     }
 }

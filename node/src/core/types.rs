@@ -185,6 +185,16 @@ pub enum Input {
         /// Its site, RTT and role.
         info: PeerInfo,
     },
+    /// The devices known to share this node's site (found on the LAN, e.g. by mDNS), connected
+    /// or not; replaces the previous list (at most [`super::MAX_SITE_MEMBERS`] are kept). The
+    /// site's imports are split among them (see [`super::Config::idle_fallback_ms`]): with the
+    /// whole site known, each chunk is imported into the site once, even when each node is
+    /// connected to only a few of its neighbours. Without it, only connected same-site peers
+    /// count.
+    SiteMembers {
+        /// The other devices of the site (this node's own id is ignored).
+        peers: Vec<PeerId>,
+    },
     /// A peer disconnected: its in-flight fetches are failed and its availability forgotten.
     PeerDisconnected {
         /// Who.

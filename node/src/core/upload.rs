@@ -1,12 +1,20 @@
 //! Serving: whether to answer a peer's chunk request now.
 //!
 //! Every node bounds its concurrent uploads ([`super::Config::max_uploads`]). The origin node
-//! (the builder) also *super-seeds*: it serves each chunk at most
-//! [`super::Config::origin_copies`] times (default once) while the devices spread it among
-//! themselves, and again only when no peer is known to hold it (it sees its peers' HAVEs like any
-//! node) and its last upload is older than [`super::Config::fetch_timeout_ms`] (so it is not
-//! still on its way). A request it declines gets [`Admission::Busy`]; the requester backs off
-//! briefly and asks a peer, or the origin for another chunk.
+//! (the builder) also *super-seeds*: it serves each chunk [`super::Config::origin_copies`] times
+//! (default once) while the devices spread it among themselves, and again only when no peer is
+//! known to hold it (it sees its peers' HAVEs like any node) and its last upload is older than
+//! [`super::Config::fetch_timeout_ms`] (so it is not still on its way), or at once when the
+//! driver reports that upload failed ([`Node::upload_finished`] with `sent == false`).
+//!
+//! Super-seeding saves the builder's uplink when it is the bottleneck; when it is not, copying
+//! each chunk once leaves the uplink idle while sites wait for a peer elsewhere to hold the
+//! chunk. So while fewer than half of its upload slots are busy, the origin serves further
+//! copies, up to [`super::Config::origin_max_copies`] per chunk: spare capacity goes to the
+//! sites that still lack a chunk (requesters only ask the origin for what no peer they know
+//! holds), and a busy origin falls back to one copy. A declined request gets
+//! [`Admission::Busy`]; the requester backs off briefly and asks a peer, or the origin for
+//! another chunk.
 
 use shoal_protocol::ReleaseSeq;
 
@@ -40,29 +48,55 @@ impl Served {
         }
     }
 
-    /// Counts a serve of chunk `i` if the policy allows it now.
-    fn take(&mut self, i: u32, now: Instant, copies: u32, held: bool, in_flight_ms: u64) -> bool {
+    /// Counts a serve of chunk `i` if the policy allows it now: fewer than `copies` so far,
+    /// fewer than `spare_copies` while `spare`, or lost (nobody holds it and the last copy is
+    /// older than `in_flight_ms`).
+    fn take(&mut self, i: u32, now: Instant, policy: CopyPolicy, held: bool) -> bool {
         let (Some(c), Some(last)) = (
             self.counts.get_mut(i as usize),
             self.last.get_mut(i as usize),
         ) else {
             return false;
         };
-        let again = !held && *c > 0 && now.ms_since(*last) >= in_flight_ms;
-        if u32::from(*c) < copies || again {
+        let n = u32::from(*c);
+        let again = !held && n > 0 && now.ms_since(*last) >= policy.in_flight_ms;
+        if n < policy.copies || (policy.spare && n < policy.spare_copies) || again {
             *c = c.saturating_add(1);
             *last = now;
             return true;
         }
         false
     }
+
+    /// A copy of chunk `i` did not arrive: it no longer counts.
+    fn lost(&mut self, i: u32) {
+        if let Some(c) = self.counts.get_mut(i as usize) {
+            *c = c.saturating_sub(1);
+        }
+    }
+}
+
+/// How many copies of a chunk the origin may serve now.
+#[derive(Debug, Clone, Copy)]
+struct CopyPolicy {
+    copies: u32,
+    spare: bool,
+    spare_copies: u32,
+    in_flight_ms: u64,
 }
 
 impl Node {
-    /// Whether to serve chunk `index` of release `sequence` to `peer` now. A [`Admission::Serve`]
-    /// counts as an upload in progress until [`Node::upload_finished`].
-    pub fn admit_upload(&mut self, peer: PeerId, sequence: ReleaseSeq, index: u32) -> Admission {
+    /// Whether to serve chunk `index` of release `sequence` to `peer` at `now`. A
+    /// [`Admission::Serve`] counts as an upload in progress until [`Node::upload_finished`].
+    pub fn admit_upload(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        sequence: ReleaseSeq,
+        index: u32,
+    ) -> Admission {
         let _ = peer;
+        self.now = self.now.max(now);
         if !self.has_chunk(sequence, index) {
             return Admission::NotFound;
         }
@@ -70,18 +104,20 @@ impl Node {
             return Admission::Busy;
         }
         if self.config.origin {
+            let policy = CopyPolicy {
+                copies: self.config.origin_copies,
+                spare: self.uploads < self.config.max_uploads / 2,
+                spare_copies: self.config.origin_max_copies,
+                in_flight_ms: self.config.fetch_timeout_ms,
+            };
+            let now = self.now;
             let Some(cur) = &mut self.cur else {
                 return Admission::NotFound;
             };
             let len = cur.release.as_ref().map_or(0, |r| r.chunks.len() as u32);
             let held = cur.sched.as_ref().is_some_and(|s| s.holders(index) > 0);
             let served = cur.served.get_or_insert_with(|| Served::new(len));
-            let (now, copies, wait) = (
-                self.now,
-                self.config.origin_copies,
-                self.config.fetch_timeout_ms,
-            );
-            if !served.take(index, now, copies, held, wait) {
+            if !served.take(index, now, policy, held) {
                 return Admission::Busy;
             }
         }
@@ -89,10 +125,18 @@ impl Node {
         Admission::Serve
     }
 
-    /// An upload admitted by [`Node::admit_upload`] ended (sent or failed).
-    pub fn upload_finished(&mut self, peer: PeerId, sequence: ReleaseSeq, index: u32) {
-        let _ = (peer, sequence, index);
+    /// An upload admitted by [`Node::admit_upload`] ended: `sent` if the peer got every byte,
+    /// not if it failed or was cancelled (then the origin may serve that chunk again at once).
+    pub fn upload_finished(&mut self, peer: PeerId, sequence: ReleaseSeq, index: u32, sent: bool) {
+        let _ = peer;
         self.uploads = self.uploads.saturating_sub(1);
+        if !sent
+            && let Some(cur) = &mut self.cur
+            && cur.ann.sequence == sequence
+            && let Some(served) = &mut cur.served
+        {
+            served.lost(index);
+        }
     }
 
     /// Uploads in progress.

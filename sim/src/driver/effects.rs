@@ -270,7 +270,7 @@ impl Sim {
             (x == ea && y == eb) || (x == eb && y == ea)
         });
         for g in gone {
-            self.free_rec(g.tag as u32);
+            self.free_rec(g.tag as u32, false);
         }
         if was {
             for (x, y) in [(a, b), (b, a)] {
@@ -284,7 +284,8 @@ impl Sim {
         }
     }
 
-    pub(crate) fn free_rec(&mut self, r: u32) {
+    /// Forget transfer `r`; `sent` if its receiver got every byte.
+    pub(crate) fn free_rec(&mut self, r: u32, sent: bool) {
         let rec = &mut self.recs[r as usize];
         if !rec.live {
             return;
@@ -295,9 +296,9 @@ impl Sim {
             let peer = self.devs[to as usize].id;
             let seq = self.release.announcement.sequence;
             if from == BUILDER {
-                self.origin.upload_finished(peer, seq, index);
+                self.origin.upload_finished(peer, seq, index, sent);
             } else if let Some(n) = self.devs[from as usize].node.as_mut() {
-                n.upload_finished(peer, seq, index);
+                n.upload_finished(peer, seq, index, sent);
             }
         }
         self.fetches.remove(&(to, from, index));
@@ -425,7 +426,7 @@ impl Sim {
                 if let Some(r) = self.fetches.get(&(d, p, index)).copied() {
                     self.net
                         .cancel(self.now, Self::endpoint(p), Self::endpoint(d), u64::from(r));
-                    self.free_rec(r);
+                    self.free_rec(r, false);
                 }
             }
             Output::DropPeer { peer, reason } => {
@@ -739,14 +740,12 @@ impl Sim {
                 // The server's core decides: serve, busy (upload slots, super-seeding) or not here.
                 let peer = self.devs[to as usize].id;
                 let seq = self.release.announcement.sequence;
+                let now = ms(self.now);
                 let admission = if from == BUILDER {
-                    // `admit_upload` reads the node's clock: bring the origin's up to now.
-                    self.origin.handle_timeout(ms(self.now));
-                    self.drain_origin();
-                    self.origin.admit_upload(peer, seq, index)
+                    self.origin.admit_upload(now, peer, seq, index)
                 } else {
                     match self.devs[from as usize].node.as_mut() {
-                        Some(n) => n.admit_upload(peer, seq, index),
+                        Some(n) => n.admit_upload(now, peer, seq, index),
                         None => Admission::NotFound,
                     }
                 };
@@ -790,7 +789,7 @@ impl Sim {
                 Self::endpoint(to),
                 u64::from(old),
             );
-            self.free_rec(old);
+            self.free_rec(old, false);
         }
         let r = self.new_rec(rec);
         self.fetches.insert((to, from, index), r);
@@ -803,7 +802,7 @@ impl Sim {
             cap,
         );
         if !ok {
-            self.free_rec(r);
+            self.free_rec(r, false);
             self.reply_chunk(to, from, index, FetchError::Io);
         }
     }
@@ -880,7 +879,7 @@ impl Sim {
         if !rec.live {
             return;
         }
-        self.free_rec(r as u32);
+        self.free_rec(r as u32, true);
         let t = self.now + self.latency(rec.to, rec.from);
         if rec.index == u32::MAX {
             self.push(

@@ -384,5 +384,21 @@ impl Sim {
             d,
             Input::WallClock(TEST_EPOCH.plus_secs(self.now / 1_000_000_000)),
         );
+        self.tell_site_members(d);
+    }
+
+    /// Tell device `d`'s core every other device of its site (mDNS), if the scenario has it.
+    pub(crate) fn tell_site_members(&mut self, d: u32) {
+        if !self.sc.fleet.site_discovery {
+            return;
+        }
+        let (n, sites) = (self.devs.len() as u32, self.sc.fleet.sites.max(1));
+        let site = self.devs[d as usize].site;
+        let peers = (site..n)
+            .step_by(sites as usize)
+            .filter(|&p| p != d)
+            .map(|p| self.devs[p as usize].id)
+            .collect();
+        self.feed(d, Input::SiteMembers { peers });
     }
 }

@@ -256,6 +256,7 @@ impl Sim {
         sim.feed_origin(wall.clone());
         for i in 0..n {
             sim.feed(i, wall.clone());
+            sim.tell_site_members(i);
         }
         for i in 0..n {
             sim.connect_origin(i);

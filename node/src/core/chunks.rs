@@ -1,0 +1,190 @@
+//! Chunks: filling fetch slots (see [`super::fetch`] for the choice of chunk), the endgame,
+//! and fetch results.
+
+use shoal_protocol::ReleaseSeq;
+
+use super::node::{ENDGAME_COPIES, Node, per_peer_cap};
+use super::snapshot::Phase;
+use super::types::{DropReason, FetchError, FetchStats, Instant, Output, PeerId};
+
+impl Node {
+    pub(super) fn deadline_for(&self, size: u64) -> Instant {
+        let rate = self.config.min_rate_bytes_per_s.max(1);
+        let at_rate = size.saturating_mul(1000) / rate;
+        self.now.plus_ms(self.config.fetch_timeout_ms.max(at_rate))
+    }
+
+    // ----- chunks -----
+
+    pub(super) fn start_fetch(&mut self, peer: PeerId, index: u32) {
+        let Some(cur) = &self.cur else { return };
+        let Some(release) = &cur.release else { return };
+        let chunk = release.chunks[index as usize];
+        let sequence = cur.ann.sequence;
+        let deadline = self.deadline_for(u64::from(chunk.size));
+        if let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) {
+            s.start(peer, index, deadline);
+        }
+        self.outputs.push_back(Output::FetchChunk {
+            peer,
+            sequence,
+            index,
+            chunk,
+        });
+    }
+
+    /// Updates the idle flag of the site share: no chunk stored for `idle_fallback_ms`.
+    pub(super) fn refresh_idle(&mut self) {
+        let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
+        if let Some(cur) = &mut self.cur
+            && let Some(s) = &mut cur.sched
+        {
+            let idle = now.ms_since(cur.last_progress) >= idle_ms;
+            let share = s.share();
+            if share.idle != idle {
+                s.set_share(super::fetch::Share { idle, ..share });
+            }
+        }
+    }
+
+    /// Fills free fetch slots, peers in preference order, one chunk per peer per round.
+    pub(super) fn schedule(&mut self) {
+        self.refresh_idle();
+        let now = self.now;
+        let (per_peer, total, sample) = (
+            self.config.max_in_flight_per_peer,
+            self.config.max_in_flight_total,
+            self.config.rarest_sample,
+        );
+        loop {
+            let mut progressed = false;
+            for k in 0..self.order.len() {
+                let Some(cur) = &mut self.cur else { return };
+                if cur.phase != Phase::Fetching {
+                    return;
+                }
+                let Some(s) = &mut cur.sched else { return };
+                if s.in_flight.len() as u32 >= total {
+                    return;
+                }
+                let peer = self.order[k];
+                if self.peers[&peer].backoff_until > now
+                    || s.in_flight_of(&peer) >= per_peer_cap(per_peer, &self.peers[&peer])
+                {
+                    continue;
+                }
+                if let Some(i) = s.pick(&peer, &mut self.rng, sample) {
+                    self.start_fetch(peer, i);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.endgame();
+    }
+
+    /// When every missing chunk is in flight, free slots fetch the oldest ones again from other
+    /// peers (at most two copies); the first copy to arrive cancels the rest.
+    pub(super) fn endgame(&mut self) {
+        if !self
+            .cur
+            .as_ref()
+            .and_then(|c| c.sched.as_ref())
+            .is_some_and(|s| !s.in_flight.is_empty() && s.nothing_needed())
+        {
+            return;
+        }
+        let now = self.now;
+        let (per_peer, total) = (
+            self.config.max_in_flight_per_peer,
+            self.config.max_in_flight_total,
+        );
+        for k in 0..self.order.len() {
+            let Some(cur) = &self.cur else { return };
+            if cur.phase != Phase::Fetching {
+                return;
+            }
+            let Some(s) = &cur.sched else { return };
+            if s.in_flight.is_empty() || s.in_flight.len() as u32 >= total {
+                return;
+            }
+            let peer = self.order[k];
+            if self.peers[&peer].backoff_until > now
+                || s.in_flight_of(&peer) >= per_peer_cap(per_peer, &self.peers[&peer])
+            {
+                continue;
+            }
+            if let Some(i) = s.pick_endgame(&peer, ENDGAME_COPIES) {
+                self.start_fetch(peer, i);
+            }
+        }
+    }
+
+    pub(super) fn on_chunk_fetched(
+        &mut self,
+        peer: PeerId,
+        sequence: ReleaseSeq,
+        index: u32,
+        result: Result<FetchStats, FetchError>,
+    ) {
+        let Some(cur) = &mut self.cur else { return };
+        if cur.ann.sequence != sequence {
+            return;
+        }
+        let Some(s) = &mut cur.sched else { return };
+        if index >= s.len() {
+            return;
+        }
+        let was_in_flight = s.finish(&peer, index);
+        match result {
+            Ok(stats) => {
+                // Verified and stored by the driver, even if we had given up on it.
+                if s.store(index) {
+                    cur.last_progress = self.now;
+                    for f in s.take_duplicates(index) {
+                        self.outputs.push_back(Output::CancelFetch {
+                            peer: f.peer,
+                            sequence,
+                            index,
+                        });
+                    }
+                    self.outputs
+                        .push_back(Output::Advertise { sequence, index });
+                    if self.persist_due.is_none() {
+                        self.persist_due = Some(self.now.plus_ms(self.config.persist_interval_ms));
+                    }
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.failures = 0;
+                }
+                let rate = stats.bytes.saturating_mul(1000) / stats.elapsed_ms.max(1);
+                let slow = stats.elapsed_ms > self.config.fetch_timeout_ms
+                    && rate < self.config.min_rate_bytes_per_s;
+                if slow {
+                    self.drop_peer(peer, DropReason::TooSlow);
+                }
+                self.check_staged();
+            }
+            // Bad bytes are bad bytes, even for a fetch we had given up on.
+            Err(FetchError::DigestMismatch) => self.ban_peer(peer),
+            Err(_) if !was_in_flight => {}
+            Err(FetchError::TooSlow) => self.drop_peer(peer, DropReason::TooSlow),
+            Err(FetchError::NotFound) => {
+                s.peer_lacks(&peer, index);
+                self.peer_failed(&peer);
+            }
+            Err(FetchError::Busy) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.backoff_until = self.now.plus_ms(self.config.busy_backoff_ms);
+                }
+            }
+            Err(FetchError::Timeout) => {
+                s.distrust(&peer);
+                self.peer_failed(&peer);
+            }
+            Err(_) => self.peer_failed(&peer),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Peers: connections, preference order, failures and bans, and their availability (bitfields
+//! and HAVEs, kept even before the manifest is known).
+
+use shoal_protocol::ReleaseSeq;
+
+use super::bitfield::Bitfield;
+use super::fetch::Class;
+use super::node::{MAX_BANNED, MAX_EARLY_HAVE_BITS, Node, Peer, per_peer_cap};
+use super::snapshot::Phase;
+use super::types::{DropReason, GossipMessage, Instant, Output, PeerId, PeerInfo};
+
+impl Node {
+    // ----- peers -----
+
+    pub(super) fn class_of(&self, info: &PeerInfo) -> Class {
+        if info.origin {
+            Class::Origin
+        } else if info.site.is_some() && info.site == self.config.site {
+            Class::Local
+        } else {
+            Class::Remote
+        }
+    }
+
+    pub(super) fn reorder(&mut self) {
+        let mut order: Vec<(Class, u32, PeerId)> = self
+            .peers
+            .iter()
+            .map(|(id, p)| (p.class, p.info.rtt_ms, *id))
+            .collect();
+        order.sort();
+        self.order = order.into_iter().map(|(_, _, id)| id).collect();
+        self.update_share();
+    }
+
+    /// Recomputes this node's share of its site's imports (see [`super::fetch::Share`]).
+    pub(super) fn update_share(&mut self) {
+        let Some(cur) = &self.cur else { return };
+        let salt = super::fetch::mix64(cur.ann.sequence.0 ^ 0x5348_4f41_4c00_0000);
+        let point = |id: &PeerId| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&id.0[..8]);
+            super::fetch::mix64(u64::from_le_bytes(b) ^ salt)
+        };
+        let me = point(&self.id);
+        let now = self.now;
+        let banned = |id: &PeerId| self.banned.get(id).is_some_and(|u| *u > now);
+        let mut points: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.class == Class::Local)
+            .map(|(id, _)| id)
+            .chain(self.site_members.iter().filter(|id| !banned(id)))
+            .map(point)
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let chunk_salt = super::fetch::mix64(salt);
+        let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
+        let Some(cur) = &mut self.cur else { return };
+        let idle = now.ms_since(cur.last_progress) >= idle_ms;
+        if let Some(s) = &mut cur.sched {
+            s.set_share(super::fetch::Share::new(me, &mut points, chunk_salt, idle));
+        }
+    }
+
+    /// The site's members changed (see [`super::Input::SiteMembers`]).
+    pub(super) fn set_site_members(&mut self, mut peers: Vec<PeerId>) {
+        peers.retain(|p| *p != self.id);
+        peers.sort_unstable();
+        peers.dedup();
+        peers.truncate(super::node::MAX_SITE_MEMBERS);
+        self.site_members = peers;
+        self.update_share();
+    }
+
+    pub(super) fn on_peer_connected(&mut self, peer: PeerId, info: PeerInfo) {
+        if let Some(&until) = self.banned.get(&peer) {
+            if until > self.now {
+                self.outputs.push_back(Output::BanPeer {
+                    peer,
+                    reason: DropReason::BadData,
+                    until,
+                });
+                return;
+            }
+            self.banned.remove(&peer);
+        }
+        let class = self.class_of(&info);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.info = info;
+            p.class = class;
+            if let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) {
+                s.reclass_peer(peer, class);
+            }
+            self.reorder();
+            return;
+        }
+        if self.peers.len() >= self.config.max_peers {
+            self.outputs.push_back(Output::DropPeer {
+                peer,
+                reason: DropReason::TooManyPeers,
+            });
+            return;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                info,
+                class,
+                failures: 0,
+                backoff_until: Instant::ZERO,
+                has_manifest: false,
+                early_have: None,
+                early_chunks: Vec::new(),
+            },
+        );
+        self.reorder();
+        if let Some(cur) = &self.cur {
+            let mut messages = vec![GossipMessage::Announcement(cur.ann_bytes.clone()).encode()];
+            messages.extend(
+                cur.waves
+                    .controls()
+                    .into_iter()
+                    .map(|c| GossipMessage::WaveControl(c).encode()),
+            );
+            self.outputs
+                .push_back(Output::SyncGossip { peer, messages });
+            if let Some(s) = &cur.sched {
+                self.outputs.push_back(Output::SendBitfield {
+                    peer,
+                    sequence: cur.ann.sequence,
+                    have: s.have.clone(),
+                });
+            }
+        }
+        self.fetch_manifest();
+    }
+
+    pub(super) fn remove_peer(&mut self, peer: &PeerId) {
+        if self.peers.remove(peer).is_none() {
+            return;
+        }
+        self.order.retain(|p| p != peer);
+        if let Some(cur) = &mut self.cur {
+            if let Some(s) = &mut cur.sched {
+                s.remove_peer(peer);
+            }
+            if cur
+                .manifest_fetch
+                .in_flight
+                .is_some_and(|(p, _)| p == *peer)
+            {
+                cur.manifest_fetch.in_flight = None;
+            }
+        }
+    }
+
+    pub(super) fn drop_peer(&mut self, peer: PeerId, reason: DropReason) {
+        if self.peers.contains_key(&peer) {
+            self.remove_peer(&peer);
+            self.outputs.push_back(Output::DropPeer { peer, reason });
+        }
+    }
+
+    pub(super) fn ban_peer(&mut self, peer: PeerId) {
+        let until = self.now.plus_ms(self.config.ban_ms);
+        if self.banned.len() >= MAX_BANNED {
+            let now = self.now;
+            self.banned.retain(|_, u| *u > now);
+            if self.banned.len() >= MAX_BANNED
+                && let Some((&first, _)) = self.banned.iter().min_by_key(|(_, u)| **u)
+            {
+                self.banned.remove(&first);
+            }
+        }
+        self.banned.insert(peer, until);
+        self.remove_peer(&peer);
+        self.outputs.push_back(Output::BanPeer {
+            peer,
+            reason: DropReason::BadData,
+            until,
+        });
+    }
+
+    /// One more failure: back off, and drop after too many in a row.
+    pub(super) fn peer_failed(&mut self, peer: &PeerId) {
+        let (base, max, limit) = (
+            self.config.backoff_base_ms,
+            self.config.backoff_max_ms,
+            self.config.max_peer_failures,
+        );
+        let now = self.now;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        p.failures += 1;
+        if p.failures >= limit {
+            self.drop_peer(*peer, DropReason::Unresponsive);
+            return;
+        }
+        let delay = base.saturating_mul(1 << (p.failures - 1).min(20)).min(max);
+        p.backoff_until = now.plus_ms(delay);
+    }
+
+    // ----- availability -----
+
+    pub(super) fn on_peer_have(&mut self, peer: PeerId, sequence: ReleaseSeq, have: Bitfield) {
+        let Some(cur) = &mut self.cur else { return };
+        if cur.ann.sequence != sequence {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.has_manifest = true;
+        match &mut cur.sched {
+            None => p.early_have = Some(have),
+            Some(s) => {
+                if have.len() == s.len() {
+                    s.set_peer_have(peer, p.class, have);
+                }
+            }
+        }
+        self.fetch_manifest();
+    }
+
+    pub(super) fn on_peer_have_chunk(&mut self, peer: PeerId, sequence: ReleaseSeq, index: u32) {
+        let Some(cur) = &mut self.cur else { return };
+        if cur.ann.sequence != sequence {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.has_manifest = true;
+        let class = p.class;
+        let Some(s) = &mut cur.sched else {
+            if index < MAX_EARLY_HAVE_BITS {
+                let w = (index / 64) as usize;
+                if p.early_chunks.len() <= w {
+                    p.early_chunks.resize(w + 1, 0);
+                }
+                p.early_chunks[w] |= 1 << (index % 64);
+            }
+            self.fetch_manifest();
+            return;
+        };
+        if index >= s.len() || !s.peer_has(peer, class, index) {
+            return;
+        }
+        // Starved and this peer may serve it: ask at once, without a full scheduling pass.
+        if cur.phase == Phase::Fetching
+            && s.is_needed(index)
+            && s.class_may_serve(class, index)
+            && (s.in_flight.len() as u32) < self.config.max_in_flight_total
+            && s.in_flight_of(&peer) < per_peer_cap(self.config.max_in_flight_per_peer, p)
+            && p.backoff_until <= self.now
+        {
+            self.start_fetch(peer, index);
+        }
+    }
+}
