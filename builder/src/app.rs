@@ -170,20 +170,62 @@ impl App {
 
     /// Creates a push token; returns the token (shown once; only its hash is stored).
     pub async fn create_token(&self, name: &str) -> Result<String, AppError> {
-        use rand::Rng;
-        let mut secret = [0u8; 24];
-        rand::rng().fill_bytes(&mut secret);
-        let token = format!("shoal_{}", hex::encode(secret));
+        self.create_token_with_role(name, Role::Push).await
+    }
+
+    /// Creates a token with `role`; returns it (shown once; only its hash is stored).
+    pub async fn create_token_with_role(&self, name: &str, role: Role) -> Result<String, AppError> {
+        let token = format!("shoal_{}", random_hex(24));
         self.db
-            .add_token(name, &token_hash(&token), now_s())
+            .add_token_with_role(name, &token_hash(&token), role.as_str(), now_s())
             .await?;
         Ok(token)
+    }
+
+    /// The token's name and role if `token` is valid.
+    pub async fn token_identity(&self, token: &str) -> Result<Option<(String, Role)>, AppError> {
+        let row = self.db.token_identity(&token_hash(token)).await?;
+        Ok(row.map(|(name, role)| {
+            let role = if role == "operator" {
+                Role::Operator
+            } else {
+                Role::Push
+            };
+            (name, role)
+        }))
     }
 
     /// The token's name if `token` is valid.
     pub async fn check_token(&self, token: &str) -> Result<Option<String>, AppError> {
         Ok(self.db.token_name(&token_hash(token)).await?)
     }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Push code (and read, save views).
+    Push,
+    /// Everything a push token may, and steer rollouts, pin releases, change fleet settings.
+    Operator,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Push => "push",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
+    use rand::Rng;
+    let mut secret = vec![0u8; n];
+    rand::rng().fill_bytes(&mut secret);
+    hex::encode(secret)
 }
 
 /// The stored form of a token.

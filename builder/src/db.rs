@@ -187,6 +187,8 @@ pub struct ReleaseFilter {
     pub since: Option<i64>,
     /// Created at or before (unix seconds).
     pub until: Option<i64>,
+    /// Free text found (case-insensitively) in the commit, ref, error, services or compose file.
+    pub text: Option<String>,
 }
 
 /// The database handle.
@@ -313,15 +315,46 @@ impl Db {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// Stores a token's hash.
+    /// The connection pool, for the modules that keep their own tables (registry, operator).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Stores a push token's hash.
     pub async fn add_token(&self, name: &str, token_hash: &str, now: i64) -> Result<(), DbError> {
-        sqlx::query("INSERT INTO tokens (name, token_hash, created) VALUES (?1, ?2, ?3)")
+        self.add_token_with_role(name, token_hash, "push", now)
+            .await
+    }
+
+    /// Stores a token's hash with its role (`push` or `operator`).
+    pub async fn add_token_with_role(
+        &self,
+        name: &str,
+        token_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO tokens (name, token_hash, created, role) VALUES (?1, ?2, ?3, ?4)")
             .bind(name)
             .bind(token_hash)
             .bind(now)
+            .bind(role)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The name and role of the token with this hash, if any.
+    pub async fn token_identity(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(String, String)>, DbError> {
+        Ok(
+            sqlx::query_as("SELECT name, role FROM tokens WHERE token_hash = ?1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The name of the token with this hash, if any.
@@ -457,7 +490,7 @@ impl Db {
     ) -> Result<Vec<Release>, DbError> {
         let commit_like = f.commit.as_ref().map(|c| format!("{c}%"));
         let rows: Vec<ReleaseRow> = sqlx::query_as(
-            "SELECT r.id, f.name AS fleet, r.sequence, r.commit_hash, r.git_ref, r.status, r.created, r.completed, r.duration_ms, r.error, r.compose, r.services, r.image_bytes, r.release_bytes, r.new_bytes, r.manifest_digest, r.manifest_size FROM releases r JOIN fleets f ON f.id = r.fleet_id WHERE r.fleet_id = ?1 AND (?2 IS NULL OR r.status = ?2) AND (?3 IS NULL OR r.commit_hash LIKE ?3) AND (?4 IS NULL OR r.created >= ?4) AND (?5 IS NULL OR r.created <= ?5) ORDER BY r.id DESC LIMIT ?6",
+            "SELECT r.id, f.name AS fleet, r.sequence, r.commit_hash, r.git_ref, r.status, r.created, r.completed, r.duration_ms, r.error, r.compose, r.services, r.image_bytes, r.release_bytes, r.new_bytes, r.manifest_digest, r.manifest_size FROM releases r JOIN fleets f ON f.id = r.fleet_id WHERE r.fleet_id = ?1 AND (?2 IS NULL OR r.status = ?2) AND (?3 IS NULL OR r.commit_hash LIKE ?3) AND (?4 IS NULL OR r.created >= ?4) AND (?5 IS NULL OR r.created <= ?5) AND (?7 IS NULL OR instr(lower(r.commit_hash || ' ' || r.git_ref || ' ' || coalesce(r.error, '') || ' ' || r.services || ' ' || coalesce(r.compose, '')), lower(?7)) > 0) ORDER BY r.id DESC LIMIT ?6",
         )
         .bind(fleet_id)
         .bind(&f.status)
@@ -465,6 +498,7 @@ impl Db {
         .bind(f.since)
         .bind(f.until)
         .bind(limit)
+        .bind(&f.text)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(release_from).collect())

@@ -6,13 +6,16 @@
 //! | `POST /internal/hooks/pre-receive` | the pre-receive hook's callback (secret required) |
 //! | `GET /api/v1/fleets`, `POST /api/v1/fleets` | list, create (token required) |
 //! | `GET /api/v1/fleets/{fleet}` | one fleet |
-//! | `GET /api/v1/fleets/{fleet}/releases` | releases, filters `status`, `commit`, `since`, `until`, `limit` |
+//! | `GET /api/v1/fleets/{fleet}/releases` | releases with their device counts, filters `status`, `commit`, `since`, `until`, `text`, `limit` |
 //! | `GET /api/v1/fleets/{fleet}/trust-root` | the signed trust root (canonical bytes) |
 //! | `GET /api/v1/releases/{id}` | one release |
 //! | `GET /api/v1/releases/{id}/logs` | its log; follows a running build (`follow=false` not to) |
 //! | `GET /api/v1/releases/{id}/manifest` | the signed manifest envelope |
 //! | `GET /api/v1/releases/{id}/announcement` | the signed announcement envelope |
 //! | `GET /chunks/{digest}` | a chunk's bytes |
+//!
+//! The device registry's routes are in [`crate::registry`], the operator's in
+//! [`crate::operator`], the dashboard's in [`crate::dashboard`].
 //!
 //! Every error is JSON `{"error": "..."}` with a fitting status code.
 
@@ -55,6 +58,8 @@ pub struct Server {
     pub hook_secret: String,
     /// Cancel switches of the pushes in progress, by push id.
     pub pushes: Arc<Mutex<HashMap<String, Arc<watch::Sender<bool>>>>>,
+    /// The device registry (report rate limits).
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// Most pushes in progress at once.
@@ -96,7 +101,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn json_ok(v: impl serde::Serialize) -> Response {
+pub(crate) fn json_ok(v: impl serde::Serialize) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -105,7 +110,7 @@ fn json_ok(v: impl serde::Serialize) -> Response {
         .into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
     json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
 }
 
@@ -126,6 +131,8 @@ pub fn router(s: Server) -> Router {
             get(release_announcement),
         )
         .route("/chunks/{digest}", get(chunk))
+        .merge(crate::registry::routes())
+        .merge(crate::operator::routes())
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(s)
 }
@@ -423,6 +430,12 @@ async fn list_releases(
                 }
                 filter.status = Some(v.clone());
             }
+            "text" => {
+                if v.len() > crate::operator::views::MAX_TEXT {
+                    return json_error(StatusCode::BAD_REQUEST, "text filter too long");
+                }
+                filter.text = Some(v.clone());
+            }
             "commit" => {
                 if v.is_empty() || v.len() > 40 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return json_error(StatusCode::BAD_REQUEST, "commit must be a hex prefix");
@@ -454,8 +467,23 @@ async fn list_releases(
             }
         }
     }
+    let counts = match crate::registry::device_counts(&s.app.db, f.id).await {
+        Ok(c) => c,
+        Err(e) => return internal(e),
+    };
     match s.app.db.releases(f.id, &filter, limit).await {
-        Ok(r) => json_ok(serde_json::json!({ "fleet": fleet, "releases": r })),
+        Ok(r) => {
+            let r: Vec<serde_json::Value> = r
+                .into_iter()
+                .map(|r| {
+                    let n = r.sequence.and_then(|q| counts.get(&q)).copied();
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    v["device_count"] = serde_json::json!(n.unwrap_or(0));
+                    v
+                })
+                .collect();
+            json_ok(serde_json::json!({ "fleet": fleet, "releases": r }))
+        }
         Err(e) => internal(e),
     }
 }
@@ -469,7 +497,7 @@ fn release_id(id: &str) -> Result<i64, Response> {
     })
 }
 
-async fn release_or_404(s: &Server, id: &str) -> Result<crate::db::Release, Response> {
+pub(crate) async fn release_or_404(s: &Server, id: &str) -> Result<crate::db::Release, Response> {
     let id = release_id(id)?;
     match s.app.db.release(id).await {
         Ok(Some(r)) => Ok(r),
@@ -614,6 +642,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
         hook_url: format!("http://{host}:{}", local.port()),
         hook_secret,
         pushes: Arc::new(Mutex::new(HashMap::new())),
+        registry: Arc::new(crate::registry::Registry::new()),
     };
     axum::serve(listener, router(s)).await
 }

@@ -36,9 +36,13 @@ pub mod keys;
 #[cfg(feature = "server")]
 pub mod log;
 #[cfg(feature = "server")]
+pub mod operator;
+#[cfg(feature = "server")]
 pub mod pipeline;
 #[cfg(feature = "server")]
 pub mod project;
+#[cfg(feature = "server")]
+pub mod registry;
 #[cfg(feature = "server")]
 pub mod secrets;
 #[cfg(feature = "server")]

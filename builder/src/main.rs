@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shoal_builder::app::{App, now_s};
+use shoal_builder::app::{App, Role, now_s};
 use shoal_protocol::RolloutPlan;
 
 #[derive(Debug, Parser)]
@@ -77,6 +77,13 @@ enum FleetCommand {
         #[command(flatten)]
         data: DataArg,
     },
+    /// Create a key devices register with, and print it (it is shown only once).
+    ProvisioningKey {
+        /// Fleet name.
+        fleet: String,
+        #[command(flatten)]
+        data: DataArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +93,10 @@ enum TokenCommand {
         /// A name to recognise it by.
         #[arg(long, default_value = "default")]
         name: String,
+        /// An operator token: may also pause, resume, abort and promote rollouts, pin
+        /// releases and change rollout policies.
+        #[arg(long)]
+        operator: bool,
         #[command(flatten)]
         data: DataArg,
     },
@@ -187,11 +198,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Token {
-            command: TokenCommand::Create { name, data },
+        Command::Fleet {
+            command: FleetCommand::ProvisioningKey { fleet, data },
         } => {
             let app = App::open(&data.data).await.context("open data directory")?;
-            let token = app.create_token(&name).await?;
+            let key = app.create_provisioning_key(&fleet).await?;
+            println!("{key}");
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    name,
+                    operator,
+                    data,
+                },
+        } => {
+            let app = App::open(&data.data).await.context("open data directory")?;
+            let role = if operator { Role::Operator } else { Role::Push };
+            let token = app.create_token_with_role(&name, role).await?;
             println!("{token}");
             Ok(())
         }

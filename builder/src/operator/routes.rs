@@ -1,0 +1,361 @@
+//! The operator's HTTP routes.
+//!
+//! | route | token | what |
+//! |---|---|---|
+//! | `PUT /api/v1/fleets/{fleet}/pin` | operator | `{"sequence": N}` pins, `{"sequence": null}` unpins |
+//! | `PUT /api/v1/devices/{id}/pin` | operator | the same for one device |
+//! | `PUT /api/v1/fleets/{fleet}/rollout-policy` | operator | `{"plan": {...}}` or `{"preset": "canary" \| "all_at_once"}` |
+//! | `GET /api/v1/fleets/{fleet}/audit` | — | the audit log, newest first (`limit`) |
+//! | `GET /api/v1/fleets/{fleet}/views` | — | saved views |
+//! | `POST /api/v1/fleets/{fleet}/views` | any | `{"name": "...", "filters": {...}}` saves (replaces) a view |
+//! | `DELETE /api/v1/fleets/{fleet}/views/{name}` | any | deletes one |
+
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use shoal_protocol::{DeviceId, RolloutPlan};
+
+use super::views::{self, Filters};
+use super::{Action, Audit, Change, apply, authorize};
+use crate::app::{Role, now_s};
+use crate::db::Fleet;
+use crate::http::{Server, internal, json_error, json_ok};
+
+const MAX_BODY: usize = 64 * 1024;
+
+/// The operator routes.
+pub fn routes() -> Router<Server> {
+    Router::new()
+        .route("/api/v1/fleets/{fleet}/pin", put(pin_fleet))
+        .route("/api/v1/devices/{id}/pin", put(pin_device))
+        .route("/api/v1/fleets/{fleet}/rollout-policy", put(set_policy))
+        .route("/api/v1/fleets/{fleet}/audit", get(audit))
+        .route(
+            "/api/v1/fleets/{fleet}/views",
+            get(list_views).post(save_view),
+        )
+        .route(
+            "/api/v1/fleets/{fleet}/views/{name}",
+            axum::routing::delete(delete_view),
+        )
+}
+
+fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, Response> {
+    if b.len() > MAX_BODY {
+        return Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    }
+    serde_json::from_slice(b)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
+}
+
+pub(crate) async fn fleet_or_404(s: &Server, name: &str) -> Result<Fleet, Response> {
+    match s.app.db.fleet(name).await {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no fleet {name:?}"),
+        )),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pin {
+    sequence: Option<i64>,
+}
+
+/// Checks `sequence` is a published release of `fleet`.
+async fn check_pin(s: &Server, fleet: &str, sequence: Option<i64>) -> Result<(), Response> {
+    let Some(seq) = sequence else {
+        return Ok(());
+    };
+    match crate::registry::store::release_digest(&s.app.db, fleet, seq).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("fleet {fleet:?} has no published release {seq}"),
+        )),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn done(s: &Server, change: Change, audit: Audit<'_>, ok: serde_json::Value) -> Response {
+    match apply(&s.app.db, &change, &audit).await {
+        Ok(true) => json_ok(ok),
+        Ok(false) => json_error(StatusCode::NOT_FOUND, "nothing to change"),
+        Err(e) => internal(e),
+    }
+}
+
+async fn pin_fleet(
+    State(s): State<Server>,
+    Path(fleet): Path<String>,
+    headers: HeaderMap,
+    b: Bytes,
+) -> Response {
+    let actor = match authorize(&s, &headers, Role::Operator).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let f = match fleet_or_404(&s, &fleet).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let pin: Pin = match body(&b) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_pin(&s, &f.name, pin.sequence).await {
+        return r;
+    }
+    let audit = Audit {
+        actor: &actor,
+        action: Action::FleetPin,
+        fleet: &f.name,
+        target: f.name.clone(),
+        detail: serde_json::json!({ "sequence": pin.sequence }),
+    };
+    let change = Change::FleetPin {
+        fleet_id: f.id,
+        sequence: pin.sequence,
+    };
+    let ok = serde_json::json!({ "fleet": f.name, "pinned_sequence": pin.sequence });
+    done(&s, change, audit, ok).await
+}
+
+async fn pin_device(
+    State(s): State<Server>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Bytes,
+) -> Response {
+    let actor = match authorize(&s, &headers, Role::Operator).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<DeviceId>() else {
+        return json_error(StatusCode::BAD_REQUEST, "a device id is 64 hex characters");
+    };
+    let id = id.to_string();
+    let device = match crate::registry::store::device(&s.app.db, &id).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return json_error(StatusCode::NOT_FOUND, &format!("no device {id}")),
+        Err(e) => return internal(e),
+    };
+    let pin: Pin = match body(&b) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_pin(&s, &device.fleet, pin.sequence).await {
+        return r;
+    }
+    let audit = Audit {
+        actor: &actor,
+        action: Action::DevicePin,
+        fleet: &device.fleet,
+        target: id.clone(),
+        detail: serde_json::json!({ "name": device.name, "sequence": pin.sequence }),
+    };
+    let change = Change::DevicePin {
+        device: id.clone(),
+        sequence: pin.sequence,
+    };
+    let ok = serde_json::json!({ "device": id, "pinned_sequence": pin.sequence });
+    done(&s, change, audit, ok).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Policy {
+    #[serde(default)]
+    plan: Option<RolloutPlan>,
+    #[serde(default)]
+    preset: Option<String>,
+}
+
+async fn set_policy(
+    State(s): State<Server>,
+    Path(fleet): Path<String>,
+    headers: HeaderMap,
+    b: Bytes,
+) -> Response {
+    let actor = match authorize(&s, &headers, Role::Operator).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let f = match fleet_or_404(&s, &fleet).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let p: Policy = match body(&b) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let plan = match (p.plan, p.preset.as_deref()) {
+        (Some(plan), None) => plan,
+        (None, Some("canary")) => RolloutPlan::canary(),
+        (None, Some("all_at_once")) => RolloutPlan::all_at_once(),
+        _ => {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give either a plan or a preset (canary, all_at_once)",
+            );
+        }
+    };
+    if let Err(e) = plan.check() {
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+    }
+    let plan_json = crate::db::plan_to_json(&plan);
+    let audit = Audit {
+        actor: &actor,
+        action: Action::RolloutPolicy,
+        fleet: &f.name,
+        target: f.name.clone(),
+        detail: plan_json.clone(),
+    };
+    let change = Change::Policy {
+        fleet_id: f.id,
+        plan,
+    };
+    let ok = serde_json::json!({ "fleet": f.name, "rollout_plan": plan_json });
+    done(&s, change, audit, ok).await
+}
+
+async fn audit(
+    State(s): State<Server>,
+    Path(fleet): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let f = match fleet_or_404(&s, &fleet).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let limit = match q.get("limit").map(|l| l.parse::<i64>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return json_error(StatusCode::BAD_REQUEST, "limit must be 1..=1000"),
+    };
+    match super::audit_log(&s.app.db, &f.name, limit).await {
+        Ok(entries) => json_ok(serde_json::json!({ "fleet": f.name, "entries": entries })),
+        Err(e) => internal(e),
+    }
+}
+
+async fn list_views(State(s): State<Server>, Path(fleet): Path<String>) -> Response {
+    let f = match fleet_or_404(&s, &fleet).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match views::list(&s.app.db, f.id).await {
+        Ok(v) => json_ok(serde_json::json!({ "fleet": f.name, "views": v })),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewView {
+    name: String,
+    #[serde(default)]
+    filters: Filters,
+}
+
+async fn save_view(
+    State(s): State<Server>,
+    Path(fleet): Path<String>,
+    headers: HeaderMap,
+    b: Bytes,
+) -> Response {
+    let actor = match authorize(&s, &headers, Role::Push).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let f = match fleet_or_404(&s, &fleet).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut v: NewView = match body(&b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let name = v.name.trim().to_string();
+    if name.is_empty() || name.len() > 80 || name.chars().any(char::is_control) {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a view name is 1-80 printable characters",
+        );
+    }
+    if let Err(e) = v.filters.normalise() {
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+    }
+    match views::list(&s.app.db, f.id).await {
+        Ok(existing)
+            if existing.len() as i64 >= views::MAX_VIEWS
+                && !existing.iter().any(|e| e.name == name) =>
+        {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("a fleet keeps at most {} saved views", views::MAX_VIEWS),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return internal(e),
+    }
+    let audit = Audit {
+        actor: &actor,
+        action: Action::SaveView,
+        fleet: &f.name,
+        target: name.clone(),
+        detail: serde_json::to_value(&v.filters).unwrap_or_default(),
+    };
+    let ok = serde_json::json!({ "name": name, "filters": v.filters, "query": v.filters.query() });
+    let change = Change::SaveView {
+        fleet_id: f.id,
+        name,
+        filters: v.filters,
+        now: now_s(),
+    };
+    let r = done(&s, change, audit, ok).await;
+    if r.status() == StatusCode::OK {
+        (StatusCode::CREATED, r).into_response()
+    } else {
+        r
+    }
+}
+
+async fn delete_view(
+    State(s): State<Server>,
+    Path((fleet, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = match authorize(&s, &headers, Role::Push).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let f = match fleet_or_404(&s, &fleet).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let audit = Audit {
+        actor: &actor,
+        action: Action::DeleteView,
+        fleet: &f.name,
+        target: name.clone(),
+        detail: serde_json::Value::Null,
+    };
+    let change = Change::DeleteView {
+        fleet_id: f.id,
+        name: name.clone(),
+    };
+    done(&s, change, audit, serde_json::json!({ "deleted": name })).await
+}

@@ -1,0 +1,422 @@
+//! # The device registry
+//!
+//! Devices of a fleet register with the fleet's **provisioning key**
+//! (`shoal-builder fleet provisioning-key FLEET` prints one; only its BLAKE3 hash is stored).
+//! A registration names the device by its ed25519 public key ([`DeviceId`], also its libp2p
+//! identity) and is signed by that key ([`sign_registration`]), so nobody registers a key they
+//! do not hold. The builder records the device's name, site, architecture and device type; the
+//! answer ([`Registered`]) carries what the device needs to join: its fleet, the signed trust
+//! root and where to find the origin's bootstrap addresses.
+//!
+//! Devices then send signed [`shoal_protocol::StatusReport`]s, either to
+//! `POST /api/v1/devices/{id}/status` or through the peer-to-peer network to the builder's origin
+//! node. [`Registry::ingest`] checks, in order: the signature (the report's device key); that the
+//! device is registered, in the report's fleet, and is the one the URL names; the per-device rate
+//! limit ([`Limiter`]); that the release exists and the report's manifest digest is that
+//! release's (the report is bound to the exact release); that the report is fresh (within
+//! [`FRESHNESS_S`] of the builder's clock); that its nonce was not seen before (a replay). Only
+//! then does it update the device: last seen, its latest report, its state on that release
+//! (latest by report time, then state order, as the rollout controller counts), and its current
+//! release, the highest one it reported healthy.
+//!
+//! A device's **target release** is its pin if it has one, else the fleet's pin, else the fleet's
+//! latest published release ([`Registry::target`]); see `docs/ROLLOUT.md`.
+
+mod progress;
+mod routes;
+pub(crate) mod store;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use shoal_protocol::{DeviceId, Envelope, SignatureEntry, SigningKey, StatusReport, verify};
+
+pub use progress::{DeviceOnRelease, Progress, WaveProgress, progress, release_plan};
+pub use routes::routes;
+pub use store::{Device, DeviceRelease};
+
+use crate::app::App;
+use crate::db::DbError;
+
+/// Reports this far from the builder's clock (either way) are refused as stale or future.
+pub const FRESHNESS_S: i64 = 600;
+/// Reports a device may burst.
+pub const RATE_BURST: u32 = 20;
+/// Reports per second a device may sustain.
+pub const RATE_PER_S: u32 = 2;
+/// The signature kind of a registration.
+pub const REGISTRATION_KIND: &str = "device-registration";
+/// Longest device name or site label.
+pub const MAX_LABEL: usize = 63;
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// The provisioning key is not one of any fleet's.
+    #[error("unknown provisioning key")]
+    UnknownKey,
+    /// The registration is not signed by the device key it names.
+    #[error("the registration is not signed by the device's key")]
+    BadSignature,
+    /// A name, site, architecture or device type that cannot be used.
+    #[error("invalid {0}: use 1-63 characters of [A-Za-z0-9._-]")]
+    InvalidLabel(&'static str),
+    /// The architecture is not the fleet's.
+    #[error("the fleet builds for {fleet}, the device is {device}")]
+    WrongArch {
+        /// The fleet's.
+        fleet: String,
+        /// The device's.
+        device: String,
+    },
+    /// Another device of the fleet has this name.
+    #[error("another device of the fleet is named {0:?}")]
+    NameTaken(String),
+    /// The device is registered in another fleet.
+    #[error("the device is registered in another fleet")]
+    OtherFleet,
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Why a status report was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// Not a signed status report, or the signature does not verify.
+    #[error("bad report: {0}")]
+    Invalid(#[from] verify::VerifyError),
+    /// Signed by a device that is not registered.
+    #[error("device {0} is not registered")]
+    Unregistered(String),
+    /// Signed by another device than the one the request names.
+    #[error("the report is signed by {signed}, not by {named}")]
+    WrongDevice {
+        /// The device the request names.
+        named: String,
+        /// The device whose key signed.
+        signed: String,
+    },
+    /// The device belongs to another fleet than the report names.
+    #[error("device {device} is not in fleet {fleet:?}")]
+    WrongFleet {
+        /// Device.
+        device: String,
+        /// The report's fleet.
+        fleet: String,
+    },
+    /// The device sends too often.
+    #[error("too many reports from device {0}; slow down")]
+    RateLimited(String),
+    /// No published release of the fleet has this sequence.
+    #[error("fleet {fleet:?} has no published release {sequence}")]
+    UnknownRelease {
+        /// Fleet.
+        fleet: String,
+        /// Sequence.
+        sequence: u64,
+    },
+    /// The manifest digest is not the release's.
+    #[error("the report's manifest digest is not release {0}'s")]
+    DigestMismatch(u64),
+    /// The report's time is too far from now.
+    #[error("report time {time} is more than {FRESHNESS_S} s from the builder's clock {now}")]
+    Stale {
+        /// Report time.
+        time: i64,
+        /// Builder time.
+        now: i64,
+    },
+    /// The nonce was seen before.
+    #[error("replayed report (nonce seen before)")]
+    Replay,
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A registration request (`POST /api/v1/devices/register`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// The fleet's provisioning key.
+    pub provisioning_key: String,
+    /// The device's public key (hex).
+    pub device: DeviceId,
+    /// Its name, unique in the fleet.
+    pub name: String,
+    /// Its site label (devices on one site fetch from each other first).
+    #[serde(default)]
+    pub site: String,
+    /// Its architecture.
+    pub arch: String,
+    /// Its device type.
+    pub device_type: String,
+    /// The device key's signature over [`registration_payload`], hex.
+    pub signature: shoal_protocol::Signature,
+}
+
+/// What a registered device is told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    /// The device id (hex public key).
+    pub device: String,
+    /// Its fleet.
+    pub fleet: String,
+    /// The fleet's signed trust root (hex of its canonical bytes).
+    pub trust_root: String,
+    /// Where to fetch the trust root again.
+    pub trust_root_url: String,
+    /// Where to fetch the origin's bootstrap addresses.
+    pub bootstrap_url: String,
+    /// The release the device should run, if any is published.
+    pub target_sequence: Option<i64>,
+}
+
+/// The bytes a registration signs.
+pub fn registration_payload(
+    device: &DeviceId,
+    name: &str,
+    site: &str,
+    arch: &str,
+    device_type: &str,
+) -> Vec<u8> {
+    format!("shoal-device-registration-v1\n{device}\n{name}\n{site}\n{arch}\n{device_type}")
+        .into_bytes()
+}
+
+/// A signed registration for the device with `key` (what a device sends).
+pub fn sign_registration(
+    key: &SigningKey,
+    provisioning_key: &str,
+    name: &str,
+    site: &str,
+    arch: &str,
+    device_type: &str,
+) -> Registration {
+    let device = DeviceId::from(key.public_key());
+    let payload = registration_payload(&device, name, site, arch, device_type);
+    Registration {
+        provisioning_key: provisioning_key.to_string(),
+        device,
+        name: name.to_string(),
+        site: site.to_string(),
+        arch: arch.to_string(),
+        device_type: device_type.to_string(),
+        signature: key.sign(REGISTRATION_KIND, &payload),
+    }
+}
+
+fn valid_label(s: &str, allow_empty: bool) -> bool {
+    (allow_empty || !s.is_empty())
+        && s.len() <= MAX_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A token bucket per device: [`RATE_BURST`] reports, refilled at [`RATE_PER_S`] a second.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    buckets: Mutex<HashMap<DeviceId, (f64, std::time::Instant)>>,
+}
+
+/// Most devices the limiter tracks before it forgets the idle ones.
+const MAX_BUCKETS: usize = 100_000;
+
+impl Limiter {
+    /// Takes one report from `device`'s bucket; `false` when it is empty.
+    pub fn allow(&self, device: &DeviceId, now: std::time::Instant) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() >= MAX_BUCKETS && !b.contains_key(device) {
+            let full_after = f64::from(RATE_BURST) / f64::from(RATE_PER_S);
+            b.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < full_after);
+        }
+        let (tokens, at) = b.entry(*device).or_insert((f64::from(RATE_BURST), now));
+        let refill = now.duration_since(*at).as_secs_f64() * f64::from(RATE_PER_S);
+        *tokens = (*tokens + refill).min(f64::from(RATE_BURST));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The registry: the database tables and the rate limiter.
+#[derive(Debug, Default)]
+pub struct Registry {
+    limiter: Limiter,
+}
+
+/// What an accepted report changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    /// The device.
+    pub device: String,
+    /// Whether it changed the device's state on the release (an older report does not).
+    pub updated: bool,
+    /// The release the device should run.
+    pub target_sequence: Option<i64>,
+}
+
+impl Registry {
+    /// A registry with an empty rate limiter.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers (or re-registers, updating its labels) a device.
+    pub async fn register(
+        &self,
+        app: &App,
+        r: &Registration,
+        now: i64,
+    ) -> Result<Registered, RegisterError> {
+        for (what, v, empty) in [
+            ("name", &r.name, false),
+            ("site", &r.site, true),
+            ("arch", &r.arch, false),
+            ("device type", &r.device_type, false),
+        ] {
+            if !valid_label(v, empty) {
+                return Err(RegisterError::InvalidLabel(what));
+            }
+        }
+        let fleet =
+            store::fleet_of_provisioning_key(&app.db, &crate::app::token_hash(&r.provisioning_key))
+                .await?
+                .ok_or(RegisterError::UnknownKey)?;
+        let payload = registration_payload(&r.device, &r.name, &r.site, &r.arch, &r.device_type);
+        let envelope = Envelope {
+            payload,
+            signatures: vec![SignatureEntry {
+                key_id: r.device.public_key().id(),
+                signature: r.signature,
+            }],
+        };
+        envelope
+            .verify_threshold(REGISTRATION_KIND, &[r.device.public_key()], 1)
+            .map_err(|_| RegisterError::BadSignature)?;
+        if r.arch != fleet.arch {
+            return Err(RegisterError::WrongArch {
+                fleet: fleet.arch,
+                device: r.arch.clone(),
+            });
+        }
+        store::upsert_device(&app.db, fleet.id, r, now).await?;
+        let trust_root = std::fs::read(app.trust_root_path(&fleet.name)).unwrap_or_default();
+        Ok(Registered {
+            device: r.device.to_string(),
+            fleet: fleet.name.clone(),
+            trust_root: hex::encode(trust_root),
+            trust_root_url: format!("/api/v1/fleets/{}/trust-root", fleet.name),
+            bootstrap_url: format!("/api/v1/fleets/{}/bootstrap", fleet.name),
+            target_sequence: store::target(&app.db, &r.device.to_string()).await?,
+        })
+    }
+
+    /// Checks a signed report (`signed`: the encoded envelope) and records it. `named`: the device
+    /// the request is for (the URL's), if any.
+    pub async fn ingest(
+        &self,
+        app: &App,
+        signed: &[u8],
+        named: Option<&DeviceId>,
+        now: i64,
+    ) -> Result<Accepted, ReportError> {
+        let report = verify::status_report(signed)?;
+        if let Some(n) = named
+            && *n != report.device
+        {
+            return Err(ReportError::WrongDevice {
+                named: n.to_string(),
+                signed: report.device.to_string(),
+            });
+        }
+        self.record(app, &report, now).await
+    }
+
+    /// Records a report whose signature was already checked (by the origin node).
+    pub async fn record(
+        &self,
+        app: &App,
+        report: &StatusReport,
+        now: i64,
+    ) -> Result<Accepted, ReportError> {
+        let id = report.device.to_string();
+        let device = store::device(&app.db, &id)
+            .await?
+            .ok_or_else(|| ReportError::Unregistered(id.clone()))?;
+        if device.fleet != report.fleet {
+            return Err(ReportError::WrongFleet {
+                device: id,
+                fleet: report.fleet.clone(),
+            });
+        }
+        if !self
+            .limiter
+            .allow(&report.device, std::time::Instant::now())
+        {
+            return Err(ReportError::RateLimited(id));
+        }
+        let sequence = report.sequence.0;
+        let digest = store::release_digest(&app.db, &report.fleet, sequence as i64)
+            .await?
+            .ok_or_else(|| ReportError::UnknownRelease {
+                fleet: report.fleet.clone(),
+                sequence,
+            })?;
+        if digest != report.manifest_digest.to_string() {
+            return Err(ReportError::DigestMismatch(sequence));
+        }
+        let time = i64::try_from(report.time.0).unwrap_or(i64::MAX);
+        if (time - now).abs() > FRESHNESS_S {
+            return Err(ReportError::Stale { time, now });
+        }
+        let updated = store::apply_report(&app.db, report, now).await?;
+        Ok(Accepted {
+            device: id.clone(),
+            updated,
+            target_sequence: store::target(&app.db, &id).await?,
+        })
+    }
+}
+
+impl App {
+    /// Creates a provisioning key for `fleet`; returns it (shown once; its hash is stored).
+    pub async fn create_provisioning_key(&self, fleet: &str) -> Result<String, ProvisionError> {
+        let f = self
+            .db
+            .fleet(fleet)
+            .await?
+            .ok_or_else(|| ProvisionError::NoFleet(fleet.to_string()))?;
+        let key = format!("shoalprov_{}", crate::app::random_hex(24));
+        store::add_provisioning_key(
+            &self.db,
+            f.id,
+            &crate::app::token_hash(&key),
+            crate::app::now_s(),
+        )
+        .await?;
+        Ok(key)
+    }
+}
+
+/// Why no provisioning key was made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// No such fleet.
+    #[error("no fleet {0:?}")]
+    NoFleet(String),
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+pub use store::{device_counts, devices_of_fleet, devices_of_release, target_of_fleet};

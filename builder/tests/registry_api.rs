@@ -1,0 +1,238 @@
+//! The device registry over HTTP: registration with a provisioning key, signed status reports
+//! and every way a report is refused (nothing changes on refusal).
+
+mod support;
+
+use shoal_protocol::{DeviceState, SigningKey};
+use support::inproc::{Dev, InProc};
+use support::now;
+
+#[test]
+fn a_registered_device_reports_and_the_builder_records_its_state_and_counts() {
+    let b = InProc::start();
+    let r1 = b.publish("1111111111111111111111111111111111111111", true, "built\n");
+    let dev = Dev::new(1, "pi-kitchen");
+    let reg = b.register(&dev, "home");
+    assert_eq!(reg["fleet"], "demo");
+    assert_eq!(reg["device"], dev.id().to_string());
+    assert_eq!(reg["target_sequence"], r1.sequence);
+    assert_eq!(reg["bootstrap_url"], "/api/v1/fleets/demo/bootstrap");
+    // The trust root handed over is the fleet's signed one.
+    let served = b.get("/api/v1/fleets/demo/trust-root").body;
+    assert_eq!(reg["trust_root"], hex(&served));
+
+    let d = b.get_json(&format!("/api/v1/devices/{}", dev.id()));
+    assert_eq!(d["name"], "pi-kitchen");
+    assert_eq!(d["site"], "home");
+    assert_eq!(d["arch"], "amd64");
+    assert!(d["last_seen"].is_null());
+    assert!(d["current_sequence"].is_null());
+
+    for (i, state) in [
+        DeviceState::Staged,
+        DeviceState::Applying,
+        DeviceState::Healthy,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = b.post_report(&dev, &dev.report(&r1, state, 100 + i as u64));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["updated"], true);
+    }
+    let d = b.get_json(&format!("/api/v1/devices/{}", dev.id()));
+    assert_eq!(d["state"], "healthy");
+    assert_eq!(d["current_sequence"], r1.sequence);
+    assert_eq!(d["detail"], "pi-kitchen is healthy");
+    assert!(d["last_seen"].as_i64().unwrap() >= now() as i64 - 5);
+
+    // An older report (earlier device time) does not move the state back.
+    let r = b.post_report(
+        &dev,
+        &dev.report_at(&r1, DeviceState::Applying, 999, now() - 60),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["updated"], false);
+    let d = b.get_json(&format!("/api/v1/devices/{}", dev.id()));
+    assert_eq!(d["state"], "healthy");
+
+    // Device counts per release in the releases list.
+    let list = b.get_json("/api/v1/fleets/demo/releases");
+    assert_eq!(list["releases"][0]["device_count"], 1);
+    let progress = b.get_json(&format!("/api/v1/releases/{}/devices", r1.id));
+    let wave = progress["devices"][0]["wave"].as_u64().unwrap() as usize;
+    assert_eq!(progress["devices"][0]["state"], "healthy");
+    assert_eq!(progress["waves"][wave]["healthy"], 1);
+    assert_eq!(progress["waves"].as_array().unwrap().len(), 4);
+
+    // A failed second release rolled back: the device is on release 1 again.
+    let r2 = b.publish("2222222222222222222222222222222222222222", true, "built\n");
+    b.post_report(&dev, &dev.report(&r2, DeviceState::Healthy, 7));
+    assert_eq!(
+        b.get_json(&format!("/api/v1/devices/{}", dev.id()))["current_sequence"],
+        r2.sequence
+    );
+    let r = b.post_report(&dev, &dev.report(&r2, DeviceState::RolledBack, 8));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = b.get_json(&format!("/api/v1/devices/{}", dev.id()));
+    assert_eq!(d["state"], "rolled_back");
+    assert_eq!(d["report_sequence"], r2.sequence);
+    assert_eq!(d["current_sequence"], r1.sequence);
+    let list = b.get_json("/api/v1/fleets/demo/devices");
+    assert_eq!(list["devices"].as_array().unwrap().len(), 1);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn registrations_are_refused_without_the_key_a_signature_or_with_a_taken_name() {
+    let b = InProc::start();
+    let dev = Dev::new(1, "a");
+    let good = |d: &Dev, key: &str, name: &str, arch: &str| {
+        serde_json::to_value(shoal_builder::registry::sign_registration(
+            &d.key,
+            key,
+            name,
+            "",
+            arch,
+            "generic-amd64",
+        ))
+        .unwrap()
+    };
+    let post = |v: serde_json::Value| b.send_json("POST", "/api/v1/devices/register", None, v);
+
+    let r = post(good(&dev, "shoalprov_wrong", "a", "amd64"));
+    assert_eq!(r.status, 401, "{}", r.text());
+    // Signed by another key than the one it names.
+    let mut forged = good(&Dev::new(2, "x"), &b.provisioning_key, "a", "amd64");
+    forged["device"] = serde_json::json!(dev.id().to_string());
+    assert_eq!(post(forged).status, 403);
+    // Signed, then a field changed.
+    let mut changed = good(&dev, &b.provisioning_key, "a", "amd64");
+    changed["name"] = serde_json::json!("b");
+    assert_eq!(post(changed).status, 403);
+    assert_eq!(
+        post(good(&dev, &b.provisioning_key, "a", "aarch64")).status,
+        422
+    );
+    assert_eq!(
+        post(good(&dev, &b.provisioning_key, "<script>", "amd64")).status,
+        422
+    );
+    assert_eq!(post(serde_json::json!({"name": 1})).status, 400);
+    let devices = b.get_json("/api/v1/fleets/demo/devices");
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 0);
+
+    b.register(&dev, "");
+    let r = post(good(
+        &Dev::new(3, "other"),
+        &b.provisioning_key,
+        "a",
+        "amd64",
+    ));
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Re-registering the same key updates its labels.
+    b.register(&Dev::new(1, "a2"), "lab");
+    let devices = b.get_json("/api/v1/fleets/demo/devices");
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(devices["devices"][0]["name"], "a2");
+    assert_eq!(devices["devices"][0]["site"], "lab");
+}
+
+#[test]
+fn reports_that_are_forged_replayed_stale_or_for_another_release_change_nothing() {
+    let b = InProc::start();
+    let r1 = b.publish("1111111111111111111111111111111111111111", true, "");
+    let dev = Dev::new(1, "a");
+    let other = Dev::new(2, "b");
+    b.register(&dev, "");
+    let ok = b.post_report(&dev, &dev.report(&r1, DeviceState::Staged, 1));
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let before = b.get_json(&format!("/api/v1/devices/{}", dev.id()));
+
+    // Unregistered device.
+    let r = b.post_report(&other, &other.report(&r1, DeviceState::Healthy, 2));
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A registered device's URL, another device's signature.
+    let r = b.request(
+        "POST",
+        &format!("/api/v1/devices/{}/status", dev.id()),
+        None,
+        &other.report(&r1, DeviceState::Healthy, 3),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Claims to be `dev` but signed by another key.
+    let mut forged: shoal_protocol::Envelope =
+        shoal_protocol::encoding::decode(&dev.report(&r1, DeviceState::Healthy, 4)).unwrap();
+    let imposter = SigningKey::from_bytes(&[9; 32]);
+    forged.signatures.clear();
+    forged.add_signature("status-report", &imposter);
+    let r = b.post_report(&dev, &shoal_protocol::encoding::encode(&forged));
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Wrong manifest digest for the sequence.
+    let mut wrong = r1;
+    wrong.digest = shoal_protocol::Digest::of(b"another manifest");
+    let r = b.post_report(&dev, &dev.report(&wrong, DeviceState::Healthy, 5));
+    assert_eq!(r.status, 422, "{}", r.text());
+    // A release that does not exist.
+    let mut missing = r1;
+    missing.sequence = 42;
+    let r = b.post_report(&dev, &dev.report(&missing, DeviceState::Healthy, 6));
+    assert_eq!(r.status, 422, "{}", r.text());
+    // Stale, and from the future.
+    let r = b.post_report(
+        &dev,
+        &dev.report_at(&r1, DeviceState::Healthy, 7, now() - 3600),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = b.post_report(
+        &dev,
+        &dev.report_at(&r1, DeviceState::Healthy, 8, now() + 3600),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    // Garbage.
+    assert_eq!(b.post_report(&dev, b"not an envelope").status, 400);
+    // A replay of the accepted report (same nonce).
+    let r = b.post_report(&dev, &dev.report(&r1, DeviceState::Staged, 1));
+    assert_eq!(r.status, 409, "{}", r.text());
+    // A replay with a new state is a new signature; the same nonce still gives it away.
+    let r = b.post_report(&dev, &dev.report(&r1, DeviceState::Healthy, 1));
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    let after = b.get_json(&format!("/api/v1/devices/{}", dev.id()));
+    assert_eq!(before, after);
+    assert_eq!(
+        b.get(&format!("/api/v1/devices/{}", other.id())).status,
+        404,
+        "an unregistered device must not be created"
+    );
+}
+
+#[test]
+fn a_device_that_reports_too_often_is_slowed_down() {
+    let b = InProc::start();
+    let r1 = b.publish("1111111111111111111111111111111111111111", true, "");
+    let dev = Dev::new(1, "a");
+    b.register(&dev, "");
+    let mut statuses = Vec::new();
+    for n in 0..(shoal_builder::registry::RATE_BURST as u64 + 5) {
+        statuses.push(
+            b.post_report(&dev, &dev.report(&r1, DeviceState::Staged, 1000 + n))
+                .status,
+        );
+    }
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        accepted >= shoal_builder::registry::RATE_BURST as usize,
+        "{statuses:?}"
+    );
+    assert!(limited >= 1, "{statuses:?}");
+    // Another device is not affected.
+    let dev2 = Dev::new(2, "b");
+    b.register(&dev2, "");
+    let r = b.post_report(&dev2, &dev2.report(&r1, DeviceState::Staged, 1));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
