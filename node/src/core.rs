@@ -67,6 +67,7 @@ mod fetch;
 mod gossip;
 mod manifest;
 mod node;
+mod peermap;
 mod peers;
 mod persist;
 mod release;

@@ -178,6 +178,7 @@ impl Node {
             Err(FetchError::Busy) => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.backoff_until = self.now.plus_ms(self.config.busy_backoff_ms);
+                    self.backoff_horizon = self.backoff_horizon.max(p.backoff_until);
                 }
             }
             Err(FetchError::Timeout) => {

@@ -12,8 +12,6 @@
 //! early at a candidate that cannot be beaten. With fewer candidates than `sample` this is exact
 //! rarest-first with a random tie-break; above, it is sampled rarest-first at a bounded cost.
 
-use std::collections::BTreeMap;
-
 use super::bitfield::Bitfield;
 use super::rng::Rng;
 use super::types::{Instant, PeerId};
@@ -109,7 +107,7 @@ pub(crate) struct Scheduler {
     need: Bitfield,
     count_any: Vec<u16>,
     count_local: Vec<u16>,
-    peer_have: BTreeMap<PeerId, Avail>,
+    peer_have: super::peermap::PeerMap<Avail>,
     pub(crate) in_flight: Vec<InFlight>,
 }
 
@@ -132,7 +130,7 @@ impl Scheduler {
             need,
             count_any: vec![0; len as usize],
             count_local: vec![0; len as usize],
-            peer_have: BTreeMap::new(),
+            peer_have: super::peermap::PeerMap::default(),
             in_flight: Vec::new(),
         }
     }

@@ -212,7 +212,7 @@ pub struct Node {
     pub(super) committed: Option<ReleaseSeq>,
     pub(super) committed_release: Option<Arc<Release>>,
     pub(super) cur: Option<Current>,
-    pub(super) peers: BTreeMap<PeerId, Peer>,
+    pub(super) peers: super::peermap::PeerMap<Peer>,
     /// Peers in preference order: class, RTT, id.
     pub(super) order: Vec<PeerId>,
     pub(super) banned: BTreeMap<PeerId, Instant>,
@@ -225,6 +225,9 @@ pub struct Node {
     pub(super) uploads: u32,
     /// Other devices of this node's site, connected or not (sorted).
     pub(super) site_members: Vec<PeerId>,
+    /// The latest `backoff_until` ever set: before it, [`Node::poll_timeout`] looks for the
+    /// next peer to come out of backoff; after it, no peer is in backoff.
+    pub(super) backoff_horizon: Instant,
 }
 
 impl Node {
@@ -245,7 +248,7 @@ impl Node {
             committed: None,
             committed_release: None,
             cur: None,
-            peers: BTreeMap::new(),
+            peers: super::peermap::PeerMap::default(),
             order: Vec::new(),
             banned: BTreeMap::new(),
             pending_control: None,
@@ -253,6 +256,7 @@ impl Node {
             resume_from: None,
             uploads: 0,
             site_members: Vec::new(),
+            backoff_horizon: Instant::ZERO,
         }
     }
 
@@ -419,7 +423,9 @@ impl Node {
             {
                 at(cur.last_progress.plus_ms(self.config.idle_fallback_ms));
             }
-            if matches!(cur.phase, Phase::Fetching | Phase::FetchingManifest) {
+            if matches!(cur.phase, Phase::Fetching | Phase::FetchingManifest)
+                && self.backoff_horizon > self.now
+            {
                 for p in self.peers.values() {
                     if p.backoff_until > self.now {
                         at(p.backoff_until);

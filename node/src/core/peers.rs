@@ -201,6 +201,7 @@ impl Node {
         }
         let delay = base.saturating_mul(1 << (p.failures - 1).min(20)).min(max);
         p.backoff_until = now.plus_ms(delay);
+        self.backoff_horizon = self.backoff_horizon.max(p.backoff_until);
     }
 
     // ----- availability -----
