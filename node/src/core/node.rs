@@ -93,7 +93,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: 16 GiB quota, 64 peers, 4 fetches per peer (plus one per 10 ms of RTT) and 64
+    /// Defaults: 16 GiB quota, 64 peers, 2 fetches per peer (plus one per 10 ms of RTT) and 64
     /// overall, 5 s minimum deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
     /// (100 ms after Busy), 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
     /// after 500 ms, 16 uploads, the origin serves each chunk once (up to 8 times while it has
@@ -106,7 +106,7 @@ impl Config {
             site: None,
             store_quota_bytes: 16 << 30,
             max_peers: 64,
-            max_in_flight_per_peer: 4,
+            max_in_flight_per_peer: 2,
             max_in_flight_total: 64,
             fetch_timeout_ms: 5_000,
             min_rate_bytes_per_s: 64 * 1024,
