@@ -26,6 +26,7 @@ impl Node {
                     .into_iter()
                     .flatten()
                     .any(|(_, seen)| seen == b),
+                GossipMessage::TrustRoot(_) => false,
             };
             if seen {
                 return Verdict::Ignore;
@@ -34,6 +35,7 @@ impl Node {
         match msg {
             GossipMessage::Announcement(b) => self.on_announcement(from, b),
             GossipMessage::WaveControl(b) => self.on_wave_control(b),
+            GossipMessage::TrustRoot(b) => self.on_trust_root(b),
         }
     }
 

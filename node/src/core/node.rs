@@ -228,6 +228,10 @@ pub struct Node {
     /// The latest `backoff_until` ever set: before it, [`Node::poll_timeout`] looks for the
     /// next peer to come out of backoff; after it, no peer is in backoff.
     pub(super) backoff_horizon: Instant,
+    /// Rotation envelopes accepted after the configured trust root, oldest first.
+    pub(super) trust_chain: Vec<Vec<u8>>,
+    /// The wall clock never reads below this (the last snapshot's time on resume).
+    pub(super) wall_floor: UnixTime,
 }
 
 impl Node {
@@ -257,6 +261,8 @@ impl Node {
             uploads: 0,
             site_members: Vec::new(),
             backoff_horizon: Instant::ZERO,
+            trust_chain: Vec::new(),
+            wall_floor: UnixTime(0),
         }
     }
 
@@ -270,6 +276,8 @@ impl Node {
         node.applied = snapshot.applied;
         node.committed = snapshot.committed;
         node.resume_from = snapshot.release;
+        node.wall_floor = snapshot.saved_at;
+        node.resume_trust(&snapshot.trust_chain);
         node
     }
 
@@ -391,6 +399,7 @@ impl Node {
                 phase: c.phase,
             }),
             saved_at: self.wall_now().unwrap_or_default(),
+            trust_chain: self.trust_chain.clone(),
         }
     }
 
@@ -538,6 +547,7 @@ impl Node {
     }
 
     pub(super) fn on_wall_clock(&mut self, t: UnixTime) {
+        let t = self.floor_wall_clock(t);
         self.wall = Some((t, self.now));
         if let Some(snap) = self.resume_from.take() {
             self.restore(snap);

@@ -116,8 +116,16 @@ impl Node {
             },
         );
         self.reorder();
+        let trust: Vec<Vec<u8>> = self.trust_sync().collect();
+        if self.cur.is_none() && !trust.is_empty() {
+            self.outputs.push_back(Output::SyncGossip {
+                peer,
+                messages: trust.clone(),
+            });
+        }
         if let Some(cur) = &self.cur {
-            let mut messages = vec![GossipMessage::Announcement(cur.ann_bytes.clone()).encode()];
+            let mut messages = trust;
+            messages.push(GossipMessage::Announcement(cur.ann_bytes.clone()).encode());
             messages.extend(
                 cur.waves
                     .controls()

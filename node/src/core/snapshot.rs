@@ -52,8 +52,11 @@ pub struct Snapshot {
     pub committed: Option<ReleaseSeq>,
     /// The current release, if any.
     pub release: Option<ReleaseSnapshot>,
-    /// Wall-clock time when the snapshot was made.
+    /// Wall-clock time when the snapshot was made; the node's clock never reads below it.
     pub saved_at: UnixTime,
+    /// Trust-root rotation envelopes accepted after the configured root, oldest first; walked
+    /// again on resume.
+    pub trust_chain: Vec<Vec<u8>>,
 }
 
 /// The current release inside a [`Snapshot`].
@@ -76,6 +79,10 @@ impl Wire for Snapshot {
     const KIND: &'static str = "node-snapshot";
     const MAX_BYTES: usize = 17 * 1024 * 1024;
     fn validate(&self) -> Result<(), LimitError> {
-        Ok(())
+        shoal_protocol::encoding::limit(
+            "trust chain",
+            self.trust_chain.len(),
+            super::rotation::MAX_TRUST_CHAIN,
+        )
     }
 }

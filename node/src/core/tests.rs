@@ -1,6 +1,7 @@
 //! Unit tests of the core, driven through a small harness.
 
 mod activation;
+mod attacks;
 mod fetching;
 mod harness;
 mod purity;

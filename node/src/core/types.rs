@@ -134,19 +134,23 @@ pub enum GossipMessage {
     Announcement(Vec<u8>),
     /// Tag 2: a signed [`shoal_protocol::WaveControl`] envelope (encoded bytes).
     WaveControl(Vec<u8>),
+    /// Tag 3: the signed envelope of the fleet's next [`shoal_protocol::TrustRoot`] version.
+    TrustRoot(Vec<u8>),
 }
 
 impl GossipMessage {
     const ANNOUNCEMENT: u8 = 1;
     const WAVE_CONTROL: u8 = 2;
-    /// Largest gossip message, in bytes.
-    pub const MAX_BYTES: usize = 1 + shoal_protocol::Announcement::MAX_SIGNED_BYTES;
+    const TRUST_ROOT: u8 = 3;
+    /// Largest gossip message, in bytes (a signed trust root is the largest kind).
+    pub const MAX_BYTES: usize = 1 + super::rotation::MAX_TRUST_ROOT_SIGNED_BYTES;
 
     /// The bytes to publish.
     pub fn encode(&self) -> Vec<u8> {
         let (tag, body) = match self {
             GossipMessage::Announcement(b) => (Self::ANNOUNCEMENT, b),
             GossipMessage::WaveControl(b) => (Self::WAVE_CONTROL, b),
+            GossipMessage::TrustRoot(b) => (Self::TRUST_ROOT, b),
         };
         let mut out = Vec::with_capacity(1 + body.len());
         out.push(tag);
@@ -164,6 +168,7 @@ impl GossipMessage {
         match tag {
             Self::ANNOUNCEMENT => Some(GossipMessage::Announcement(body.to_vec())),
             Self::WAVE_CONTROL => Some(GossipMessage::WaveControl(body.to_vec())),
+            Self::TRUST_ROOT => Some(GossipMessage::TrustRoot(body.to_vec())),
             _ => None,
         }
     }
@@ -428,6 +433,11 @@ pub enum Event {
     Halted {
         /// The release.
         sequence: ReleaseSeq,
+    },
+    /// The fleet's trust root was rotated to `version`.
+    TrustRotated {
+        /// The new version.
+        version: u64,
     },
 }
 

@@ -172,6 +172,7 @@ fn never_applies_at_or_below_the_highest_applied() {
         committed: None,
         release: None,
         saved_at: TEST_EPOCH,
+        trust_chain: Vec::new(),
     };
     h.node = Node::resume(h.fleet.config(1), snap, 9);
     h.input(Input::WallClock(TEST_EPOCH));
