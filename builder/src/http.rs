@@ -133,6 +133,7 @@ pub fn router(s: Server) -> Router {
         .route("/chunks/{digest}", get(chunk))
         .merge(crate::registry::routes())
         .merge(crate::operator::routes())
+        .merge(crate::dashboard::routes())
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(s)
 }

@@ -20,6 +20,8 @@ pub mod compose;
 #[cfg(feature = "server")]
 pub mod context;
 #[cfg(feature = "server")]
+pub mod dashboard;
+#[cfg(feature = "server")]
 pub mod db;
 #[cfg(feature = "server")]
 pub mod dockerignore;

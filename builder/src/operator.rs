@@ -115,7 +115,7 @@ pub async fn authorize(s: &Server, headers: &HeaderMap, role: Role) -> Result<St
         Role::Push => "a token is required",
     };
     let Some(token) = crate::githttp::basic_token(headers) else {
-        return Err(crate::githttp::unauthorized(what));
+        return Err(unauthorized(what));
     };
     match s.app.token_identity(&token).await {
         Ok(Some((name, have))) => {
@@ -128,9 +128,20 @@ pub async fn authorize(s: &Server, headers: &HeaderMap, role: Role) -> Result<St
                 Ok(name)
             }
         }
-        Ok(None) => Err(crate::githttp::unauthorized("invalid token")),
+        Ok(None) => Err(unauthorized("invalid token")),
         Err(e) => Err(internal(e)),
     }
+}
+
+/// 401 with a Bearer challenge (a Basic one would make browsers prompt for a password over the
+/// dashboard's own requests).
+fn unauthorized(message: &str) -> Response {
+    let mut r = json_error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer realm=\"shoal\""),
+    );
+    r
 }
 
 /// One change of an audited action.
