@@ -16,6 +16,8 @@
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
 pub mod compose;
 #[cfg(feature = "server")]
 pub mod context;

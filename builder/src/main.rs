@@ -47,6 +47,16 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// A running builder's releases (over its HTTP API).
+    Releases {
+        #[command(subcommand)]
+        command: shoal_builder::cli::ReleasesCommand,
+    },
+    /// A running builder's devices (over its HTTP API).
+    Devices {
+        #[command(subcommand)]
+        command: shoal_builder::cli::DevicesCommand,
+    },
     /// Git hooks (run by git, not by people).
     Hook {
         #[command(subcommand)]
@@ -116,6 +126,28 @@ fn main() -> anyhow::Result<()> {
     {
         std::process::exit(shoal_builder::hook::client_main());
     }
+    // The operator CLI talks HTTP and needs no runtime.
+    let remote = match cli.command {
+        Command::Releases { command } => Some(shoal_builder::cli::releases(
+            command,
+            &mut std::io::stdout().lock(),
+        )),
+        Command::Devices { command } => Some(shoal_builder::cli::devices(
+            command,
+            &mut std::io::stdout().lock(),
+        )),
+        other => {
+            return run_server(other);
+        }
+    };
+    if let Some(Err(e)) = remote {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn run_server(command: Command) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -123,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
-    rt.block_on(run(cli.command))
+    rt.block_on(run(command))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -220,6 +252,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Hook { .. } => unreachable!("handled before the runtime starts"),
+        Command::Hook { .. } | Command::Releases { .. } | Command::Devices { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
