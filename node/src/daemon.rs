@@ -4,7 +4,7 @@
 //! do); the [`Handle`] it returns reads status, seeds and publishes releases, and stops it.
 //!
 //! - [`identity`]: the device key (Shoal device id, libp2p peer id, QUIC certificate key).
-//! - [`config`]: the TOML configuration file.
+//! - [`config`]: the TOML configuration file; [`launch`]: from it to a running daemon.
 //! - [`quic`]: the data plane's QUIC endpoint, authenticated by the device key.
 //! - [`transfer`]: the chunk request/response protocol, pipelined on QUIC streams.
 //! - [`peer`]: the per-connection control stream (hello, bitfields, HAVEs, missed gossip).
@@ -13,17 +13,20 @@
 //! - [`state`]: atomic state files.
 //! - [`metrics`]: counters by peer class and the Prometheus text format.
 //! - [`local`]: the metrics endpoint and the control socket.
+//! - [`runtime`]: the Docker Engine runtime that activates releases.
 //! - `driver`: the event loop mapping core outputs to effects.
 
 pub mod config;
 mod driver;
 mod handle;
 pub mod identity;
+pub mod launch;
 pub mod local;
 pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod quic;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod transfer;

@@ -4,6 +4,8 @@
 //! - `shoal-node run --config FILE` runs the daemon.
 //! - `shoal-node status --config FILE [--json]` asks the running daemon through its control
 //!   socket.
+//! - `shoal-node lock-override --config FILE` lets the next update go ahead although the
+//!   update lock file is held (see `shoal_node::daemon::runtime`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoal_node::daemon::config::FileConfig;
 use shoal_node::daemon::identity::DeviceKey;
-use shoal_node::daemon::{Builder, Status, local};
-use shoal_protocol::{Envelope, TrustRoot, encoding};
+use shoal_node::daemon::{Status, launch, local, runtime};
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal-node", version, about = "Shoal device daemon")]
@@ -38,6 +39,12 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Let the next update restart services although the update lock is held.
+    LockOverride {
+        /// The configuration file of the daemon.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Show the running daemon's status.
     Status {
         /// The configuration file of the daemon to ask.
@@ -55,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Init { key, config } => init(key, config),
         Cmd::Run { config } => run(&config),
         Cmd::Status { config, json } => status(&config, json),
+        Cmd::LockOverride { config } => lock_override(&config),
     }
 }
 
@@ -75,15 +83,6 @@ fn init(key: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_trust(path: &Path) -> anyhow::Result<TrustRoot> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read trust root {}", path.display()))?;
-    let envelope: Envelope = encoding::decode(&bytes)
-        .with_context(|| format!("trust root {} is not an encoded envelope", path.display()))?;
-    TrustRoot::open_initial(&envelope)
-        .with_context(|| format!("trust root {} does not verify", path.display()))
-}
-
 fn run(config: &Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -93,34 +92,9 @@ fn run(config: &Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cfg = FileConfig::load(config)?;
-    let key = DeviceKey::load(&cfg.key_path())?;
-    let trust = load_trust(&cfg.trust_root)?;
-    anyhow::ensure!(
-        trust.fleet == cfg.fleet,
-        "trust root {} is for fleet {:?}, config says {:?}",
-        cfg.trust_root.display(),
-        trust.fleet,
-        cfg.fleet
-    );
-    let parse = |addrs: &[String]| -> anyhow::Result<Vec<libp2p::Multiaddr>> {
-        addrs
-            .iter()
-            .map(|a| a.parse().with_context(|| format!("bad multiaddr {a:?}")))
-            .collect()
-    };
-    let builder = Builder::new(key, trust, &cfg.data_dir)
-        .arch(cfg.arch.clone())
-        .site(cfg.site.clone())
-        .listen(parse(&cfg.listen)?)
-        .data_listen(cfg.data_listen)
-        .bootstrap(parse(&cfg.bootstrap)?)
-        .store_quota_bytes(cfg.store_quota_bytes)
-        .mdns(cfg.mdns)
-        .metrics(cfg.metrics)
-        .control_socket(true);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let handle = builder.start().await?;
+        let handle = launch::launch(&cfg).await?;
         tracing::info!(
             device = %handle.device_id(),
             data = %handle.data_addr(),
@@ -133,6 +107,28 @@ fn run(config: &Path) -> anyhow::Result<()> {
         handle.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+fn lock_override(config: &Path) -> anyhow::Result<()> {
+    let cfg = FileConfig::load(config)?;
+    let path = runtime::lock_override_path(&cfg.data_dir);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&path, b"override\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    match &cfg.runtime.update_lock {
+        Some(lock) => eprintln!(
+            "the next update goes ahead although {} is held ({} is removed once used)",
+            lock.display(),
+            path.display()
+        ),
+        None => eprintln!(
+            "no update lock is configured; {} written anyway",
+            path.display()
+        ),
+    }
+    Ok(())
 }
 
 fn status(config: &Path, json: bool) -> anyhow::Result<()> {
@@ -180,6 +176,16 @@ fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         "store    {} / {} bytes; in {} out {} bytes",
         s.store_bytes, s.store_quota_bytes, s.bytes_in, s.bytes_out
     );
+    println!("services {}", s.services.len());
+    for svc in &s.services {
+        println!(
+            "  {} release {} {} ({})",
+            svc.service,
+            svc.release.map_or("-".into(), |r| r.to_string()),
+            svc.state,
+            svc.container
+        );
+    }
     println!("peers    {} ({} banned)", s.peers.len(), s.banned_peers);
     for p in &s.peers {
         println!(

@@ -141,17 +141,22 @@ impl TestFleet {
             services,
             rollout: plan,
         };
+        self.release_of(manifest)
+    }
+
+    /// Signs `manifest` with the release key and announces it.
+    pub fn release_of(&self, manifest: ReleaseManifest) -> TestRelease {
         let manifest_bytes: Arc<[u8]> =
             encoding::encode(&Envelope::seal(&manifest, &[&self.release_key])).into();
         let chunks = manifest.unique_chunks();
         let announcement = Announcement {
             fleet: self.fleet.clone(),
-            sequence: ReleaseSeq(sequence),
-            arch: TEST_ARCH.to_string(),
+            sequence: manifest.sequence,
+            arch: manifest.arch.clone(),
             manifest_digest: Digest::of(&manifest_bytes),
             manifest_size: manifest_bytes.len() as u64,
             release_bytes: chunks.iter().map(|c| u64::from(c.size)).sum(),
-            expires,
+            expires: manifest.expires,
         };
         let announcement_gossip = self.announce(&announcement);
         TestRelease {

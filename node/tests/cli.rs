@@ -18,7 +18,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A configuration with `extra` appended; without a `[runtime]` table in `extra`, the node
+/// stages only (these tests do not need a Docker Engine).
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let runtime = if extra.contains("[runtime]") {
+        ""
+    } else {
+        "[runtime]\nkind = \"stage-only\"\n"
+    };
     let fleet = TestFleet::new("cli");
     let root = dir.join("root.bin");
     std::fs::write(
@@ -31,7 +38,7 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
         &cfg,
         format!(
             "data_dir = {:?}\nfleet = \"cli\"\ntrust_root = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\n\
-             data_listen = \"127.0.0.1:0\"\nmdns = false\n{extra}",
+             data_listen = \"127.0.0.1:0\"\nmdns = false\n{extra}{runtime}",
             dir.join("data"),
             root
         ),
@@ -88,6 +95,37 @@ fn missing_malformed_config_and_unreadable_key_are_clear_errors() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn run_without_a_docker_engine_says_so_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[runtime]\nsocket = \"/nonexistent/docker.sock\"\n",
+    );
+    let init = shoal_node(&["init", "--config", cfg.to_str().unwrap()]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let out = shoal_node(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no Docker Engine reachable at /nonexistent/docker.sock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn lock_override_writes_the_override_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[runtime]\nkind = \"stage-only\"\nupdate_lock = \"/tmp/x.lock\"\n",
+    );
+    let out = shoal_node(&["lock-override", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/tmp/x.lock"), "{}", stderr(&out));
+    assert!(shoal_node::daemon::runtime::lock_override_path(&dir.path().join("data")).exists());
 }
 
 #[test]

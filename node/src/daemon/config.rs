@@ -13,6 +13,11 @@
 //! store_quota_bytes = 17179869184
 //! mdns = true
 //! metrics = "127.0.0.1:9464"            # Prometheus text endpoint; omit to disable
+//!
+//! [runtime]                             # see `runtime::RuntimeConfig`; all keys optional
+//! kind = "docker"                       # or "stage-only"
+//! update_lock = "/tmp/shoal/updates.lock"
+//! health_window_ms = 10000
 //! ```
 
 use std::net::SocketAddr;
@@ -58,6 +63,9 @@ pub struct FileConfig {
     /// The Prometheus endpoint's address.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// How releases are activated (default: the Docker Engine).
+    #[serde(default)]
+    pub runtime: super::runtime::RuntimeConfig,
 }
 
 fn default_arch() -> String {
@@ -148,6 +156,18 @@ impl FileConfig {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| invalid(format!("{addr:?} is not a multiaddr: {e}")))?;
         }
+        if cfg.runtime.prefix.is_empty()
+            || cfg.runtime.prefix.len() > 32
+            || !cfg
+                .runtime
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(invalid(
+                "runtime.prefix must be 1 to 32 lowercase letters, digits or '-'".into(),
+            ));
+        }
         if cfg.store_quota_bytes == 0 {
             return Err(invalid("store_quota_bytes must be positive".into()));
         }
@@ -182,6 +202,36 @@ mod tests {
         assert!(cfg.mdns);
         assert_eq!(cfg.data_listen.port(), 7401);
         assert_eq!(cfg.metrics, None);
+        assert_eq!(
+            cfg.runtime.kind,
+            crate::daemon::runtime::RuntimeKind::Docker
+        );
+    }
+
+    #[test]
+    fn runtime_section_parses_and_typos_are_errors() {
+        let p = Path::new("t.toml");
+        let base = "data_dir = \"/d\"\nfleet = \"f\"\ntrust_root = \"/r\"\n";
+        let cfg = FileConfig::parse(
+            p,
+            &format!(
+                "{base}[runtime]\nkind = \"stage-only\"\nupdate_lock = \"/l\"\nhealth_window_ms = 5\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.runtime.kind,
+            crate::daemon::runtime::RuntimeKind::StageOnly
+        );
+        assert_eq!(cfg.runtime.update_lock, Some(PathBuf::from("/l")));
+        assert_eq!(cfg.runtime.health_window_ms, 5);
+        assert_eq!(cfg.runtime.stop_timeout_s, 10);
+        let err =
+            FileConfig::parse(p, &format!("{base}[runtime]\nhealth_windw_ms = 5\n")).unwrap_err();
+        assert!(err.to_string().contains("health_windw_ms"), "{err}");
+        let err =
+            FileConfig::parse(p, &format!("{base}[runtime]\nprefix = \"Bad/Name\"\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
     }
 
     #[test]

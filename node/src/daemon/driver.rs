@@ -178,6 +178,13 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
         Some(s) => core::Node::resume(config, s, b.seed),
         None => core::Node::new(config, b.seed),
     };
+    if !b.origin {
+        // Back to the committed release before anything else happens (a crash may have
+        // interrupted an apply); the core then reports the interrupted release as failed.
+        if let Err(e) = b.runtime.recover(node.committed(), store.clone()).await {
+            tracing::error!(error = %e, "runtime recovery failed");
+        }
+    }
 
     let endpoint = super::quic::endpoint(&b.key, b.data_listen)?;
     let data_addr = endpoint.local_addr().map_err(|source| StartError::Bind {

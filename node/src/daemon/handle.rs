@@ -40,6 +40,20 @@ pub trait Runtime: Send + Sync + 'static {
     fn health(&self, sequence: ReleaseSeq) -> BoxFuture<(bool, String)>;
     /// Returns to the committed release `to`.
     fn rollback(&self, from: ReleaseSeq, to: Option<ReleaseSeq>) -> BoxFuture<()>;
+    /// Called once when the daemon starts, before any release is applied, with the committed
+    /// release of the saved state: finishes or undoes whatever a crash interrupted, so the
+    /// device runs `committed` again. The default does nothing.
+    fn recover(
+        &self,
+        _committed: Option<ReleaseSeq>,
+        _store: Arc<Store>,
+    ) -> BoxFuture<Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The service containers the runtime runs now (for `shoal-node status`). The default: none.
+    fn services(&self) -> Vec<super::runtime::ServiceStatus> {
+        Vec::new()
+    }
 }
 
 /// A runtime that starts nothing: activation succeeds once every chunk of the release reads
@@ -192,6 +206,9 @@ pub struct Status {
     pub bytes_in: u64,
     /// Chunk bytes sent.
     pub bytes_out: u64,
+    /// The service containers running (Docker runtime).
+    #[serde(default)]
+    pub services: Vec<super::runtime::ServiceStatus>,
 }
 
 impl Status {

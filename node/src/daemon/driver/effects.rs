@@ -421,6 +421,7 @@ impl Driver {
             store_quota_bytes: self.store.quota_bytes(),
             bytes_in: self.counters.total_in(),
             bytes_out: self.counters.total_out(),
+            services: self.runtime.services(),
         };
         self.status_tx.send_if_modified(|s| {
             if *s == status {
