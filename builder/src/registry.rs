@@ -387,6 +387,32 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Records the reports the origin nodes received and verified, until `reports` closes.
+    /// Reports from unregistered devices and replays (the same report also posted over HTTP)
+    /// are dropped.
+    pub async fn follow(
+        self: std::sync::Arc<Self>,
+        app: std::sync::Arc<App>,
+        mut reports: tokio::sync::broadcast::Receiver<StatusReport>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match reports.recv().await {
+                Ok(r) => {
+                    if let Err(e) = self.record(&app, &r, crate::app::now_s()).await {
+                        tracing::debug!(device = %r.device.short(), "report not recorded: {e}");
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!("the registry missed {n} device reports (too many at once)");
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
 impl App {
     /// Creates a provisioning key for `fleet`; returns it (shown once; its hash is stored).
     pub async fn create_provisioning_key(&self, fleet: &str) -> Result<String, ProvisionError> {

@@ -236,3 +236,39 @@ fn a_device_that_reports_too_often_is_slowed_down() {
     let r = b.post_report(&dev2, &dev2.report(&r1, DeviceState::Staged, 1));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn reports_the_origin_verified_update_the_registry_too() {
+    let b = InProc::start();
+    let r1 = b.publish("1111111111111111111111111111111111111111", true, "");
+    let dev = Dev::new(1, "a");
+    b.register(&dev, "");
+    let (tx, rx) = tokio::sync::broadcast::channel(8);
+    let registry = std::sync::Arc::new(shoal_builder::registry::Registry::new());
+    b.rt.spawn(registry.follow(b.app.clone(), rx));
+    let signed = dev.report(&r1, DeviceState::Healthy, 77);
+    let env: shoal_protocol::Envelope = shoal_protocol::encoding::decode(&signed).unwrap();
+    let report: shoal_protocol::StatusReport =
+        shoal_protocol::encoding::decode(&env.payload).unwrap();
+    // An unregistered device's report is dropped; the registered one's recorded.
+    let stranger = Dev::new(5, "s");
+    let env: shoal_protocol::Envelope =
+        shoal_protocol::encoding::decode(&stranger.report(&r1, DeviceState::Healthy, 1)).unwrap();
+    tx.send(shoal_protocol::encoding::decode(&env.payload).unwrap())
+        .unwrap();
+    tx.send(report).unwrap();
+    support::wait_for(|| {
+        let d = b.get_json(&format!("/api/v1/devices/{}", dev.id()));
+        (d["state"] == "healthy").then_some(())
+    });
+    assert_eq!(
+        b.get_json(&format!("/api/v1/devices/{}", dev.id()))["current_sequence"],
+        r1.sequence
+    );
+    assert_eq!(
+        b.get(&format!("/api/v1/devices/{}", stranger.id())).status,
+        404
+    );
+    // The same report posted over HTTP afterwards is a replay.
+    assert_eq!(b.post_report(&dev, &signed).status, 409);
+}
