@@ -277,3 +277,37 @@ async fn the_update_lock_defers_restarts_until_released_or_overridden() {
     );
     dev.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_service_without_healthcheck_is_rolled_back() {
+    let Some(env) = Env::new("crashloop").await else {
+        return;
+    };
+    let (dev, rt) = env.device("dev", env.runtime_config()).await;
+    let app = |script: &str| ServiceSettings {
+        restart: Some("always".into()),
+        ..sh(script)
+    };
+    env.publish(&env.release(1, vec![("app", app("exec sleep 3600"))]))
+        .await;
+    committed(&dev, 1).await;
+    env.publish(&env.release(2, vec![("app", app("sleep 0.2; exit 3"))]))
+        .await;
+    let (s, ok) = dev
+        .wait_for(WAIT, |s| {
+            s.target == Some(2) && s.phase.as_deref() == Some("rolled_back")
+        })
+        .await;
+    assert!(ok, "release 2 not rolled back: {s:#?}");
+    assert_eq!(s.committed, Some(1));
+    let mut last = Vec::new();
+    for _ in 0..120 {
+        last = containers(&rt).await;
+        if last == [("app".to_string(), Some(1), "running".to_string())] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(last, [("app".to_string(), Some(1), "running".to_string())]);
+    dev.shutdown().await;
+}
