@@ -22,8 +22,15 @@ impl Node {
         let chunk = release.chunks[index as usize];
         let sequence = cur.ann.sequence;
         let deadline = self.deadline_for(u64::from(chunk.size));
+        let straggle_at = match self.fetch_ms_avg {
+            Some(avg) => self.now.plus_ms(
+                avg.saturating_mul(u64::from(self.config.straggler_factor))
+                    .max(self.config.straggler_min_ms),
+            ),
+            None => deadline,
+        };
         if let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) {
-            s.start(peer, index, deadline);
+            s.start(peer, index, deadline, straggle_at.min(deadline));
         }
         self.outputs.push_back(Output::FetchChunk {
             peer,
@@ -159,6 +166,13 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.failures = 0;
                 }
+                if was_in_flight && stats.bytes > 0 {
+                    // Moving average (1/8) of how long a fetch takes, for straggler times.
+                    let avg = self.fetch_ms_avg.map_or(stats.elapsed_ms, |a| {
+                        (a.saturating_mul(7) + stats.elapsed_ms) / 8
+                    });
+                    self.fetch_ms_avg = Some(avg);
+                }
                 let rate = stats.bytes.saturating_mul(1000) / stats.elapsed_ms.max(1);
                 let slow = stats.elapsed_ms > self.config.fetch_timeout_ms
                     && rate < self.config.min_rate_bytes_per_s;
@@ -172,7 +186,10 @@ impl Node {
             Err(_) if !was_in_flight => {}
             Err(FetchError::TooSlow) => self.drop_peer(peer, DropReason::TooSlow),
             Err(FetchError::NotFound) => {
-                s.peer_lacks(&peer, index);
+                // It advertised the chunk and does not have it: none of its claims is trusted
+                // until it advertises again, so a peer claiming everything stops blocking the
+                // site's imports after one request instead of one per chunk.
+                s.distrust(&peer);
                 self.peer_failed(&peer);
             }
             Err(FetchError::Busy) => {

@@ -32,6 +32,8 @@ pub(crate) struct InFlight {
     pub(crate) peer: PeerId,
     pub(crate) index: u32,
     pub(crate) deadline: Instant,
+    /// When it may be asked of another peer too (a straggler), unless it arrived.
+    pub(crate) straggle_at: Instant,
 }
 
 /// What one peer has, and whether the last pick for it found nothing (until something it has
@@ -109,6 +111,9 @@ pub(crate) struct Scheduler {
     count_local: Vec<u16>,
     peer_have: super::peermap::PeerMap<Avail>,
     pub(crate) in_flight: Vec<InFlight>,
+    /// Chunks in flight that are needed again (their fetch straggles): never asked twice of
+    /// the same peer.
+    again: Bitfield,
 }
 
 impl Scheduler {
@@ -132,6 +137,7 @@ impl Scheduler {
             count_local: vec![0; len as usize],
             peer_have: super::peermap::PeerMap::default(),
             in_flight: Vec::new(),
+            again: Bitfield::new(len),
         }
     }
 
@@ -226,18 +232,8 @@ impl Scheduler {
         }
     }
 
-    /// `peer` turned out not to have chunk `i` after all.
-    pub(crate) fn peer_lacks(&mut self, peer: &PeerId, i: u32) {
-        if let Some(a) = self.peer_have.get_mut(peer)
-            && a.bits.clear(i)
-        {
-            let class = a.class;
-            self.count(class, i, false);
-            self.unexhaust_all();
-        }
-    }
-
-    /// Forgets what `peer` advertised (it failed to deliver in time): its claims no longer keep
+    /// Forgets what `peer` advertised (it failed to deliver in time, or lacked a chunk it
+    /// advertised): its claims no longer keep
     /// this node from importing those chunks elsewhere; new HAVEs from it count again.
     pub(crate) fn distrust(&mut self, peer: &PeerId) {
         self.forget_peer_have(peer);
@@ -288,6 +284,9 @@ impl Scheduler {
     }
 
     fn release_chunk(&mut self, i: u32) {
+        if !self.in_flight.iter().any(|f| f.index == i) {
+            self.again.clear(i);
+        }
         if !self.have.get(i) && !self.in_flight.iter().any(|f| f.index == i) && self.need.set(i) {
             for a in self.peer_have.values_mut() {
                 if a.bits.get(i) {
@@ -359,7 +358,7 @@ impl Scheduler {
             while w != 0 {
                 let i = wi as u32 * 64 + w.trailing_zeros();
                 w &= w - 1;
-                if !self.class_may_serve(*class, i) {
+                if !self.class_may_serve(*class, i) || self.asked_of(peer, i) {
                     continue;
                 }
                 let r = self.count_any[i as usize];
@@ -373,6 +372,45 @@ impl Scheduler {
             }
         }
         best.map(|(_, i)| i)
+    }
+
+    /// Whether chunk `i`, needed again while in flight, is in flight from `peer`.
+    fn asked_of(&self, peer: &PeerId, i: u32) -> bool {
+        self.again.get(i)
+            && self
+                .in_flight
+                .iter()
+                .any(|f| f.index == i && f.peer == *peer)
+    }
+
+    /// Straggler re-requests: every fetch older than its `straggle_at` with fewer than
+    /// `max_copies` copies in flight makes its chunk needed again (it stays in flight), so the
+    /// next pass asks another peer for it; the first copy to arrive cancels the others. A
+    /// trickling peer then delays a chunk by the straggler time instead of the full deadline.
+    /// The straggling peers lose their advertised availability (as on a timeout), so a peer
+    /// that claims everything and trickles stops blocking imports from elsewhere.
+    pub(crate) fn straggle(&mut self, now: Instant, max_copies: usize) {
+        let mut late = Vec::new();
+        for f in &mut self.in_flight {
+            if f.straggle_at <= now {
+                f.straggle_at = Instant(u64::MAX);
+                late.push((f.peer, f.index));
+            }
+        }
+        for (peer, _) in &late {
+            self.forget_peer_have(peer);
+        }
+        for (_, i) in late {
+            let copies = self.in_flight.iter().filter(|f| f.index == i).count();
+            if copies < max_copies && !self.have.get(i) && self.need.set(i) {
+                self.again.set(i);
+                for a in self.peer_have.values_mut() {
+                    if a.bits.get(i) {
+                        a.exhausted = false;
+                    }
+                }
+            }
+        }
     }
 
     /// Endgame: nothing is left to ask for but some chunks are still in flight. Returns the
@@ -410,6 +448,7 @@ impl Scheduler {
 
     /// Removes and returns every remaining fetch of chunk `i` (it arrived from someone else).
     pub(crate) fn take_duplicates(&mut self, i: u32) -> Vec<InFlight> {
+        self.again.clear(i);
         let mut gone = Vec::new();
         self.in_flight.retain(|f| {
             if f.index == i {
@@ -422,12 +461,19 @@ impl Scheduler {
         gone
     }
 
-    pub(crate) fn start(&mut self, peer: PeerId, index: u32, deadline: Instant) {
+    pub(crate) fn start(
+        &mut self,
+        peer: PeerId,
+        index: u32,
+        deadline: Instant,
+        straggle_at: Instant,
+    ) {
         self.need.clear(index);
         self.in_flight.push(InFlight {
             peer,
             index,
             deadline,
+            straggle_at,
         });
     }
 
@@ -444,6 +490,7 @@ impl Scheduler {
     /// Marks chunk `i` stored; returns whether it was new.
     pub(crate) fn store(&mut self, i: u32) -> bool {
         self.need.clear(i);
+        self.again.clear(i);
         self.have.set(i)
     }
 
@@ -464,8 +511,12 @@ impl Scheduler {
         gone
     }
 
+    /// The next fetch deadline or straggler time.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.in_flight.iter().map(|f| f.deadline).min()
+        self.in_flight
+            .iter()
+            .map(|f| f.deadline.min(f.straggle_at))
+            .min()
     }
 
     /// Drops every in-flight fetch (the release was superseded or halted).
@@ -567,6 +618,33 @@ mod tests {
     }
 
     #[test]
+    fn a_straggling_fetch_is_asked_of_another_peer_and_the_first_copy_wins() {
+        let mut rng = Rng::new(1);
+        let mut s = Scheduler::new(Bitfield::new(1));
+        let (slow, other) = (peer(1), peer(2));
+        s.set_peer_have(slow, Class::Local, Bitfield::full(1));
+        s.set_peer_have(other, Class::Local, Bitfield::full(1));
+        assert_eq!(s.pick(&slow, &mut rng, 8), Some(0));
+        s.start(slow, 0, Instant(5_000), Instant(100));
+        assert_eq!(s.pick(&other, &mut rng, 8), None, "in flight: not needed");
+        s.straggle(Instant(99), 2);
+        assert_eq!(s.pick(&other, &mut rng, 8), None, "not late yet");
+        s.straggle(Instant(100), 2);
+        assert_eq!(s.next_deadline(), Some(Instant(5_000)));
+        assert_eq!(
+            s.pick(&slow, &mut rng, 8),
+            None,
+            "never twice from the straggler"
+        );
+        assert_eq!(s.pick(&other, &mut rng, 8), Some(0));
+        s.start(other, 0, Instant(5_000), Instant(200));
+        assert!(s.store(0));
+        let cancelled = s.take_duplicates(0);
+        assert_eq!(cancelled.len(), 2, "both copies end once one arrived");
+        assert!(s.is_complete());
+    }
+
+    #[test]
     fn an_exhausted_peer_is_picked_again_once_it_has_something_needed() {
         let mut rng = Rng::new(1);
         let mut s = Scheduler::new(Bitfield::new(10));
@@ -575,7 +653,7 @@ mod tests {
         assert_eq!(s.pick(&p, &mut rng, 8), None);
         s.peer_has(p, Class::Local, 4);
         assert_eq!(s.pick(&p, &mut rng, 8), Some(4));
-        s.start(p, 4, Instant(10));
+        s.start(p, 4, Instant(10), Instant(10));
         assert_eq!(s.pick(&p, &mut rng, 8), None);
         // The fetch fails: chunk 4 is needed again and the peer is asked again.
         s.finish(&p, 4);

@@ -63,7 +63,11 @@ impl Node {
             cur.ann.manifest_digest,
             cur.ann.manifest_size,
         );
-        let deadline = self.deadline_for(size);
+        // The manifest is small and everything waits for it: a short deadline, so a peer that
+        // trickles it costs little before the next one is asked.
+        let rate = self.config.min_rate_bytes_per_s.max(1);
+        let at_rate = size.saturating_mul(1000) / rate;
+        let deadline = now.plus_ms(self.config.manifest_timeout_ms.max(at_rate));
         if let Some(cur) = &mut self.cur {
             cur.manifest_fetch.in_flight = Some((peer, deadline));
         }

@@ -56,6 +56,8 @@ pub struct Config {
     pub max_in_flight_total: u32,
     /// Shortest deadline of a fetch, in milliseconds.
     pub fetch_timeout_ms: u64,
+    /// Shortest deadline of a manifest fetch, in milliseconds.
+    pub manifest_timeout_ms: u64,
     /// A peer serving below this rate is dropped; a fetch's deadline is at least its size at
     /// this rate.
     pub min_rate_bytes_per_s: u64,
@@ -65,6 +67,11 @@ pub struct Config {
     pub backoff_max_ms: u64,
     /// How long a peer that answered [`FetchError::Busy`] is left alone (no penalty).
     pub busy_backoff_ms: u64,
+    /// A fetch that takes this many times the node's average fetch time (at least
+    /// `straggler_min_ms`) is asked of another peer too; the first copy to arrive wins.
+    pub straggler_factor: u32,
+    /// Shortest straggler time, in milliseconds.
+    pub straggler_min_ms: u64,
     /// Consecutive failures (timeouts, I/O errors, false advertisements) before a peer is dropped.
     pub max_peer_failures: u32,
     /// How long a peer that sent bad bytes stays banned.
@@ -94,8 +101,9 @@ pub struct Config {
 
 impl Config {
     /// Defaults: 16 GiB quota, 64 peers, 2 fetches per peer (plus one per 10 ms of RTT) and 64
-    /// overall, 5 s minimum deadline, 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
-    /// (100 ms after Busy), 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
+    /// overall, 5 s minimum deadline (1 s for the manifest), 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
+    /// (100 ms after Busy), stragglers asked elsewhere after 8× the average fetch (250 ms at least),
+    /// 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
     /// after 500 ms, 16 uploads, the origin serves each chunk once (up to 8 times while it has
     /// spare upload slots).
     pub fn new(key: SigningKey, trust: TrustRoot, arch: impl Into<String>) -> Config {
@@ -109,10 +117,13 @@ impl Config {
             max_in_flight_per_peer: 2,
             max_in_flight_total: 64,
             fetch_timeout_ms: 5_000,
+            manifest_timeout_ms: 1_000,
             min_rate_bytes_per_s: 64 * 1024,
             backoff_base_ms: 500,
             backoff_max_ms: 30_000,
             busy_backoff_ms: 100,
+            straggler_factor: 8,
+            straggler_min_ms: 250,
             max_peer_failures: 3,
             ban_ms: 3_600_000,
             persist_interval_ms: 5_000,
@@ -232,6 +243,8 @@ pub struct Node {
     pub(super) trust_chain: Vec<Vec<u8>>,
     /// The wall clock never reads below this (the last snapshot's time on resume).
     pub(super) wall_floor: UnixTime,
+    /// Moving average of a successful fetch's duration, in milliseconds.
+    pub(super) fetch_ms_avg: Option<u64>,
 }
 
 impl Node {
@@ -263,6 +276,7 @@ impl Node {
             backoff_horizon: Instant::ZERO,
             trust_chain: Vec::new(),
             wall_floor: UnixTime(0),
+            fetch_ms_avg: None,
         }
     }
 
@@ -503,7 +517,10 @@ impl Node {
             let expired = cur
                 .sched
                 .as_mut()
-                .map(|s| s.expire(now))
+                .map(|s| {
+                    s.straggle(now, ENDGAME_COPIES);
+                    s.expire(now)
+                })
                 .unwrap_or_default();
             for f in expired {
                 self.outputs.push_back(Output::CancelFetch {

@@ -304,3 +304,63 @@ fn endgame_fetches_the_last_chunk_twice_and_cancels_the_loser() {
     });
     assert_eq!(h.node.peer_count(), 2);
 }
+
+#[test]
+fn a_peer_lacking_a_chunk_it_advertised_loses_all_its_claims() {
+    let mut h = Harness::with(|c| c.max_in_flight_per_peer = 1);
+    let (liar, remote) = (peer(1), peer(2));
+    h.connect(liar, info(Some("here"), 1, false));
+    h.connect(remote, info(Some("elsewhere"), 2, false));
+    let rel = h.release(1, 4);
+    let seq = rel.announcement.sequence;
+    h.announce_and_serve_manifest(&rel, liar);
+    h.input(Input::PeerHave {
+        peer: liar,
+        sequence: seq,
+        have: Bitfield::full(4),
+    });
+    let out = h.input(Input::PeerHave {
+        peer: remote,
+        sequence: seq,
+        have: Bitfield::full(4),
+    });
+    // The same-site claims keep the node from importing anything from the remote peer.
+    let asked = fetches(&h.out.clone()).into_iter().chain(fetches(&out));
+    let asked: Vec<(PeerId, u32)> = asked.collect();
+    assert!(asked.iter().all(|(p, _)| *p == liar), "{asked:?}");
+    let (_, index) = asked[0];
+    let out = h.input(Input::ChunkFetched {
+        peer: liar,
+        sequence: seq,
+        index,
+        result: Err(FetchError::NotFound),
+    });
+    let f = fetches(&out);
+    assert!(
+        f.iter().any(|(p, _)| *p == remote),
+        "one false advertisement lifts every claim of that peer: {f:?}"
+    );
+}
+
+#[test]
+fn a_trickled_manifest_is_asked_elsewhere_after_the_short_manifest_deadline() {
+    let mut h = Harness::with(|c| c.manifest_timeout_ms = 1_000);
+    let (slow, other) = (peer(1), peer(2));
+    h.connect(slow, info(Some("here"), 1, false));
+    h.connect(other, info(Some("here"), 2, false));
+    let rel = h.release(1, 2);
+    h.gossip(slow, rel.announcement_gossip.clone());
+    let asked = |out: &[Output]| {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::FetchManifest { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(asked(&h.out.clone()), vec![slow]);
+    let out = h
+        .advance(Instant::from_millis(1_000))
+        .expect("the manifest deadline fires");
+    assert_eq!(asked(&out), vec![other], "after 1 s, not the fetch timeout");
+}
