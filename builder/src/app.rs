@@ -9,6 +9,8 @@
 //! <data>/store/                chunks, manifests, announcements by BLAKE3 digest
 //! <data>/repos/<fleet>.git     the fleet's bare git repository (with the pre-receive hook)
 //! <data>/fleets/<fleet>/trust-root.bin   the fleet's signed version-1 trust root
+//! <data>/keys/origin-<fleet>.key        the fleet's origin node device key (0600)
+//! <data>/origin/<fleet>/                the origin node's state (its chunks stay in store/)
 //! ```
 
 use std::collections::HashMap;
@@ -94,6 +96,10 @@ pub struct App {
     pub publish_lock: tokio::sync::Mutex<()>,
     /// Build slots.
     pub build_slots: tokio::sync::Semaphore,
+    /// The fleets' origin nodes, once the server started them (the operator CLI has none).
+    pub origins: std::sync::OnceLock<Arc<crate::origin::Origins>>,
+    /// The live rollouts, once the server started them.
+    pub rollouts: std::sync::OnceLock<crate::live::Rollouts>,
 }
 
 impl App {
@@ -114,6 +120,8 @@ impl App {
             running: Mutex::new(HashMap::new()),
             publish_lock: tokio::sync::Mutex::new(()),
             build_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_BUILDS),
+            origins: std::sync::OnceLock::new(),
+            rollouts: std::sync::OnceLock::new(),
         })
     }
 

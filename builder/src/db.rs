@@ -315,7 +315,8 @@ impl Db {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// The connection pool, for the modules that keep their own tables (registry, operator).
+    /// The connection pool, for the modules that keep their own tables (registry, operator,
+    /// live rollouts).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }

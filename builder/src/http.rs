@@ -8,6 +8,8 @@
 //! | `GET /api/v1/fleets/{fleet}` | one fleet |
 //! | `GET /api/v1/fleets/{fleet}/releases` | releases with their device counts, filters `status`, `commit`, `since`, `until`, `text`, `limit` |
 //! | `GET /api/v1/fleets/{fleet}/trust-root` | the signed trust root (canonical bytes) |
+//! | `GET /api/v1/fleets/{fleet}/rollout` | the live rollout's progress, see [`crate::live::Progress`] |
+//! | `GET /api/v1/fleets/{fleet}/bootstrap` | the origin peer to join from and the trust root, see [`crate::origin::Bootstrap`] |
 //! | `GET /api/v1/releases/{id}` | one release |
 //! | `GET /api/v1/releases/{id}/logs` | its log; follows a running build (`follow=false` not to) |
 //! | `GET /api/v1/releases/{id}/manifest` | the signed manifest envelope |
@@ -123,6 +125,8 @@ pub fn router(s: Server) -> Router {
         .route("/api/v1/fleets/{fleet}", get(get_fleet))
         .route("/api/v1/fleets/{fleet}/releases", get(list_releases))
         .route("/api/v1/fleets/{fleet}/trust-root", get(trust_root))
+        .route("/api/v1/fleets/{fleet}/bootstrap", get(bootstrap))
+        .route("/api/v1/fleets/{fleet}/rollout", get(rollout_progress))
         .route("/api/v1/releases/{id}", get(get_release))
         .route("/api/v1/releases/{id}/logs", get(release_logs))
         .route("/api/v1/releases/{id}/manifest", get(release_manifest))
@@ -391,6 +395,34 @@ async fn trust_root(State(s): State<Server>, Path(fleet): Path<String>) -> Respo
     match std::fs::read(s.app.trust_root_path(&fleet)) {
         Ok(b) => octets(b),
         Err(_) => json_error(StatusCode::NOT_FOUND, &format!("no fleet {fleet:?}")),
+    }
+}
+
+async fn bootstrap(State(s): State<Server>, Path(fleet): Path<String>) -> Response {
+    let Some(origins) = s.app.origins.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no origin nodes run");
+    };
+    let f = match s.app.db.fleet(&fleet).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return json_error(StatusCode::NOT_FOUND, &format!("no fleet {fleet:?}")),
+        Err(e) => return internal(e),
+    };
+    match origins.bootstrap(&s.app, &f).await {
+        Ok(b) => json_ok(b),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn rollout_progress(State(s): State<Server>, Path(fleet): Path<String>) -> Response {
+    let Some(rollouts) = s.app.rollouts.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no rollout loop runs");
+    };
+    match rollouts.progress(&fleet) {
+        Some(p) => json_ok(p),
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            &format!("fleet {fleet:?} has no rollout"),
+        ),
     }
 }
 

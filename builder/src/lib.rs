@@ -7,8 +7,10 @@
 //! the Docker Engine ([`engine`], [`context`], [`dockerignore`]), export and chunk the images
 //! into the content [`store`], sign the [`shoal_protocol::ReleaseManifest`] and an
 //! [`shoal_protocol::Announcement`] with the builder's [`keys`], and record the release in the
-//! [`db`]. Build output streams to the pusher as `remote:` lines ([`log`]). The JSON API and the
-//! read-only store are served by [`http`]; [`app`] holds the data directory.
+//! [`db`], then seed it through the fleet's embedded origin node ([`origin`]), whose devices'
+//! reports drive the rollout wave by wave ([`live`]). Build output streams to the pusher as
+//! `remote:` lines ([`log`]). The JSON API and the read-only store are served by [`http`]; [`app`]
+//! holds the data directory.
 //!
 //! Everything but the rollout controller needs the `server` feature (default); with
 //! `default-features = false` the crate stays pure for the simulator.
@@ -38,9 +40,13 @@ pub mod http;
 #[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
+pub mod live;
+#[cfg(feature = "server")]
 pub mod log;
 #[cfg(feature = "server")]
 pub mod operator;
+#[cfg(feature = "server")]
+pub mod origin;
 #[cfg(feature = "server")]
 pub mod pipeline;
 #[cfg(feature = "server")]

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoal_builder::app::{App, Role, now_s};
+use shoal_builder::live::{OriginGossip, Rollouts, system_clock_ms};
+use shoal_builder::origin::{OriginConfig, Origins};
 use shoal_protocol::RolloutPlan;
 
 #[derive(Debug, Parser)]
@@ -36,6 +38,13 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7480")]
         listen: String,
+        /// libp2p listen address of the fleets' origin nodes (repeatable). A fixed port is
+        /// offset by the fleet's id minus one; port 0 picks a free one.
+        #[arg(long = "p2p-listen", default_value = "/ip4/127.0.0.1/udp/7481/quic-v1")]
+        p2p_listen: Vec<libp2p::Multiaddr>,
+        /// QUIC data-plane address of the origin nodes (port offset per fleet as above).
+        #[arg(long = "data-listen", default_value = "127.0.0.1:7581")]
+        data_listen: std::net::SocketAddr,
     },
     /// Manage fleets (works on the data directory; the server need not run).
     Fleet {
@@ -160,7 +169,12 @@ fn run_server(command: Command) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { data, listen } => {
+        Command::Serve {
+            data,
+            listen,
+            p2p_listen,
+            data_listen,
+        } => {
             let app = App::open(&data.data).await.context("open data directory")?;
             println!("data directory: {}", data.data.display());
             println!(
@@ -175,6 +189,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if n > 0 {
                 println!("marked {n} release(s) left running as interrupted");
             }
+            let app = Arc::new(app);
+            let origins = Arc::new(Origins::new(
+                &app,
+                OriginConfig {
+                    p2p_listen,
+                    data_listen,
+                },
+            ));
+            let _ = app.origins.set(origins.clone());
+            let (seeded, reports) = (origins.subscribe_seeded(), origins.subscribe_reports());
+            origins
+                .start_all(&app)
+                .await
+                .context("start the origin nodes")?;
+            let rollouts = Rollouts::start(
+                app.clone(),
+                Arc::new(OriginGossip(origins.clone())),
+                seeded,
+                reports,
+                system_clock_ms(),
+            )
+            .await
+            .context("resume the rollouts")?;
+            let _ = app.rollouts.set(rollouts);
             for fleet in app.db.fleets().await? {
                 shoal_builder::githttp::configure_repo(&app.repo_path(&fleet))
                     .with_context(|| format!("configure repository of {fleet}"))?;
@@ -182,6 +220,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     "fleet {fleet}: trust root {}",
                     app.trust_root_path(&fleet).display()
                 );
+                if let Some(b) = origins.with(&fleet, |o| o.bootstrap()).await {
+                    println!("fleet {fleet}: origin {}", b.multiaddrs.join(" "));
+                }
             }
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -190,7 +231,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "shoal-builder listening on http://{}",
                 listener.local_addr()?
             );
-            shoal_builder::http::serve(Arc::new(app), listener).await?;
+            shoal_builder::http::serve(app, listener).await?;
             Ok(())
         }
         Command::Fleet {

@@ -3,7 +3,8 @@
 //! [`run`] records a `running` release, reads the commit's tree, resolves the project, builds
 //! each service with the Engine, exports and chunks every image into the store, then — under the
 //! publish lock — takes the fleet's next sequence number, signs the manifest and an announcement,
-//! stores both and records the release as `success`. Every step writes to the release's
+//! stores both, seeds the release through the fleet's origin node ([`crate::origin`]) and
+//! records the release as `success`. Every step writes to the release's
 //! [`BuildLog`], which the pusher follows live; the log is saved to the database every
 //! [`LOG_SAVE_INTERVAL`] and when the release ends. A failure of the project (it does not build)
 //! ends `failed`, a failure of the builder `error`, a pusher who went away `cancelled`.
@@ -332,6 +333,24 @@ async fn build_and_publish(
     app.store
         .put(Kind::Announcement, &manifest_digest, &ann_bytes)
         .map_err(|e| Failure::error(format!("store announcement: {e}")))?;
+    if let Some(origins) = app.origins.get() {
+        origins
+            .ensure(app, fleet)
+            .await
+            .map_err(|e| Failure::error(format!("origin node: {e}")))?;
+        origins
+            .seed(
+                &fleet.name,
+                ann_bytes,
+                manifest_bytes.clone(),
+                Arc::new(manifest.clone()),
+            )
+            .await
+            .map_err(|e| Failure::error(format!("seeding through the origin node: {e}")))?;
+        log.line(&format!(
+            "Seeded sequence {sequence} through the fleet's origin node"
+        ));
+    }
     outcome.sequence = Some(sequence);
     outcome.release_bytes = manifest.unique_bytes() as i64;
     outcome.manifest_digest = Some(manifest_digest.to_string());

@@ -216,6 +216,47 @@ impl Controller {
         c
     }
 
+    /// Adds a device that joined the fleet during the rollout: from now on it counts in its
+    /// wave's size, and its reports are taken. Nothing changes for a known device or for a
+    /// controller made from wave sizes alone ([`Controller::new`]). Returns whether it was added.
+    pub fn add_device(&mut self, device: DeviceId) -> bool {
+        let Some(devices) = self.devices.as_mut() else {
+            return false;
+        };
+        if !devices.insert(device) {
+            return false;
+        }
+        let w = wave_of(&self.plan, &device, &self.fleet, self.sequence) as usize;
+        let w = w.min(self.stats.len() - 1);
+        self.stats[w].devices += 1;
+        true
+    }
+
+    /// Whether the device is on the controller's list.
+    pub fn has_device(&self, device: &DeviceId) -> bool {
+        self.devices.as_ref().is_some_and(|d| d.contains(device))
+    }
+
+    /// The release this rollout steers.
+    pub fn sequence(&self) -> ReleaseSeq {
+        self.sequence
+    }
+
+    /// Its manifest digest.
+    pub fn manifest_digest(&self) -> Digest {
+        self.manifest_digest
+    }
+
+    /// Its plan.
+    pub fn plan(&self) -> &RolloutPlan {
+        &self.plan
+    }
+
+    /// The release an abort returns to.
+    pub fn previous(&self) -> Option<ReleaseSeq> {
+        self.previous
+    }
+
     /// The rollout's state.
     pub fn state(&self) -> &State {
         &self.state

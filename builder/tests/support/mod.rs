@@ -154,7 +154,16 @@ impl Builder {
 
     fn spawn(&mut self) {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--p2p-listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--data-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(self.data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,426 @@
+//! The live loop against a fake gossip: reports in, signed wave control out, abort, restart.
+
+use std::sync::Mutex;
+
+use shoal_protocol::{Service, SigningKey, TrustRoot, Wave, WaveAction, WaveControl, verify};
+
+use super::*;
+use crate::db::Outcome;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct FakeGossip {
+    published: Mutex<Vec<Vec<u8>>>,
+    seeded: Mutex<Vec<Arc<ReleaseManifest>>>,
+    connected: Mutex<Vec<DeviceId>>,
+}
+
+impl FakeGossip {
+    /// The wave control messages published, verified against the fleet's trust root.
+    fn wave_controls(&self, trust: &TrustRoot) -> Vec<WaveControl> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let (tag, env) = b.split_first().unwrap();
+                assert_eq!(*tag, 2, "a wave control gossip message");
+                verify::wave_control(trust, env, UnixTime(now_s() as u64)).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Gossip for Arc<FakeGossip> {
+    fn publish(&self, _fleet: &str, bytes: Vec<u8>) -> BoxFuture<Result<(), String>> {
+        self.published.lock().unwrap().push(bytes);
+        Box::pin(async { Ok(()) })
+    }
+    fn seed(
+        &self,
+        _fleet: &str,
+        _a: Vec<u8>,
+        _m: Vec<u8>,
+        manifest: Arc<ReleaseManifest>,
+    ) -> BoxFuture<Result<(), String>> {
+        self.seeded.lock().unwrap().push(manifest);
+        Box::pin(async { Ok(()) })
+    }
+    fn connected(&self, _fleet: &str) -> BoxFuture<Vec<DeviceId>> {
+        let d = self.connected.lock().unwrap().clone();
+        Box::pin(async move { d })
+    }
+}
+
+fn plan() -> RolloutPlan {
+    let w = |percent| Wave {
+        percent,
+        min_sample: 1,
+        success_threshold_pct: 100,
+        error_threshold_pct: 50,
+        bake_time_s: 0,
+    };
+    RolloutPlan {
+        waves: vec![w(30), w(30), w(40)],
+        progress_deadline_s: 3600,
+    }
+}
+
+fn device(n: u32) -> DeviceId {
+    let mut s = [9u8; 32];
+    s[..4].copy_from_slice(&n.to_le_bytes());
+    DeviceId::from(SigningKey::from_bytes(&s).public_key())
+}
+
+/// Two devices in each wave of release `seq`.
+fn devices_per_wave(seq: u64) -> Vec<Vec<DeviceId>> {
+    let mut by_wave = vec![Vec::new(); 3];
+    let mut n = 0;
+    while by_wave.iter().any(|w: &Vec<DeviceId>| w.len() < 2) {
+        let d = device(n);
+        let w = wave_of(&plan(), &d, "live", ReleaseSeq(seq)) as usize;
+        if by_wave[w].len() < 2 {
+            by_wave[w].push(d);
+        }
+        n += 1;
+    }
+    by_wave
+}
+
+struct Rel {
+    m: Arc<ReleaseManifest>,
+    digest: Digest,
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    app: Arc<App>,
+    fleet: Fleet,
+    trust: TrustRoot,
+    gossip: Arc<FakeGossip>,
+    rollouts: Rollouts,
+    seeded: broadcast::Sender<Seeded>,
+    reports: broadcast::Sender<StatusReport>,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let app = Arc::new(App::open(dir.path()).await.unwrap());
+        let fleet = app
+            .create_fleet("live", "amd64", "generic-amd64", &plan())
+            .await
+            .unwrap();
+        let env: Envelope =
+            encoding::decode(&std::fs::read(app.trust_root_path("live")).unwrap()).unwrap();
+        let trust = TrustRoot::open_initial(&env).unwrap();
+        let gossip: Arc<FakeGossip> = Arc::default();
+        let seeded = broadcast::channel(16).0;
+        let reports = broadcast::channel(256).0;
+        let rollouts = Rollouts::start(
+            app.clone(),
+            Arc::new(gossip.clone()),
+            seeded.subscribe(),
+            reports.subscribe(),
+            system_clock_ms(),
+        )
+        .await
+        .unwrap();
+        Harness {
+            _dir: dir,
+            app,
+            fleet,
+            trust,
+            gossip,
+            rollouts,
+            seeded,
+            reports,
+        }
+    }
+
+    /// A new loop over the same database (a builder restart), with a fresh fake gossip.
+    async fn restart(&mut self) {
+        self.gossip = Arc::default();
+        self.seeded = broadcast::channel(16).0;
+        self.reports = broadcast::channel(256).0;
+        self.rollouts = Rollouts::start(
+            self.app.clone(),
+            Arc::new(self.gossip.clone()),
+            self.seeded.subscribe(),
+            self.reports.subscribe(),
+            system_clock_ms(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Stores and records a release as the pipeline would, and announces it as seeded.
+    async fn publish(&self, seq: u64, marker: &str) -> Rel {
+        let chunk = format!("chunk of {marker}");
+        let digest = self
+            .app
+            .store
+            .put_blob(Kind::Chunk, chunk.as_bytes())
+            .unwrap();
+        let layer = shoal_protocol::LayerRef::from_chunks(vec![shoal_protocol::ChunkRef {
+            digest,
+            size: chunk.len() as u32,
+        }]);
+        let config = format!("{{\"marker\":\"{marker}\"}}").into_bytes();
+        let image = shoal_protocol::ImageRef {
+            config_digest: Digest::of(&config),
+            config,
+            layers: vec![layer],
+        };
+        let created = UnixTime(now_s() as u64);
+        let manifest = ReleaseManifest {
+            fleet: "live".into(),
+            sequence: ReleaseSeq(seq),
+            commit: format!("{marker:0>40}"),
+            created,
+            expires: created.plus_secs(3600),
+            arch: "amd64".into(),
+            device_type: "generic-amd64".into(),
+            services: BTreeMap::from([(
+                "main".to_string(),
+                Service {
+                    image,
+                    settings: Default::default(),
+                },
+            )]),
+            rollout: plan(),
+        };
+        let (mb, ab) = crate::pipeline::sign(&self.app, &manifest);
+        let md = self.app.store.put_blob(Kind::Manifest, &mb).unwrap();
+        self.app.store.put(Kind::Announcement, &md, &ab).unwrap();
+        let id = self
+            .app
+            .db
+            .start_release(&self.fleet, &manifest.commit, "refs/heads/master", now_s())
+            .await
+            .unwrap();
+        let outcome = Outcome {
+            sequence: Some(seq as i64),
+            manifest_digest: Some(md.to_string()),
+            manifest_size: Some(mb.len() as i64),
+            services: serde_json::json!([]),
+            ..Outcome::default()
+        };
+        self.app
+            .db
+            .finish_release(id, crate::db::Status::Success, now_s(), 1, "", &outcome)
+            .await
+            .unwrap();
+        let manifest = Arc::new(manifest);
+        self.seeded
+            .send(Seeded {
+                fleet: "live".into(),
+                manifest: manifest.clone(),
+                manifest_digest: md,
+            })
+            .unwrap();
+        Rel {
+            m: manifest,
+            digest: md,
+        }
+    }
+
+    fn report(&self, d: DeviceId, r: &Rel, state: DeviceState) {
+        self.reports
+            .send(StatusReport {
+                fleet: "live".into(),
+                device: d,
+                sequence: r.m.sequence,
+                manifest_digest: r.digest,
+                state,
+                time: UnixTime(now_s() as u64),
+                nonce: rand_nonce(),
+                detail: String::new(),
+            })
+            .unwrap();
+    }
+
+    async fn wait(&self, what: &str, mut f: impl FnMut(&Progress) -> bool) -> Progress {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(p) = self.rollouts.progress("live")
+                && f(&p)
+            {
+                return p;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:#?}",
+                self.rollouts.progress("live")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn actions(&self) -> Vec<(u64, WaveAction)> {
+        self.gossip
+            .wave_controls(&self.trust)
+            .into_iter()
+            .map(|w| (w.counter, w.action))
+            .collect()
+    }
+}
+
+fn rand_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn healthy_waves_open_in_order_until_complete() {
+    let h = Harness::new().await;
+    let waves = devices_per_wave(1);
+    *h.gossip.connected.lock().unwrap() = waves.concat();
+    let m = h.publish(1, "a").await;
+    let p = h
+        .wait("devices joined", |p| p.waves.iter().all(|w| w.devices == 2))
+        .await;
+    assert_eq!(p.open_wave, 0);
+    assert_eq!(p.state, "running");
+    assert_eq!(h.actions(), vec![(1, WaveAction::Open { wave: 0 })]);
+
+    // Reports from a later wave's devices do not open anything early.
+    for d in &waves[2] {
+        h.report(*d, &m, DeviceState::Staged);
+    }
+    h.report(waves[0][0], &m, DeviceState::Healthy);
+    h.wait("one healthy", |p| p.waves[0].healthy == 1).await;
+    // min_sample 1 is met, success threshold 100% met: wave 1 opens.
+    h.wait("wave 1", |p| p.open_wave == 1).await;
+    h.report(waves[0][1], &m, DeviceState::Healthy);
+    h.report(waves[1][0], &m, DeviceState::Healthy);
+    h.wait("wave 2", |p| p.open_wave == 2).await;
+    h.report(waves[2][0], &m, DeviceState::Healthy);
+    let p = h.wait("complete", |p| p.state == "complete").await;
+    assert_eq!(p.waves[2].healthy, 1);
+    assert_eq!(
+        h.actions(),
+        vec![
+            (1, WaveAction::Open { wave: 0 }),
+            (2, WaveAction::Open { wave: 1 }),
+            (3, WaveAction::Open { wave: 2 }),
+        ]
+    );
+    let staged: Vec<_> = p.devices.iter().filter(|d| d.state == "staged").collect();
+    assert_eq!(staged.len(), 1, "{p:#?}");
+}
+
+#[tokio::test]
+async fn a_failing_first_wave_pauses_and_abort_rolls_back_to_the_previous_content() {
+    let h = Harness::new().await;
+    let w1 = devices_per_wave(1);
+    *h.gossip.connected.lock().unwrap() = w1.concat();
+    let good = h.publish(1, "good").await;
+    h.wait("rollout 1", |p| p.sequence == 1 && p.waves[0].devices == 2)
+        .await;
+    for w in &w1 {
+        for d in w {
+            h.report(*d, &good, DeviceState::Healthy);
+        }
+    }
+    h.wait("release 1 complete", |p| p.state == "complete")
+        .await;
+
+    let bad = h.publish(2, "bad").await;
+    let p = h
+        .wait("rollout 2 with every device", |p| {
+            p.sequence == 2 && p.waves.iter().map(|w| w.devices).sum::<u32>() == 6
+        })
+        .await;
+    assert_eq!(p.previous, Some(1));
+    let w2 = devices_per_wave(2);
+    let first = p.waves[0].devices;
+    assert!(first > 0, "{p:#?}");
+    // Known devices of wave 0 of release 2 fail: the error threshold (50%) pauses the rollout.
+    let in_wave0: Vec<DeviceId> = w1
+        .concat()
+        .into_iter()
+        .filter(|d| wave_of(&plan(), d, "live", ReleaseSeq(2)) == 0)
+        .collect();
+    let _ = w2;
+    for d in &in_wave0 {
+        h.report(*d, &bad, DeviceState::RolledBack);
+    }
+    let p = h.wait("paused", |p| p.state == "paused").await;
+    assert_eq!(p.open_wave, 0, "later waves never open");
+    assert!(
+        p.pause_reason.as_deref().unwrap().contains("failed"),
+        "{p:?}"
+    );
+
+    let p = h.rollouts.abort("live").await.unwrap();
+    assert_eq!(p.sequence, 3, "the rollback is a new sequence: {p:#?}");
+    assert_eq!(p.waves.len(), 1, "a rollback goes to every device at once");
+    let seeded = h.gossip.seeded.lock().unwrap().clone();
+    assert_eq!(seeded.len(), 1);
+    assert_eq!(seeded[0].sequence, ReleaseSeq(3));
+    assert_eq!(
+        seeded[0].services, good.m.services,
+        "the content of release 1"
+    );
+    let releases = h
+        .app
+        .db
+        .releases(h.fleet.id, &Default::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(releases[0].sequence, Some(3));
+    assert_eq!(releases[0].git_ref, "rollback");
+    // Wave control of release 2: open 0, pause (threshold), halt.
+    let actions: Vec<_> = h
+        .gossip
+        .wave_controls(&h.trust)
+        .into_iter()
+        .filter(|w| w.sequence == ReleaseSeq(2))
+        .map(|w| w.action)
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            WaveAction::Open { wave: 0 },
+            WaveAction::Pause,
+            WaveAction::Halt
+        ]
+    );
+    let err = h.rollouts.resume("live").await.unwrap_err();
+    assert!(matches!(err, LiveError::NotNow { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_restart_resumes_the_rollout_without_reopening_waves() {
+    let mut h = Harness::new().await;
+    let waves = devices_per_wave(1);
+    *h.gossip.connected.lock().unwrap() = waves.concat();
+    let m = h.publish(1, "a").await;
+    h.wait("joined", |p| p.waves[0].devices == 2).await;
+    h.report(waves[0][0], &m, DeviceState::Healthy);
+    h.wait("wave 1", |p| p.open_wave == 1).await;
+    h.rollouts.pause("live").await.unwrap();
+    let before = h.rollouts.progress("live").unwrap();
+    let published_before = h.gossip.published.lock().unwrap().clone();
+
+    h.restart().await;
+    let after = h.rollouts.progress("live").unwrap();
+    assert_eq!(after, before);
+    // The same signed messages go out again, and nothing new.
+    assert_eq!(*h.gossip.published.lock().unwrap(), published_before);
+    // Reports while paused open nothing; resume continues from wave 1.
+    h.report(waves[1][0], &m, DeviceState::Healthy);
+    h.wait("report counted", |p| p.waves[1].healthy == 1).await;
+    assert_eq!(h.rollouts.progress("live").unwrap().open_wave, 1);
+    let p = h.rollouts.resume("live").await.unwrap();
+    assert_eq!(p.open_wave, 2, "{p:#?}");
+    let counters: Vec<u64> = h.actions().iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        counters,
+        vec![1, 2, 3, 4, 5],
+        "open0 open1 pause | resume open2"
+    );
+}

@@ -1,0 +1,214 @@
+//! The live rollout loop with real daemons: the builder's origin node seeds a release, stage-only
+//! devices on loopback stage it, activate it when their wave opens and report healthy, and the
+//! loop opens the waves one after another. No Docker Engine needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_builder::app::{App, now_s};
+use shoal_builder::db::{Outcome, Status};
+use shoal_builder::live::{OriginGossip, Progress, Rollouts, system_clock_ms};
+use shoal_builder::origin::{OriginConfig, Origins};
+use shoal_builder::store::Kind;
+use shoal_node::daemon::identity::DeviceKey;
+use shoal_protocol::waves::wave_of;
+use shoal_protocol::{
+    ChunkRef, Digest, Envelope, ImageRef, LayerRef, ReleaseManifest, ReleaseSeq, RolloutPlan,
+    Service, TrustRoot, UnixTime, Wave, encoding,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn plan() -> RolloutPlan {
+    let w = |percent| Wave {
+        percent,
+        min_sample: 1,
+        success_threshold_pct: 100,
+        error_threshold_pct: 50,
+        bake_time_s: 1,
+    };
+    RolloutPlan {
+        waves: vec![w(30), w(30), w(40)],
+        progress_deadline_s: 3600,
+    }
+}
+
+/// Stores, signs and records release `seq` over ~1 MiB of bytes, as the pipeline does.
+async fn store_release(
+    app: &App,
+    fleet: &shoal_builder::db::Fleet,
+    seq: u64,
+) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
+    let mut chunks = Vec::new();
+    for i in 0..4u64 {
+        let bytes: Vec<u8> = (0..256 * 1024u64)
+            .map(|j| ((j * 31 + i * 7 + seq) % 251) as u8)
+            .collect();
+        let digest = app.store.put_blob(Kind::Chunk, &bytes).unwrap();
+        chunks.push(ChunkRef {
+            digest,
+            size: bytes.len() as u32,
+        });
+    }
+    let config = br#"{"config":{}}"#.to_vec();
+    let created = UnixTime(now_s() as u64);
+    let manifest = ReleaseManifest {
+        fleet: fleet.name.clone(),
+        sequence: ReleaseSeq(seq),
+        commit: "c".repeat(40),
+        created,
+        expires: created.plus_secs(3600),
+        arch: "amd64".into(),
+        device_type: "generic-amd64".into(),
+        services: BTreeMap::from([(
+            "main".to_string(),
+            Service {
+                image: ImageRef {
+                    config_digest: Digest::of(&config),
+                    config,
+                    layers: vec![LayerRef::from_chunks(chunks)],
+                },
+                settings: Default::default(),
+            },
+        )]),
+        rollout: plan(),
+    };
+    let (mb, ab) = shoal_builder::pipeline::sign(app, &manifest);
+    let md = app.store.put_blob(Kind::Manifest, &mb).unwrap();
+    app.store.put(Kind::Announcement, &md, &ab).unwrap();
+    let id = app
+        .db
+        .start_release(fleet, &manifest.commit, "refs/heads/master", now_s())
+        .await
+        .unwrap();
+    let outcome = Outcome {
+        sequence: Some(seq as i64),
+        manifest_digest: Some(md.to_string()),
+        manifest_size: Some(mb.len() as i64),
+        services: serde_json::json!([]),
+        ..Outcome::default()
+    };
+    app.db
+        .finish_release(id, Status::Success, now_s(), 1, "", &outcome)
+        .await
+        .unwrap();
+    (ab, mb, manifest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_open_in_order_as_stage_only_devices_report_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Arc::new(App::open(&dir.path().join("builder")).await.unwrap());
+    let fleet = app
+        .create_fleet("waves", "amd64", "generic-amd64", &plan())
+        .await
+        .unwrap();
+    let env: Envelope =
+        encoding::decode(&std::fs::read(app.trust_root_path("waves")).unwrap()).unwrap();
+    let trust = TrustRoot::open_initial(&env).unwrap();
+
+    let origins = Arc::new(Origins::new(&app, OriginConfig::loopback_ephemeral()));
+    let _ = app.origins.set(origins.clone());
+    let (seeded, reports) = (origins.subscribe_seeded(), origins.subscribe_reports());
+    origins.start_all(&app).await.unwrap();
+    let rollouts = Rollouts::start(
+        app.clone(),
+        Arc::new(OriginGossip(origins.clone())),
+        seeded,
+        reports,
+        system_clock_ms(),
+    )
+    .await
+    .unwrap();
+    let boot: Vec<libp2p::Multiaddr> = origins
+        .with("waves", |o| o.handle().listen_addrs().to_vec())
+        .await
+        .unwrap();
+
+    // Two devices in each wave of release 1 (keys chosen so no wave is empty).
+    let mut by_wave: Vec<Vec<DeviceKey>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    while by_wave.iter().any(|w| w.len() < 2) {
+        let k = DeviceKey::generate();
+        let w = wave_of(&plan(), &k.device_id(), "waves", ReleaseSeq(1)) as usize;
+        if by_wave[w].len() < 2 {
+            by_wave[w].push(k);
+        }
+    }
+    let wave_of_device: BTreeMap<String, usize> = by_wave
+        .iter()
+        .enumerate()
+        .flat_map(|(w, ks)| ks.iter().map(move |k| (k.device_id().to_string(), w)))
+        .collect();
+    let mut devices = Vec::new();
+    for (i, k) in by_wave.into_iter().flatten().enumerate() {
+        let d =
+            shoal_node::daemon::Builder::new(k, trust.clone(), dir.path().join(format!("d{i}")))
+                .arch("amd64")
+                .bootstrap(boot.clone())
+                .start()
+                .await
+                .unwrap();
+        devices.push(d);
+    }
+    for d in &devices {
+        let (s, ok) = d.wait_for(WAIT, |s| !s.peers.is_empty()).await;
+        assert!(ok, "not connected: {s:#?}");
+    }
+
+    let (ann, mb, manifest) = store_release(&app, &fleet, 1).await;
+    origins
+        .seed("waves", ann, mb, Arc::new(manifest))
+        .await
+        .unwrap();
+
+    // Follow the rollout: each time a wave opens, no device of a later wave is active yet.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut opened = Vec::new();
+    let last: Progress = loop {
+        let p = rollouts.progress("waves");
+        if let Some(p) = &p {
+            if opened.last() != Some(&p.open_wave) {
+                opened.push(p.open_wave);
+                for d in &devices {
+                    let s = d.status();
+                    let w = wave_of_device[&s.device];
+                    if w as u32 > p.open_wave {
+                        assert_eq!(
+                            s.applied, None,
+                            "device of wave {w} activated while only waves ..={} were open",
+                            p.open_wave
+                        );
+                    }
+                }
+            }
+            if p.state == "complete" {
+                break p.clone();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout did not complete: {p:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(opened, vec![0, 1, 2]);
+    for w in &last.waves {
+        assert_eq!((w.devices, w.healthy), (2, 2), "{last:#?}");
+    }
+    let healthy: BTreeSet<_> = last
+        .devices
+        .iter()
+        .filter(|d| d.state == "healthy")
+        .map(|d| d.device.clone())
+        .collect();
+    assert_eq!(healthy.len(), 6);
+    for d in &devices {
+        let (s, ok) = d.wait_for(WAIT, |s| s.committed == Some(1)).await;
+        assert!(ok, "device did not commit release 1: {s:#?}");
+    }
+    for d in devices {
+        d.shutdown().await;
+    }
+    origins.shutdown().await;
+}
