@@ -8,7 +8,8 @@
 //! <data>/keys/release.key      release signing key (0600)
 //! <data>/store/                chunks, manifests, announcements by BLAKE3 digest
 //! <data>/repos/<fleet>.git     the fleet's bare git repository (with the pre-receive hook)
-//! <data>/fleets/<fleet>/trust-root.bin   the fleet's signed version-1 trust root
+//! <data>/fleets/<fleet>/trust-root.bin   the fleet's current signed trust root
+//! <data>/fleets/<fleet>/rotations/<v>.bin  each rotation to version v (see `rotation`)
 //! <data>/keys/origin-<fleet>.key        the fleet's origin node device key (0600)
 //! <data>/origin/<fleet>/                the origin node's state (its chunks stay in store/)
 //! ```
@@ -155,6 +156,10 @@ impl App {
                 });
             }
         }
+        // Sign first: with the root key offline, no half-created fleet is left behind.
+        let env = self
+            .keys
+            .initial_trust_root(name, UnixTime(now_s() as u64))?;
         let fleet = self
             .db
             .create_fleet(name, arch, device_type, plan, now_s())
@@ -167,7 +172,6 @@ impl App {
             })?;
         }
         crate::githttp::configure_repo(&repo).map_err(io("configure repository"))?;
-        let env = self.keys.initial_trust_root(name, UnixTime(now_s() as u64));
         let path = self.trust_root_path(name);
         std::fs::create_dir_all(path.parent().unwrap_or(&self.root))
             .map_err(io("create fleet dir"))?;

@@ -61,3 +61,5 @@ pub mod store;
 pub mod tree;
 
 pub mod rollout;
+#[cfg(feature = "server")]
+pub mod rotation;

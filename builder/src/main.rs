@@ -11,6 +11,8 @@ use shoal_builder::live::{OriginGossip, Rollouts, system_clock_ms};
 use shoal_builder::origin::{OriginConfig, Origins};
 use shoal_protocol::RolloutPlan;
 
+mod keys_cli;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal-builder",
@@ -65,6 +67,11 @@ enum Command {
     Devices {
         #[command(subcommand)]
         command: shoal_builder::cli::DevicesCommand,
+    },
+    /// Trust-root rotation and offline root keys (works on the data directory or key files).
+    Keys {
+        #[command(subcommand)]
+        command: keys_cli::KeysCommand,
     },
     /// Git hooks (run by git, not by people).
     Hook {
@@ -135,6 +142,9 @@ fn main() -> anyhow::Result<()> {
     {
         std::process::exit(shoal_builder::hook::client_main());
     }
+    if let Command::Keys { command } = cli.command {
+        return keys_cli::run(command);
+    }
     // The operator CLI talks HTTP and needs no runtime.
     let remote = match cli.command {
         Command::Releases { command } => Some(shoal_builder::cli::releases(
@@ -179,7 +189,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("data directory: {}", data.data.display());
             println!(
                 "root key fingerprint:    {}",
-                app.keys.root.public_key().fingerprint()
+                app.keys
+                    .root
+                    .as_ref()
+                    .map_or("offline".to_string(), |k| k.public_key().fingerprint())
             );
             println!(
                 "release key fingerprint: {}",
@@ -293,7 +306,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Hook { .. } | Command::Releases { .. } | Command::Devices { .. } => {
+        Command::Hook { .. }
+        | Command::Releases { .. }
+        | Command::Devices { .. }
+        | Command::Keys { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }

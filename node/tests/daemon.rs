@@ -593,3 +593,41 @@ async fn releases_activate_when_their_wave_opens_and_old_ones_are_evicted() {
     assert_store_complete(dev.store(), &payloads[1]);
     assert_store_complete(dev.store(), &payloads[2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_changed_on_disk_after_staging_is_caught_before_activation() {
+    let mut fleet = Fleet::new("tamper");
+    let payload = Payload::new(&fleet.fleet, 1, 2, 97);
+    let origin = fleet.origin(&payload).await;
+    let dev = fleet.device("dev", &[&origin]).await;
+    staged(&dev, 1).await;
+    // Someone with access to the disk swaps a staged chunk for a well-formed frame of other
+    // bytes of the same size.
+    let (victim, bytes) = &payload.blobs[0];
+    let hex = victim.digest.to_string();
+    let path = dev.store().root().join("blobs").join(&hex[..2]).join(&hex);
+    let mut other = bytes.clone();
+    other[0] ^= 0xff;
+    let mut file = b"SHB1".to_vec();
+    file.extend_from_slice(&victim.size.to_le_bytes());
+    file.extend_from_slice(&zstd::bulk::compress(&other, 1).unwrap());
+    std::fs::write(&path, file).unwrap();
+
+    let open = fleet.fleet.wave_control(
+        &payload.release,
+        1,
+        shoal_protocol::WaveAction::Open { wave: 0 },
+    );
+    origin.publish(open).await.unwrap();
+    let (s, ok) = dev
+        .wait_for(WAIT, |s| {
+            s.applied == Some(1) && s.phase.as_deref() == Some("rolled_back")
+        })
+        .await;
+    assert!(ok, "the tampered release was not refused: {s:#?}");
+    assert_eq!(s.committed, None, "{s:#?}");
+    // The damaged blob is gone from the store, not served to anyone.
+    assert!(!dev.store().contains(&victim.digest));
+    dev.shutdown().await;
+    origin.shutdown().await;
+}

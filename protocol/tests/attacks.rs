@@ -305,3 +305,28 @@ fn rotation_attacks_are_refused() {
     assert!(verify::announcement(&ctx(&v2, None, NOW), &ann_new).is_ok());
     assert_eq!(v2.fleet, FLEET);
 }
+
+#[test]
+fn digest_names_cannot_carry_path_tricks() {
+    // Stores name files by `Digest` only; a name from a peer or a URL is parsed into one first.
+    let tricks = [
+        "../../../../etc/passwd",
+        "..%2f..%2fetc%2fpasswd",
+        "/etc/passwd",
+        "",
+        "0000000000000000000000000000000000000000000000000000000000000../",
+        "000000000000000000000000000000000000000000000000000000000000000g",
+        "00000000000000000000000000000000000000000000000000000000000000000",
+    ];
+    for t in tricks {
+        assert!(t.parse::<Digest>().is_err(), "{t:?} parsed as a digest");
+    }
+    for bytes in [&b"../x"[..], b"/", b"\0"] {
+        let name = Digest::of(bytes).to_string();
+        assert_eq!(name.len(), 64);
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+}

@@ -212,3 +212,97 @@ async fn a_banned_device_is_not_served() {
     assert!(result.is_err(), "a banned device got a chunk");
     assert_eq!(server.counters.served.load(Ordering::Relaxed), 0);
 }
+
+/// How a hostile server lies about a blob.
+#[derive(Debug, Clone, Copy)]
+enum Lie {
+    /// Declares one byte more than the chunk has.
+    SizeAboveTheChunk,
+    /// Declares more than any chunk may hold.
+    SizeAboveTheMax,
+    /// Sends a frame far larger than the declared size can compress to (an endless stream).
+    EndlessFrame,
+    /// A small frame that decompresses to far more than declared (a decompression bomb).
+    Bomb,
+}
+
+struct Lying(Arc<Store>, Lie);
+
+impl BlobSource for Lying {
+    fn get(&self, _kind: BlobKind, digest: &Digest) -> Option<StoredBlob> {
+        let raw = self.0.read(digest).ok()??;
+        let real = raw.len() as u32;
+        let honest = zstd::bulk::compress(&raw, 1).ok()?;
+        Some(match self.1 {
+            Lie::SizeAboveTheChunk => StoredBlob {
+                raw_size: real + 1,
+                compressed: honest,
+            },
+            Lie::SizeAboveTheMax => StoredBlob {
+                raw_size: crate::daemon::store::MAX_CHUNK_BYTES + 1,
+                compressed: honest,
+            },
+            Lie::EndlessFrame => StoredBlob {
+                raw_size: real,
+                compressed: vec![0x55; 8 << 20],
+            },
+            Lie::Bomb => {
+                let big = vec![0u8; 16 << 20];
+                StoredBlob {
+                    raw_size: real,
+                    compressed: zstd::bulk::compress(&big, 1).ok()?,
+                }
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn lying_sizes_endless_frames_and_bombs_are_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, refs) = seeded_store(&dir.path().join("a"), 1);
+    let chunk = refs[0];
+    let expected = |lie: Lie, e: &BlobError| match lie {
+        Lie::SizeAboveTheChunk => matches!(e, BlobError::SizeMismatch { .. }),
+        Lie::SizeAboveTheMax => matches!(e, BlobError::TooLarge { .. }),
+        Lie::EndlessFrame => matches!(e, BlobError::CompressedTooLarge { .. }),
+        Lie::Bomb => matches!(e, BlobError::Decompress | BlobError::Truncated { .. }),
+    };
+    let cases = [
+        Lie::SizeAboveTheChunk,
+        Lie::SizeAboveTheMax,
+        Lie::EndlessFrame,
+        Lie::Bomb,
+    ];
+    for lie in cases {
+        let server = start_server(Arc::new(Lying(src.clone(), lie)), Default::default());
+        let client_key = DeviceKey::generate();
+        let client_ep = endpoint(&client_key, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = connect(
+            &client_ep,
+            &client_key,
+            server.addr,
+            &server.key.device_id(),
+        )
+        .await
+        .unwrap();
+        let dst = Arc::new(Store::open(&dir.path().join(format!("{lie:?}")), 1 << 30).unwrap());
+        let counters = Counters::default();
+        let err = fetch_chunk_into(&conn, &server.key.device_id(), &dst, chunk, &counters)
+            .await
+            .unwrap_err();
+        match &err {
+            FetchError::Invalid(e) => assert!(expected(lie, e), "{lie:?}: {e}"),
+            other => panic!("{lie:?}: {other}"),
+        }
+        assert!(err.is_peer_fault(), "{lie:?}");
+        assert!(dst.is_empty(), "{lie:?}: something was stored");
+        // The client read no more than the frame it accepted to read.
+        assert!(
+            counters.total_in() <= crate::daemon::store::compressed_bound(chunk.size) as u64,
+            "{lie:?}: read {} bytes",
+            counters.total_in()
+        );
+        server.endpoint.close(0u32.into(), b"");
+    }
+}
