@@ -234,8 +234,9 @@ pub struct Node {
     pub(super) resume_from: Option<ReleaseSnapshot>,
     /// Uploads admitted and not yet finished.
     pub(super) uploads: u32,
-    /// Other devices of this node's site, connected or not (sorted).
-    pub(super) site_members: Vec<PeerId>,
+    /// Other devices of this node's site, connected or not: the first eight bytes of their ids
+    /// (all the import ring needs; 8 bytes a member), sorted.
+    pub(super) site_members: Vec<u64>,
     /// The latest `backoff_until` ever set: before it, [`Node::poll_timeout`] looks for the
     /// next peer to come out of backoff; after it, no peer is in backoff.
     pub(super) backoff_horizon: Instant,

@@ -9,6 +9,14 @@ use super::node::{MAX_BANNED, MAX_EARLY_HAVE_BITS, Node, Peer, per_peer_cap};
 use super::snapshot::Phase;
 use super::types::{DropReason, GossipMessage, Instant, Output, PeerId, PeerInfo};
 
+/// The part of a peer's id its point on the site's import ring is made from (its first eight
+/// bytes; ids are public keys, so these are as random as the rest).
+pub(super) fn id_prefix(id: &PeerId) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    u64::from_le_bytes(b)
+}
+
 impl Node {
     // ----- peers -----
 
@@ -37,20 +45,26 @@ impl Node {
     pub(super) fn update_share(&mut self) {
         let Some(cur) = &self.cur else { return };
         let salt = super::fetch::mix64(cur.ann.sequence.0 ^ 0x5348_4f41_4c00_0000);
-        let point = |id: &PeerId| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&id.0[..8]);
-            super::fetch::mix64(u64::from_le_bytes(b) ^ salt)
-        };
-        let me = point(&self.id);
+        let point = |prefix: u64| super::fetch::mix64(prefix ^ salt);
+        let me = point(id_prefix(&self.id));
         let now = self.now;
-        let banned = |id: &PeerId| self.banned.get(id).is_some_and(|u| *u > now);
+        let banned: Vec<u64> = self
+            .banned
+            .iter()
+            .filter(|(_, u)| **u > now)
+            .map(|(id, _)| id_prefix(id))
+            .collect();
         let mut points: Vec<u64> = self
             .peers
             .iter()
             .filter(|(_, p)| p.class == Class::Local)
-            .map(|(id, _)| id)
-            .chain(self.site_members.iter().filter(|id| !banned(id)))
+            .map(|(id, _)| id_prefix(id))
+            .chain(
+                self.site_members
+                    .iter()
+                    .copied()
+                    .filter(|p| !banned.contains(p)),
+            )
             .map(point)
             .collect();
         points.sort_unstable();
@@ -65,12 +79,13 @@ impl Node {
     }
 
     /// The site's members changed (see [`super::Input::SiteMembers`]).
-    pub(super) fn set_site_members(&mut self, mut peers: Vec<PeerId>) {
-        peers.retain(|p| *p != self.id);
-        peers.sort_unstable();
-        peers.dedup();
-        peers.truncate(super::node::MAX_SITE_MEMBERS);
-        self.site_members = peers;
+    pub(super) fn set_site_members(&mut self, peers: Vec<PeerId>) {
+        let me = id_prefix(&self.id);
+        let mut members: Vec<u64> = peers.iter().map(id_prefix).filter(|p| *p != me).collect();
+        members.sort_unstable();
+        members.dedup();
+        members.truncate(super::node::MAX_SITE_MEMBERS);
+        self.site_members = members;
         self.update_share();
     }
 
