@@ -42,6 +42,8 @@ pub mod keys;
 #[cfg(feature = "server")]
 pub mod live;
 #[cfg(feature = "server")]
+pub mod localfleet;
+#[cfg(feature = "server")]
 pub mod log;
 #[cfg(feature = "server")]
 pub mod operator;

@@ -48,6 +48,16 @@ enum Command {
         #[arg(long = "data-listen", default_value = "127.0.0.1:7581")]
         data_listen: std::net::SocketAddr,
     },
+    /// Run a local fleet: a builder and devices on loopback, the bundled examples/hello pushed
+    /// to it, then a one-line change, each rolled out in waves (needs a Docker Engine).
+    LocalFleet {
+        /// Devices to run.
+        #[arg(long, default_value_t = 5)]
+        devices: usize,
+        /// End after the second rollout with a summary; exit 0 only if every device runs it.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Manage fleets (works on the data directory; the server need not run).
     Fleet {
         #[command(subcommand)]
@@ -167,9 +177,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_server(command: Command) -> anyhow::Result<()> {
+    // The local fleet draws progress bars: daemon logs would scroll them away.
+    let default_filter = if matches!(command, Command::LocalFleet { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -247,6 +264,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             shoal_builder::http::serve(app, listener).await?;
             Ok(())
         }
+        Command::LocalFleet { devices, exit } => local_fleet(devices, exit).await,
         Command::Fleet {
             command:
                 FleetCommand::Create {
@@ -312,5 +330,83 @@ async fn run(command: Command) -> anyhow::Result<()> {
         | Command::Keys { .. } => {
             unreachable!("handled before the runtime starts")
         }
+    }
+}
+
+async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
+    use shoal_builder::localfleet::{self, demo};
+    use shoal_node::daemon::identity::DeviceKey;
+    use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
+
+    if let Err(e) = shoal_builder::engine::connect().await {
+        eprintln!("shoal-builder local-fleet: no Docker Engine reachable: {e}");
+        eprintln!("Start one (for example `bash scripts/engine.sh`) and run this again.");
+        std::process::exit(2);
+    }
+    let script = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(localfleet::BASE_IMAGE_SCRIPT)
+        .status()
+        .context("run the base image script")?;
+    anyhow::ensure!(script.success(), "making the busybox base image failed");
+
+    let prefix = format!("shoal-local-{}", std::process::id());
+    let runtimes: Arc<std::sync::Mutex<Vec<DockerRuntime>>> = Arc::default();
+    let made = runtimes.clone();
+    let runtime_prefix = prefix.clone();
+    let factory: localfleet::RuntimeFactory = Arc::new(move |fleet, device, dir| {
+        let cfg = RuntimeConfig {
+            prefix: runtime_prefix.clone(),
+            health_window_ms: 3_000,
+            stop_timeout_s: 2,
+            ..RuntimeConfig::default()
+        };
+        let (fleet, dir, made) = (fleet.to_string(), dir.to_path_buf(), made.clone());
+        Box::pin(async move {
+            let rt = DockerRuntime::connect(cfg, &fleet, device, &dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            made.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(rt.clone());
+            Ok(Arc::new(rt) as Arc<dyn shoal_node::daemon::Runtime>)
+        })
+    });
+    let listed = runtimes.clone();
+    let containers: demo::ContainersFn = Arc::new(move || {
+        let rts = listed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for rt in rts {
+                for c in rt.containers().await.unwrap_or_default() {
+                    out.push((
+                        c.name,
+                        c.state,
+                        format!("{} (release {})", c.service, c.release.unwrap_or(0)),
+                    ));
+                }
+            }
+            out
+        })
+    });
+    let result = demo::run(demo::Demo {
+        fleet: localfleet::Options {
+            builder_exe: demo::builder_exe()?,
+            keys: (0..devices).map(|_| DeviceKey::generate()).collect(),
+            runtime: factory,
+            plan: localfleet::quick_plan(3),
+        },
+        containers,
+        exit,
+    })
+    .await;
+    let rts = runtimes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for rt in rts {
+        let _ = rt.purge().await;
+    }
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => std::process::exit(1),
+        Err(e) => Err(e.into()),
     }
 }

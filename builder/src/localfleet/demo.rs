@@ -1,0 +1,356 @@
+//! `shoal-builder local-fleet`: starts a [`LocalFleet`], pushes the bundled `examples/hello`,
+//! shows the build, the rollout wave by wave and every device with progress bars, then the
+//! running containers; then pushes a one-line change and shows the delta rolling out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shoal_node::daemon::BoxFuture;
+use shoal_node::daemon::metrics::PeerClass;
+
+use super::{HELLO, LocalError, LocalFleet, Options, commit_all, init_project};
+use crate::live::Progress;
+use crate::pipeline::human;
+
+/// Longest a rollout may take before the demo gives up on it.
+pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Lists the fleet's running containers as `(name, state, image)`.
+pub type ContainersFn = Arc<dyn Fn() -> BoxFuture<Vec<(String, String, String)>> + Send + Sync>;
+
+/// What the demo needs besides the fleet.
+#[derive(Clone)]
+pub struct Demo {
+    /// How to start the fleet.
+    pub fleet: Options,
+    /// Lists the containers the devices run.
+    pub containers: ContainersFn,
+    /// End after the second rollout with a summary.
+    pub exit: bool,
+}
+
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demo")
+            .field("fleet", &self.fleet)
+            .field("exit", &self.exit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timings and bytes of one push, for the summary.
+#[derive(Debug, Clone, Default)]
+pub struct Rollout {
+    /// Sequence published.
+    pub sequence: u64,
+    /// Push start to accepted (build and publish).
+    pub push_ms: u64,
+    /// The builder's own build + publish time.
+    pub build_ms: u64,
+    /// Accepted to every device staged (distribution).
+    pub distribute_ms: u64,
+    /// Accepted to every device healthy (distribution, waves, apply).
+    pub running_ms: u64,
+    /// Layer bytes of the release's images.
+    pub image_bytes: u64,
+    /// Bytes the builder stored new for it.
+    pub new_bytes: u64,
+    /// Bytes devices received, from the builder's origin and from peers.
+    pub from_builder: u64,
+    /// Bytes devices received from each other.
+    pub from_peers: u64,
+    /// Whether every device committed it.
+    pub complete: bool,
+}
+
+/// Runs the demo; returns whether every device runs the last release.
+pub async fn run(demo: Demo) -> Result<bool, LocalError> {
+    let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+    let say = |s: String| say_line(&mp, s);
+    say(format!(
+        "Starting a local fleet: a builder and {} devices on loopback",
+        demo.fleet.keys.len()
+    ));
+    let fleet = LocalFleet::start(demo.fleet.clone()).await?;
+    say(format!(
+        "  data in {} (builder log: builder.log), builder at {}",
+        fleet.dir.path().display(),
+        fleet.url
+    ));
+    let project = fleet.dir.path().join("hello");
+    init_project(&project, HELLO)?;
+
+    let first = push_and_roll_out(&mp, &fleet, &project, "examples/hello").await?;
+    show_containers(&mp, &demo).await;
+
+    // The one-line change.
+    let index = project.join("web/index.html");
+    let text = std::fs::read_to_string(&index).map_err(|e| LocalError::Run {
+        what: "read web/index.html".into(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&index, text.replace("version 1", "version 2")).map_err(|e| {
+        LocalError::Run {
+            what: "write web/index.html".into(),
+            message: e.to_string(),
+        }
+    })?;
+    commit_all(&project, "web: version 2")?;
+    say(String::new());
+    say("Pushing a one-line change (web/index.html: version 1 -> version 2)".into());
+    let second = push_and_roll_out(&mp, &fleet, &project, "the one-line change").await?;
+    show_containers(&mp, &demo).await;
+
+    say(String::new());
+    say("Summary".into());
+    for (name, r) in [("first push", &first), ("one-line change", &second)] {
+        say(format!(
+            "  {name} (sequence {}): build+publish {:.1}s (push accepted after {:.1}s), distributed to all in {:.1}s, all running after {:.1}s",
+            r.sequence,
+            r.build_ms as f64 / 1e3,
+            r.push_ms as f64 / 1e3,
+            r.distribute_ms as f64 / 1e3,
+            r.running_ms as f64 / 1e3,
+        ));
+        say(format!(
+            "    image {}, new in the builder {}, moved {} from the builder + {} between devices",
+            human(r.image_bytes),
+            human(r.new_bytes),
+            human(r.from_builder),
+            human(r.from_peers)
+        ));
+    }
+    let ok = first.complete && second.complete;
+    if demo.exit {
+        say(if ok {
+            format!(
+                "Every device runs sequence {}: the rollout is complete.",
+                second.sequence
+            )
+        } else {
+            "Not every device runs the last release.".into()
+        });
+        fleet.shutdown().await;
+        return Ok(ok);
+    }
+    say("The fleet keeps running; press Ctrl-C to stop it.".into());
+    let _ = tokio::signal::ctrl_c().await;
+    fleet.shutdown().await;
+    Ok(ok)
+}
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// Pushes, follows the build, then the rollout until it completes, pauses or times out.
+async fn push_and_roll_out(
+    mp: &MultiProgress,
+    fleet: &LocalFleet,
+    project: &std::path::Path,
+    what: &str,
+) -> Result<Rollout, LocalError> {
+    let before: Vec<(u64, u64)> = fleet
+        .devices
+        .iter()
+        .map(|d| {
+            let c = d.handle.counters();
+            (c.bytes_in(PeerClass::Origin), c.total_in())
+        })
+        .collect();
+    let build = mp.add(ProgressBar::new_spinner());
+    build.set_style(bar_style("{spinner} build  {elapsed:>4} {wide_msg}"));
+    build.enable_steady_tick(Duration::from_millis(120));
+    build.set_message(format!("git push {what}"));
+    let started = Instant::now();
+    let log_mp = mp.clone();
+    let log_bar = build.clone();
+    let out = fleet
+        .push(project, move |line| {
+            if let Some(l) = line.strip_prefix("remote: ") {
+                say_line(&log_mp, format!("  | {l}"));
+                log_bar.set_message(l.trim().to_string());
+            }
+        })
+        .await?;
+    let push_ms = started.elapsed().as_millis() as u64;
+    if !out.ok {
+        build.finish_with_message("push refused");
+        return Err(LocalError::Run {
+            what: "git push".into(),
+            message: out.stderr,
+        });
+    }
+    let release = fleet.latest_release().await?;
+    let sequence = release["sequence"].as_u64().unwrap_or(0);
+    let image_bytes = release["image_bytes"].as_u64().unwrap_or(0);
+    let new_bytes = release["new_bytes"].as_u64().unwrap_or(0);
+    build.finish_with_message(format!(
+        "sequence {sequence} published: images {}, {} new",
+        human(image_bytes),
+        human(new_bytes)
+    ));
+
+    let waves_bar: Vec<ProgressBar> = Vec::new();
+    let mut waves_bar = waves_bar;
+    let devices: Vec<ProgressBar> = fleet
+        .devices
+        .iter()
+        .map(|d| {
+            let b = mp.add(ProgressBar::new(1));
+            b.set_style(bar_style(
+                "  {prefix:<9} [{bar:20}] {pos:>3}/{len:3} chunks {wide_msg}",
+            ));
+            b.set_prefix(d.name.clone());
+            b
+        })
+        .collect();
+    let accepted = Instant::now();
+    let mut staged_at = None;
+    let mut rollout = Rollout {
+        sequence,
+        push_ms,
+        build_ms: release["duration_ms"].as_u64().unwrap_or(0),
+        image_bytes,
+        new_bytes,
+        ..Rollout::default()
+    };
+    let last: Option<Progress> = loop {
+        let progress = fleet.progress().await.filter(|p| p.sequence == sequence);
+        if let Some(p) = &progress {
+            while waves_bar.len() < p.waves.len() {
+                let i = waves_bar.len();
+                let b = mp.insert(i + 1, ProgressBar::new(1));
+                b.set_style(bar_style(
+                    "  wave {prefix:<3} [{bar:20}] {pos}/{len} healthy {wide_msg}",
+                ));
+                b.set_prefix(i.to_string());
+                waves_bar.push(b);
+            }
+            for (w, b) in p.waves.iter().zip(&waves_bar) {
+                b.set_length(u64::from(w.devices.max(1)));
+                b.set_position(u64::from(w.healthy));
+                b.set_message(format!(
+                    "{}% of the fleet, {} device(s){}{}",
+                    w.percent,
+                    w.devices,
+                    if w.open { ", open" } else { ", waiting" },
+                    if w.failed > 0 {
+                        format!(", {} failed", w.failed)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        let mut all_staged = true;
+        let mut all_running = true;
+        let states: BTreeMap<String, String> = progress
+            .as_ref()
+            .map(|p| {
+                p.devices
+                    .iter()
+                    .map(|d| (d.device.clone(), d.state.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ((d, b), (origin0, total0)) in fleet.devices.iter().zip(&devices).zip(&before) {
+            let s = d.handle.status();
+            let c = d.handle.counters();
+            let from_builder = c.bytes_in(PeerClass::Origin) - origin0;
+            let from_peers = (c.total_in() - total0).saturating_sub(from_builder);
+            b.set_length(u64::from(s.total_chunks.max(1)));
+            b.set_position(u64::from(s.have_chunks));
+            let state = if s.committed == Some(sequence) {
+                "running".to_string()
+            } else {
+                states
+                    .get(&s.device)
+                    .cloned()
+                    .or_else(|| s.phase.clone())
+                    .unwrap_or_else(|| "waiting".into())
+            };
+            b.set_message(format!(
+                "{state:<12} {} from devices, {} from the builder",
+                human(from_peers),
+                human(from_builder)
+            ));
+            all_staged &= s.target == Some(sequence) && s.have_chunks == s.total_chunks;
+            all_running &= s.committed == Some(sequence);
+        }
+        if all_staged && staged_at.is_none() {
+            staged_at = Some(accepted.elapsed());
+        }
+        let state = progress.as_ref().map(|p| p.state.clone());
+        if all_running || matches!(state.as_deref(), Some("paused" | "halted")) {
+            rollout.complete = all_running;
+            break progress;
+        }
+        if accepted.elapsed() > ROLLOUT_TIMEOUT {
+            break progress;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    rollout.running_ms = accepted.elapsed().as_millis() as u64;
+    rollout.distribute_ms = staged_at.unwrap_or_default().as_millis() as u64;
+    for (d, (origin0, total0)) in fleet.devices.iter().zip(&before) {
+        let c = d.handle.counters();
+        let fb = c.bytes_in(PeerClass::Origin) - origin0;
+        rollout.from_builder += fb;
+        rollout.from_peers += (c.total_in() - total0).saturating_sub(fb);
+    }
+    for b in waves_bar.iter().chain(&devices) {
+        b.finish();
+    }
+    say_line(
+        mp,
+        match &last {
+            Some(p) if rollout.complete => format!(
+                "Rollout of sequence {sequence}: every device runs it ({} waves)",
+                p.waves.len()
+            ),
+            Some(p) => format!(
+                "Rollout of sequence {sequence} stopped: {} {}",
+                p.state,
+                p.pause_reason.clone().unwrap_or_default()
+            ),
+            None => format!("Rollout of sequence {sequence}: no progress from the builder"),
+        },
+    );
+    for b in waves_bar.into_iter().chain(devices) {
+        mp.remove(&b);
+    }
+    mp.remove(&build);
+    Ok(rollout)
+}
+
+async fn show_containers(mp: &MultiProgress, demo: &Demo) {
+    let list = (demo.containers)().await;
+    say_line(mp, format!("Running containers ({}):", list.len()));
+    for (name, state, image) in list {
+        say_line(mp, format!("  {name:<60} {state:<8} {image}"));
+    }
+}
+
+/// The `shoal-builder` executable this process runs as.
+pub fn builder_exe() -> Result<PathBuf, LocalError> {
+    std::env::current_exe().map_err(|e| LocalError::Run {
+        what: "find the shoal-builder executable".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Prints a line above the progress bars, or plainly on stdout when they are hidden (output
+/// not a terminal), so a log of the run still shows what happened.
+fn say_line(mp: &MultiProgress, s: String) {
+    if mp.is_hidden() {
+        println!("{s}");
+    } else {
+        let _ = mp.println(s);
+    }
+}
