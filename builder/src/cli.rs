@@ -115,6 +115,31 @@ pub enum DevicesCommand {
     },
 }
 
+/// `shoal-builder rollout ...`: the fleet's current rollout.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show its progress.
+    Status(RolloutArgs),
+    /// Pause it: no further device activates the release until resumed.
+    Pause(RolloutArgs),
+    /// Resume a paused rollout.
+    Resume(RolloutArgs),
+    /// Open the next wave now, whatever the reports say.
+    Promote(RolloutArgs),
+    /// Halt the release and roll back to the previous release's content as a new sequence.
+    Abort(RolloutArgs),
+}
+
+/// Which fleet's rollout.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// The fleet (default: the only one).
+    #[arg(long)]
+    pub fleet: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
 /// A blocking client of the builder's API.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -480,6 +505,75 @@ pub fn devices(cmd: DevicesCommand, out: &mut impl Write) -> Result<(), ClientEr
             "LAST SEEN",
         ],
         &rows,
+    )
+    .map_err(out_err)
+}
+
+/// Runs a `rollout` command, printing to `out`.
+pub fn rollout(cmd: RolloutCommand, out: &mut impl Write) -> Result<(), ClientError> {
+    let (verb, args) = match cmd {
+        RolloutCommand::Status(a) => (None, a),
+        RolloutCommand::Pause(a) => (Some("pause"), a),
+        RolloutCommand::Resume(a) => (Some("resume"), a),
+        RolloutCommand::Promote(a) => (Some("promote"), a),
+        RolloutCommand::Abort(a) => (Some("abort"), a),
+    };
+    let c = Client::new(&args.remote.url, args.remote.token)?;
+    let fleet = url_encode(&c.fleet(args.fleet)?);
+    let p = match verb {
+        None => c.json("GET", &format!("/api/v1/fleets/{fleet}/rollout"), None)?,
+        Some(v) => c.json(
+            "POST",
+            &format!("/api/v1/fleets/{fleet}/rollout/{v}"),
+            Some(&serde_json::json!({})),
+        )?,
+    };
+    if args.remote.json {
+        return print_json(out, &p);
+    }
+    let mut head = format!(
+        "release {} of {}: {}, wave {} open",
+        s(&p["sequence"]),
+        s(&p["fleet"]),
+        s(&p["state"]),
+        s(&p["open_wave"])
+    );
+    if let Some(r) = p["pause_reason"].as_str() {
+        head.push_str(&format!(" ({r})"));
+    }
+    writeln!(out, "{head}").map_err(out_err)?;
+    let waves: Vec<Vec<String>> = p["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            let mut row: Vec<String> = [
+                "wave",
+                "percent",
+                "devices",
+                "reporting",
+                "healthy",
+                "failed",
+            ]
+            .iter()
+            .map(|k| s(&w[*k]))
+            .collect();
+            row.push(if w["open"] == true { "open" } else { "" }.into());
+            row
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "WAVE",
+            "PERCENT",
+            "DEVICES",
+            "REPORTING",
+            "HEALTHY",
+            "FAILED",
+            "",
+        ],
+        &waves,
     )
     .map_err(out_err)
 }

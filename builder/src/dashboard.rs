@@ -20,6 +20,7 @@
 //! | `/ui/fleets/{fleet}/audit` | the audit log |
 
 mod fleet;
+mod live;
 mod releases;
 
 use axum::Router;

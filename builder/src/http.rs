@@ -677,5 +677,13 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
         pushes: Arc::new(Mutex::new(HashMap::new())),
         registry: Arc::new(crate::registry::Registry::new()),
     };
+    // Reports the origin nodes verified reach the registry too.
+    if let Some(origins) = s.app.origins.get() {
+        tokio::spawn(
+            s.registry
+                .clone()
+                .follow(s.app.clone(), origins.subscribe_reports()),
+        );
+    }
     axum::serve(listener, router(s)).await
 }

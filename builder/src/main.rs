@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: shoal_builder::cli::ReleasesCommand,
     },
+    /// A running builder's rollouts (over its HTTP API; actions need an operator token).
+    Rollout {
+        #[command(subcommand)]
+        command: shoal_builder::cli::RolloutCommand,
+    },
     /// A running builder's devices (over its HTTP API).
     Devices {
         #[command(subcommand)]
@@ -158,6 +163,10 @@ fn main() -> anyhow::Result<()> {
     // The operator CLI talks HTTP and needs no runtime.
     let remote = match cli.command {
         Command::Releases { command } => Some(shoal_builder::cli::releases(
+            command,
+            &mut std::io::stdout().lock(),
+        )),
+        Command::Rollout { command } => Some(shoal_builder::cli::rollout(
             command,
             &mut std::io::stdout().lock(),
         )),
@@ -326,6 +335,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Hook { .. }
         | Command::Releases { .. }
+        | Command::Rollout { .. }
         | Command::Devices { .. }
         | Command::Keys { .. } => {
             unreachable!("handled before the runtime starts")

@@ -18,6 +18,7 @@
 //! release means publishing its content again as a new sequence (as abort does). See
 //! `docs/ROLLOUT.md`.
 
+mod rollout;
 mod routes;
 pub mod views;
 

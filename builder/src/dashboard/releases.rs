@@ -224,6 +224,10 @@ pub(super) async fn show(State(s): State<Server>, Path(id): Path<String>) -> Res
     // Rollout.
     if r.status == "success" {
         b.push_str("<h2>Rollout</h2>");
+        let live = super::live::of_release(&s, &r.fleet, r.sequence);
+        if let Some(p) = &live {
+            b.push_str(&super::live::controls(&r.fleet, p));
+        }
         b.push_str(&format!(
             "<div class=\"actions\"><button type=\"button\" data-method=\"PUT\" data-action=\"/api/v1/fleets/{fleet_url}/pin\" data-body=\"{body}\">Pin fleet to this release</button></div>",
             body = esc(&serde_json::json!({ "sequence": r.sequence }).to_string())
@@ -238,10 +242,22 @@ pub(super) async fn show(State(s): State<Server>, Path(id): Path<String>) -> Res
                 }
             };
             let in_flight = w.reported.saturating_sub(w.healthy + w.failed);
+            let label = format!(
+                "{}{}",
+                if w.wave == 0 {
+                    "0 (canary)".to_string()
+                } else {
+                    w.wave.to_string()
+                },
+                if super::live::wave_open(live.as_ref(), w.wave) {
+                    " <span class=\"badge running\">open</span>"
+                } else {
+                    ""
+                }
+            );
             b.push_str(&format!(
                 "<tr data-wave=\"{n}\"><td>{label}</td><td>{p}%</td><td>{d}</td><td>{rep}</td><td>{h}</td><td>{fl}</td><td><div class=\"bar\"><div class=\"h\" style=\"width:{hp:.1}%\"></div><div class=\"f\" style=\"width:{fp:.1}%\"></div><div class=\"r\" style=\"width:{rp:.1}%\"></div></div></td></tr>",
                 n = w.wave,
-                label = if w.wave == 0 { "0 (canary)".to_string() } else { w.wave.to_string() },
                 p = w.percent,
                 d = w.devices,
                 rep = w.reported,

@@ -5,6 +5,7 @@
 //! | `PUT /api/v1/fleets/{fleet}/pin` | operator | `{"sequence": N}` pins, `{"sequence": null}` unpins |
 //! | `PUT /api/v1/devices/{id}/pin` | operator | the same for one device |
 //! | `PUT /api/v1/fleets/{fleet}/rollout-policy` | operator | `{"plan": {...}}` or `{"preset": "canary" \| "all_at_once"}` |
+//! | `POST /api/v1/fleets/{fleet}/rollout/{command}` | operator | `pause`, `resume`, `promote` or `abort` the fleet's current rollout |
 //! | `GET /api/v1/fleets/{fleet}/audit` | — | the audit log, newest first (`limit`) |
 //! | `GET /api/v1/fleets/{fleet}/views` | — | saved views |
 //! | `POST /api/v1/fleets/{fleet}/views` | any | `{"name": "...", "filters": {...}}` saves (replaces) a view |
@@ -39,6 +40,10 @@ pub fn routes() -> Router<Server> {
         .route("/api/v1/devices/{id}/pin", put(pin_device))
         .route("/api/v1/fleets/{fleet}/rollout-policy", put(set_policy))
         .route("/api/v1/fleets/{fleet}/audit", get(audit))
+        .route(
+            "/api/v1/fleets/{fleet}/rollout/{command}",
+            axum::routing::post(super::rollout::command),
+        )
         .route(
             "/api/v1/fleets/{fleet}/views",
             get(list_views).post(save_view),

@@ -1,0 +1,76 @@
+//! Rollout commands: `POST /api/v1/fleets/{fleet}/rollout/{pause|resume|promote|abort}`
+//! (operator token), carried out by the live rollout loop ([`crate::live::Rollouts`]) on the
+//! fleet's current rollout and recorded in the audit log once it accepted them. The answer is
+//! the rollout's progress after the command ([`crate::live::Progress`]).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+
+use super::{Action, Audit, Change, apply, authorize};
+use crate::app::Role;
+use crate::http::{Server, internal, json_error, json_ok};
+use crate::live::LiveError;
+
+pub(super) async fn command(
+    State(s): State<Server>,
+    Path((fleet, command)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = match authorize(&s, &headers, Role::Operator).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let action = match command.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "promote" => Action::Promote,
+        "abort" => Action::Abort,
+        other => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("no rollout command {other:?}: pause, resume, promote or abort"),
+            );
+        }
+    };
+    let f = match super::routes::fleet_or_404(&s, &fleet).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(rollouts) = s.app.rollouts.get() else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no rollout loop runs");
+    };
+    let result = match action {
+        Action::Pause => rollouts.pause(&f.name).await,
+        Action::Resume => rollouts.resume(&f.name).await,
+        Action::Promote => rollouts.promote(&f.name).await,
+        _ => rollouts.abort(&f.name).await,
+    };
+    let progress = match result {
+        Ok(p) => p,
+        Err(e) => {
+            let code = match &e {
+                LiveError::NoRollout(_) | LiveError::NoFleet(_) => StatusCode::NOT_FOUND,
+                LiveError::NotNow { .. } => StatusCode::CONFLICT,
+                LiveError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return json_error(code, &e.to_string());
+        }
+    };
+    let audit = Audit {
+        actor: &actor,
+        action,
+        fleet: &f.name,
+        target: progress.sequence.to_string(),
+        detail: serde_json::json!({
+            "sequence": progress.sequence,
+            "state": progress.state,
+            "open_wave": progress.open_wave,
+        }),
+    };
+    match apply(&s.app.db, &Change::None, &audit).await {
+        Ok(_) => json_ok(progress),
+        Err(e) => internal(e),
+    }
+}
