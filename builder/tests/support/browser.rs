@@ -39,10 +39,11 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Chromium runs in its own process group: end the browser and all its helpers.
+        // Chromium runs in its own process group: end the browser and all its helpers. The `--`
+        // matters: procps-ng's kill reads `-KILL -1234` as signal options and ends up signalling
+        // group -1 (every process) when the pid starts with 1.
         let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.child.id()))
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
