@@ -15,6 +15,14 @@
 //! [`Origins::subscribe_reports`] subscriber (the rollout loop and the device registry), and
 //! every seeded release to [`Origins::subscribe_seeded`].
 //!
+//! Trust-root rotations reach devices through the origin too: it starts on the fleet's current
+//! root with the fleet's rotation chain ([`crate::rotation::chain`]), which its node hands to
+//! every peer that connects (a device provisioned with an older root walks the versions between),
+//! and a watcher polls the fleet's rotations every [`ROTATION_POLL`], so a rotation installed
+//! while the builder serves (`shoal-builder keys rotate` from another process) is installed in
+//! the origin's node and gossiped to the fleet within about a second. The bootstrap information
+//! follows the newest root.
+//!
 //! Listen addresses come from `serve --p2p-listen/--data-listen` ([`OriginConfig`]); a fixed
 //! port is offset by the fleet's row id minus one, so several fleets never collide and each
 //! keeps its ports across restarts. Port 0 picks a free port.
@@ -27,10 +35,11 @@ use std::sync::{Arc, RwLock};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use serde::Serialize;
+use shoal_node::core::TrustRootError;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::store::StoredBlob;
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
-use shoal_node::daemon::{Handle, StartError};
+use shoal_node::daemon::{Handle, OfferError, StartError};
 use shoal_protocol::{
     DeviceId, Digest, Envelope, ReleaseManifest, ReleaseSeq, StatusReport, TrustRoot, encoding,
 };
@@ -44,6 +53,8 @@ use crate::store::{Kind, Store};
 pub const SEND_COMPRESSION_LEVEL: i32 = 1;
 /// Reports buffered for a slow subscriber before it misses some.
 pub const REPORT_CHANNEL: usize = 4096;
+/// How often each origin looks for rotations installed while it serves.
+pub const ROTATION_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the origin nodes listen.
 #[derive(Debug, Clone)]
@@ -228,10 +239,11 @@ pub struct Bootstrap {
 pub struct Origin {
     fleet: String,
     arch: String,
-    handle: Handle,
+    handle: Arc<Handle>,
     source: Arc<FleetSource>,
-    trust_root_bytes: Vec<u8>,
+    trust_root_bytes: Arc<RwLock<Vec<u8>>>,
     key: DeviceKey,
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Origin {
@@ -259,7 +271,12 @@ impl Origin {
                 .map(|a| a.to_string())
                 .collect(),
             data_addr: self.handle.data_addr().to_string(),
-            trust_root_hex: hex::encode(&self.trust_root_bytes),
+            trust_root_hex: hex::encode(
+                &*self
+                    .trust_root_bytes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner()),
+            ),
         }
     }
 }
@@ -329,6 +346,13 @@ impl Origins {
             data = %origin.handle.data_addr(),
             "origin node started"
         );
+        let mut origin = origin;
+        origin.watcher = Some(tokio::spawn(watch_rotations(
+            self.root.clone(),
+            fleet.name.clone(),
+            origin.handle.clone(),
+            origin.trust_root_bytes.clone(),
+        )));
         let mut rx = origin.handle.subscribe_reports();
         let out = self.reports.clone();
         tokio::spawn(async move {
@@ -354,6 +378,12 @@ impl Origins {
             path: trust_path.clone(),
             message,
         };
+        // The rotations that led to the current root, read before the root itself: a rotation
+        // installed in between is picked up by the watcher.
+        let chain = crate::rotation::chain(&self.root, &fleet.name).unwrap_or_else(|e| {
+            tracing::warn!(fleet = %fleet.name, error = %e, "cannot read the fleet's rotations");
+            Vec::new()
+        });
         let trust_root_bytes = std::fs::read(&trust_path).map_err(|e| trust_err(e.to_string()))?;
         let env: Envelope =
             encoding::decode(&trust_root_bytes).map_err(|e| trust_err(e.to_string()))?;
@@ -367,30 +397,45 @@ impl Origins {
         let (listen, data_listen) = self.config.for_fleet(fleet.id);
         let source = Arc::new(FleetSource::new(self.store.clone()));
         let serve = source.clone();
-        let handle = shoal_node::daemon::Builder::new(
-            key.clone(),
-            trust,
-            self.root.join("origin").join(&fleet.name),
-        )
-        .arch(fleet.arch.clone())
-        .origin(true)
-        .mdns(false)
-        .listen(listen)
-        .data_listen(data_listen)
-        .serve_from(move |_| serve)
-        .start()
-        .await
-        .map_err(|source| OriginError::Start {
+        let builder = || {
+            let serve = serve.clone();
+            shoal_node::daemon::Builder::new(
+                key.clone(),
+                trust.clone(),
+                self.root.join("origin").join(&fleet.name),
+            )
+            .arch(fleet.arch.clone())
+            .origin(true)
+            .mdns(false)
+            .listen(listen.clone())
+            .data_listen(data_listen)
+            .serve_from(move |_| serve)
+        };
+        let started = match builder().trust_chain(chain).start().await {
+            Err(StartError::TrustChain(e)) => {
+                // Devices provisioned with the current root still work; older ones cannot catch
+                // up from this origin until the chain is repaired.
+                tracing::warn!(
+                    fleet = %fleet.name,
+                    error = %e,
+                    "the fleet's rotations do not lead to its trust root; not relaying them"
+                );
+                builder().start().await
+            }
+            other => other,
+        };
+        let handle = started.map_err(|source| OriginError::Start {
             fleet: fleet.name.clone(),
             source: Box::new(source),
         })?;
         Ok(Origin {
             fleet: fleet.name.clone(),
             arch: fleet.arch.clone(),
-            handle,
+            handle: Arc::new(handle),
             source,
-            trust_root_bytes,
+            trust_root_bytes: Arc::new(RwLock::new(trust_root_bytes)),
             key,
+            watcher: None,
         })
     }
 
@@ -509,7 +554,69 @@ impl Origins {
     pub async fn shutdown(&self) {
         let nodes = std::mem::take(&mut *self.nodes.write().await);
         for (_, origin) in nodes {
-            origin.handle.shutdown().await;
+            if let Some(w) = origin.watcher {
+                w.abort();
+                let _ = w.await;
+            }
+            if let Ok(handle) = Arc::try_unwrap(origin.handle) {
+                handle.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Installs in the origin's node, and so gossips, every rotation of the fleet newer than the
+/// root it verifies with, polling every [`ROTATION_POLL`].
+async fn watch_rotations(
+    data: PathBuf,
+    fleet: String,
+    handle: Arc<Handle>,
+    trust_root_bytes: Arc<RwLock<Vec<u8>>>,
+) {
+    let mut warned: BTreeSet<(u64, Digest)> = BTreeSet::new();
+    let mut tick = tokio::time::interval(ROTATION_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let chain = {
+            let (dir, name) = (data.clone(), fleet.clone());
+            match tokio::task::spawn_blocking(move || crate::rotation::chain(&dir, &name)).await {
+                Ok(Ok(chain)) => chain,
+                Ok(Err(e)) => {
+                    tracing::debug!(%fleet, error = %e, "cannot read the fleet's rotations");
+                    continue;
+                }
+                Err(_) => continue,
+            }
+        };
+        for bytes in chain {
+            let Some(version) = encoding::decode::<Envelope>(&bytes)
+                .ok()
+                .and_then(|env| encoding::decode::<TrustRoot>(&env.payload).ok())
+                .map(|r| r.version)
+            else {
+                // Possibly being written right now; read again next time.
+                continue;
+            };
+            if version <= handle.status().trust_version {
+                continue;
+            }
+            let digest = Digest::of(&bytes);
+            match handle.offer_trust_root(bytes.clone()).await {
+                Ok(v) => {
+                    tracing::info!(%fleet, version = v, "trust root rotated; gossiped to the fleet");
+                    *trust_root_bytes.write().unwrap_or_else(|e| e.into_inner()) = bytes;
+                }
+                Err(OfferError::Stopped) => return,
+                // The status read above was older than the node: installed already.
+                Err(OfferError::Refused(TrustRootError::Stale { .. })) => continue,
+                Err(e) => {
+                    if warned.insert((version, digest)) {
+                        tracing::warn!(%fleet, version, error = %e, "rotation not installed in the origin");
+                    }
+                    break;
+                }
+            }
         }
     }
 }

@@ -83,7 +83,7 @@ mod tests;
 pub use bitfield::{Bitfield, BitfieldError};
 pub use node::{Config, MAX_BANNED, MAX_EARLY_HAVE_BITS, MAX_SITE_MEMBERS, Node, Progress};
 pub use release::{RELEASE_CACHE_ENTRIES, Release, ReleaseCache};
-pub use rotation::{MAX_TRUST_CHAIN, MAX_TRUST_ROOT_SIGNED_BYTES};
+pub use rotation::{MAX_TRUST_CHAIN, MAX_TRUST_ROOT_SIGNED_BYTES, TrustRootError};
 pub use snapshot::{Phase, ReleaseSnapshot, Snapshot};
 pub use types::{
     DropReason, Event, FetchError, FetchStats, GossipMessage, Input, Instant, MessageId, Output,

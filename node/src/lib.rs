@@ -7,6 +7,8 @@
 //!   `shoal-protocol`, `serde` and `thiserror`, so it builds with `--no-default-features`.
 //! - `daemon` (feature `daemon`, on by default): the tokio driver with libp2p, quinn, bollard and
 //!   the on-disk store.
+//! - [`wire`] (feature `wire`, part of `daemon`): decoders of the bytes peers send on the data
+//!   plane (control frames, blob frames), with no I/O; `node/fuzz` fuzzes them.
 //! - `testing` (feature `testing`): signed test releases for tests and the simulator.
 
 pub mod core;
@@ -14,3 +16,5 @@ pub mod core;
 pub mod daemon;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(feature = "wire")]
+pub mod wire;

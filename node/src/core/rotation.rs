@@ -21,12 +21,68 @@
 //! expired announcements.
 
 use shoal_protocol::encoding::decode;
-use shoal_protocol::verify::{self, Context};
+use shoal_protocol::verify::{self, Context, VerifyError};
 use shoal_protocol::{Envelope, TrustRoot, UnixTime};
 
 use super::node::Node;
 use super::release::ReleaseCache;
 use super::types::{Event, GossipMessage, Output, Refusal, Verdict};
+
+/// Why a trust-root rotation was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustRootError {
+    /// The node has no wall-clock reading yet, so it cannot check expiry.
+    #[error("no wall-clock reading yet")]
+    NoClock,
+    /// Larger than [`MAX_TRUST_ROOT_SIGNED_BYTES`].
+    #[error("rotation envelope of {size} bytes exceeds the cap")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+    },
+    /// Another fleet's trust root.
+    #[error("trust root of fleet {fleet:?}")]
+    WrongFleet {
+        /// The fleet it names.
+        fleet: String,
+    },
+    /// A version the node already holds or walked past: trusted state never moves back.
+    #[error("trust root version {version} is not newer than the current version {current}")]
+    Stale {
+        /// Its version.
+        version: u64,
+        /// The node's version.
+        current: u64,
+    },
+    /// More than one version ahead: the versions between must come first.
+    #[error("trust root version {version} skips versions after the current version {current}")]
+    Ahead {
+        /// Its version.
+        version: u64,
+        /// The node's version.
+        current: u64,
+    },
+    /// Expired already.
+    #[error("trust root version {version} has expired")]
+    Expired {
+        /// Its version.
+        version: u64,
+    },
+    /// A relayed chain does not end at the node's trust root.
+    #[error(
+        "the rotation chain ends at version {version}, not at the current root (version {current})"
+    )]
+    NotCurrent {
+        /// The chain's last version.
+        version: u64,
+        /// The node's version.
+        current: u64,
+    },
+    /// Malformed, or not signed by a threshold of the current and the new root keys.
+    #[error(transparent)]
+    Invalid(#[from] VerifyError),
+}
 
 /// Largest signed trust-root envelope accepted from gossip.
 pub const MAX_TRUST_ROOT_SIGNED_BYTES: usize = 12 * 1024;
@@ -74,44 +130,119 @@ impl Node {
             .map(|b| GossipMessage::TrustRoot(b.clone()).encode())
     }
 
-    pub(super) fn on_trust_root(&mut self, bytes: Vec<u8>) -> Verdict {
-        let Some(now) = self.wall_now() else {
-            return Verdict::Ignore;
-        };
+    /// Judges a rotation envelope against the current trust root: the next version, signed by
+    /// a threshold of the current and of the new root keys, not expired.
+    pub fn check_trust_root(&self, bytes: &[u8]) -> Result<TrustRoot, TrustRootError> {
+        let now = self.wall_now().ok_or(TrustRootError::NoClock)?;
         if bytes.len() > MAX_TRUST_ROOT_SIGNED_BYTES {
-            return Verdict::Reject;
+            return Err(TrustRootError::TooLarge { size: bytes.len() });
         }
-        let Ok(env) = decode::<Envelope>(&bytes) else {
-            return Verdict::Reject;
-        };
-        let Ok(candidate) = decode::<TrustRoot>(&env.payload) else {
-            return Verdict::Reject;
-        };
+        let env = decode::<Envelope>(bytes).map_err(|e| TrustRootError::Invalid(e.into()))?;
+        let candidate =
+            decode::<TrustRoot>(&env.payload).map_err(|e| TrustRootError::Invalid(e.into()))?;
         let current = &self.config.trust;
         if candidate.fleet != current.fleet {
-            return Verdict::Reject;
+            return Err(TrustRootError::WrongFleet {
+                fleet: candidate.fleet,
+            });
         }
-        // Already walked past it, or it needs versions we have not seen yet: not ours to judge.
-        if candidate.version <= current.version || candidate.version > current.version + 1 {
-            return Verdict::Ignore;
+        if candidate.version <= current.version {
+            return Err(TrustRootError::Stale {
+                version: candidate.version,
+                current: current.version,
+            });
         }
-        let next = match current.verify_successor(&env) {
-            Ok(next) if now < next.expires => next,
-            _ => return Verdict::Reject,
-        };
-        let revoked = current
+        if candidate.version > current.version + 1 {
+            return Err(TrustRootError::Ahead {
+                version: candidate.version,
+                current: current.version,
+            });
+        }
+        let next = current
+            .verify_successor(&env)
+            .map_err(TrustRootError::Invalid)?;
+        if now >= next.expires {
+            return Err(TrustRootError::Expired {
+                version: next.version,
+            });
+        }
+        Ok(next)
+    }
+
+    /// Takes a rotation envelope offered locally (the builder's origin installing a rotation):
+    /// as from gossip, with the reason when it is refused. Returns the new version.
+    pub fn offer_trust_root(&mut self, bytes: Vec<u8>) -> Result<u64, TrustRootError> {
+        let next = self.check_trust_root(&bytes)?;
+        Ok(self.adopt_trust_root(next, bytes))
+    }
+
+    /// Sets the rotations that led to the configured trust root, oldest first, to hand on to
+    /// peers that connect (the builder's origin starts on its fleet's newest root, and devices
+    /// provisioned with an older one learn the versions between from it). Each must be the
+    /// successor of the one before it, and the last one the configured root.
+    pub fn relay_trust_chain(&mut self, chain: Vec<Vec<u8>>) -> Result<(), TrustRootError> {
+        let mut prev: Option<TrustRoot> = None;
+        let mut last = None;
+        for bytes in &chain {
+            let env = decode::<Envelope>(bytes).map_err(|e| TrustRootError::Invalid(e.into()))?;
+            let root = match &prev {
+                Some(p) => p.verify_successor(&env),
+                None => TrustRoot::open_initial(&env),
+            }
+            .map_err(TrustRootError::Invalid)?;
+            if root.fleet != self.config.trust.fleet {
+                return Err(TrustRootError::WrongFleet { fleet: root.fleet });
+            }
+            last = Some(root.version);
+            prev = Some(root);
+        }
+        if let Some(v) = last
+            && (v != self.config.trust.version
+                || prev.as_ref().map(ReleaseCache::trust_digest) != Some(self.trust_digest))
+        {
+            return Err(TrustRootError::NotCurrent {
+                version: v,
+                current: self.config.trust.version,
+            });
+        }
+        let skip = chain.len().saturating_sub(MAX_TRUST_CHAIN);
+        self.trust_chain = chain.into_iter().skip(skip).collect();
+        Ok(())
+    }
+
+    fn adopt_trust_root(&mut self, next: TrustRoot, bytes: Vec<u8>) -> u64 {
+        let revoked = self
+            .config
+            .trust
             .release_keys
             .iter()
             .any(|k| !next.release_keys.contains(k));
         let version = next.version;
         self.set_trust(next, bytes);
-        if revoked {
+        if revoked && let Some(now) = self.wall_now() {
             self.recheck_after_revocation(now);
         }
         self.outputs
             .push_back(Output::Event(Event::TrustRotated { version }));
         self.persist();
-        Verdict::Accept
+        version
+    }
+
+    pub(super) fn on_trust_root(&mut self, bytes: Vec<u8>) -> Verdict {
+        match self.check_trust_root(&bytes) {
+            Ok(next) => {
+                self.adopt_trust_root(next, bytes);
+                Verdict::Accept
+            }
+            // Already walked past it, or it needs versions we have not seen yet, or no clock
+            // yet: not ours to judge.
+            Err(
+                TrustRootError::NoClock
+                | TrustRootError::Stale { .. }
+                | TrustRootError::Ahead { .. },
+            ) => Verdict::Ignore,
+            Err(_) => Verdict::Reject,
+        }
     }
 
     /// Drops what only a revoked release key vouched for.

@@ -174,10 +174,14 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
     if let Some(tune) = b.tune {
         tune(&mut config);
     }
-    let node = match snapshot {
+    let mut node = match snapshot {
         Some(s) => core::Node::resume(config, s, b.seed),
         None => core::Node::new(config, b.seed),
     };
+    if !b.trust_chain.is_empty() {
+        node.relay_trust_chain(b.trust_chain.clone())
+            .map_err(StartError::TrustChain)?;
+    }
     if !b.origin {
         // Back to the committed release before anything else happens (a crash may have
         // interrupted an apply); the core then reports the interrupted release as failed.
@@ -498,6 +502,14 @@ impl Driver {
                 let _ = reply.send(result);
             }
             Command::PublishUnchecked { bytes } => self.gossip_publish(bytes),
+            Command::OfferTrustRoot { bytes, reply } => {
+                let result = self.node.offer_trust_root(bytes.clone());
+                if let Ok(version) = result {
+                    tracing::info!(version, "trust root rotated; gossiping the rotation");
+                    self.gossip_publish(core::GossipMessage::TrustRoot(bytes).encode());
+                }
+                let _ = reply.send(result);
+            }
             Command::Dial { addr } => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!(%addr, error = %e, "dial failed");

@@ -112,6 +112,9 @@ pub enum StartError {
         /// The decoder's error.
         source: shoal_protocol::DecodeError,
     },
+    /// The rotation chain given with [`Builder::trust_chain`] does not lead to the trust root.
+    #[error("rotation chain: {0}")]
+    TrustChain(core::TrustRootError),
     /// The data plane's endpoint could not be set up (for example, its port is taken).
     #[error(transparent)]
     Quic(#[from] super::quic::QuicError),
@@ -145,6 +148,18 @@ pub enum PublishError {
     /// The node's own core refused the message (bad signature, expired, replayed...).
     #[error("refused by the node: {0}")]
     Refused(String),
+    /// The daemon has stopped.
+    #[error("daemon stopped")]
+    Stopped,
+}
+
+/// Why [`Handle::offer_trust_root`] did not install a rotation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OfferError {
+    /// The node's core refused it.
+    #[error("trust root refused: {0}")]
+    Refused(core::TrustRootError),
     /// The daemon has stopped.
     #[error("daemon stopped")]
     Stopped,
@@ -209,6 +224,9 @@ pub struct Status {
     /// The service containers running (Docker runtime).
     #[serde(default)]
     pub services: Vec<super::runtime::ServiceStatus>,
+    /// The version of the fleet's trust root the daemon verifies with.
+    #[serde(default)]
+    pub trust_version: u64,
 }
 
 impl Status {
@@ -239,6 +257,10 @@ pub(super) enum Command {
     },
     PublishUnchecked {
         bytes: Vec<u8>,
+    },
+    OfferTrustRoot {
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, core::TrustRootError>>,
     },
     Shutdown,
 }
@@ -290,6 +312,7 @@ pub struct Builder {
     pub(super) tune: Option<TuneFn>,
     pub(super) seed: u64,
     pub(super) source: Option<SourceFn>,
+    pub(super) trust_chain: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -340,6 +363,7 @@ impl Builder {
             tune: None,
             seed: rand_seed(),
             source: None,
+            trust_chain: Vec::new(),
         }
     }
 
@@ -427,6 +451,15 @@ impl Builder {
         wrap: impl FnOnce(Arc<Store>) -> Arc<dyn super::transfer::BlobSource> + Send + 'static,
     ) -> Self {
         self.source = Some(Box::new(wrap));
+        self
+    }
+
+    /// The signed rotations (encoded envelopes, oldest first) that led to `trust`, handed on to
+    /// peers that connect so that devices provisioned with an older root catch up (the
+    /// builder's origin starts on its fleet's newest root). Checked at start: each must follow
+    /// the one before it and the last must be `trust`.
+    pub fn trust_chain(mut self, chain: Vec<Vec<u8>>) -> Self {
+        self.trust_chain = chain;
         self
     }
 
@@ -532,6 +565,20 @@ impl Handle {
             .commands
             .send(Command::PublishUnchecked { bytes })
             .await;
+    }
+
+    /// Installs the fleet's next trust-root version (its signed rotation envelope) and gossips
+    /// it; the typed reason when the node's core refuses it (an older version, a gap, bad
+    /// signatures, expired). Returns the new version.
+    pub async fn offer_trust_root(&self, bytes: Vec<u8>) -> Result<u64, OfferError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::OfferTrustRoot { bytes, reply })
+            .await
+            .map_err(|_| OfferError::Stopped)?;
+        rx.await
+            .map_err(|_| OfferError::Stopped)?
+            .map_err(OfferError::Refused)
     }
 
     /// Dials a libp2p address.

@@ -66,6 +66,8 @@ pub struct Counters {
     pub gossip_rejected: AtomicU64,
     /// Gossip messages the core ignored (duplicates, stale).
     pub gossip_ignored: AtomicU64,
+    /// Peers the core dropped (too slow, too many failures).
+    pub peers_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -185,7 +187,13 @@ pub fn render(counters: &Counters, gauges: &Gauges) -> String {
             counters.bytes_out(class)
         );
     }
-    let lines: [(&str, &str, &str, Option<u64>); 10] = [
+    let lines: [(&str, &str, &str, Option<u64>); 11] = [
+        (
+            "shoal_peers_dropped_total",
+            "counter",
+            "Peers dropped for serving too slowly or failing too often.",
+            Some(counters.peers_dropped.load(Ordering::Relaxed)),
+        ),
         (
             "shoal_gossip_accepted_total",
             "counter",

@@ -9,58 +9,7 @@
 //!
 //! Frames: length (u32 LE, at most [`MAX_FRAME_BYTES`]) then the postcard encoding.
 
-use serde::{Deserialize, Serialize};
-use shoal_protocol::ReleaseSeq;
-
-/// The largest control frame: a bitfield of 16 M chunks (4 TiB at 256 KiB) and framing.
-pub const MAX_FRAME_BYTES: usize = 2 * 1024 * 1024 + 1024;
-
-/// One message on the control stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ControlMsg {
-    /// The first message: who the sender is, beyond the key the handshake proved.
-    Hello {
-        /// The sender's fleet; a peer of another fleet is disconnected.
-        fleet: String,
-        /// The sender's site label.
-        site: Option<String>,
-        /// Whether the sender is the builder's origin node.
-        origin: bool,
-    },
-    /// The sender's full availability for a release.
-    Bitfield {
-        /// The release.
-        sequence: ReleaseSeq,
-        /// Number of chunks (bits).
-        len: u32,
-        /// The bits, 64 per word, least significant first.
-        words: Vec<u64>,
-    },
-    /// The sender stored one more chunk of a release.
-    Have {
-        /// The release.
-        sequence: ReleaseSeq,
-        /// Index into the release's unique chunk list.
-        index: u32,
-    },
-    /// A gossip message the receiver may have missed (encoded as on the gossip topic).
-    Gossip {
-        /// The bytes.
-        bytes: Vec<u8>,
-    },
-    /// Asks for the receiver's bitfield of a release (sent when the sender just accepted its
-    /// announcement: availability sent before that was dropped by its core).
-    WantBitfield {
-        /// The release.
-        sequence: ReleaseSeq,
-    },
-    /// A signed status report, for the builder's origin node.
-    Report {
-        /// The encoded [`shoal_protocol::Envelope`] of a [`shoal_protocol::StatusReport`].
-        envelope: Vec<u8>,
-    },
-}
+pub use crate::wire::{ControlMsg, MAX_FRAME_BYTES, encode};
 
 /// Why a control frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -75,15 +24,6 @@ pub enum ControlError {
     /// The frame does not decode.
     #[error("malformed control frame: {0}")]
     Malformed(#[from] postcard::Error),
-}
-
-/// Encodes one frame.
-pub fn encode(msg: &ControlMsg) -> Vec<u8> {
-    let body = postcard::to_stdvec(msg).expect("control messages always encode");
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
 }
 
 /// Reads the next frame; `Ok(None)` when the stream ended cleanly between frames.
@@ -102,12 +42,13 @@ pub async fn read(recv: &mut quinn::RecvStream) -> Result<Option<ControlMsg>, Co
     recv.read_exact(&mut body)
         .await
         .map_err(|e| ControlError::Stream(e.to_string()))?;
-    Ok(Some(postcard::from_bytes(&body)?))
+    Ok(Some(crate::wire::decode(&body)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_protocol::ReleaseSeq;
 
     #[test]
     fn frames_round_trip() {

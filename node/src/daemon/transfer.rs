@@ -26,8 +26,7 @@ use tokio::sync::Semaphore;
 
 use super::quic::remote_device;
 use super::store::{
-    BlobError, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, Store, StoreError, StoredBlob,
-    compressed_bound, verify_blob,
+    BlobError, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, Store, StoreError, StoredBlob, verify_blob,
 };
 
 const VERSION: u8 = 1;
@@ -81,6 +80,12 @@ impl BlobKind {
 pub trait BlobSource: Send + Sync + 'static {
     /// The stored frame of a blob, or `None`.
     fn get(&self, kind: BlobKind, digest: &Digest) -> Option<StoredBlob>;
+
+    /// Sends each blob's frame at this many bytes per second instead of at once. `None` (every
+    /// real source): at once. Only tests that need a trickling peer set it.
+    fn pace_bytes_per_s(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl BlobSource for Store {
@@ -228,7 +233,16 @@ async fn serve_stream(
             let len = u32::try_from(blob.compressed.len()).unwrap_or(u32::MAX);
             head[5..9].copy_from_slice(&len.to_le_bytes());
             send.write_all(&head).await?;
-            send.write_all(&blob.compressed).await?;
+            match server.source.pace_bytes_per_s() {
+                None => send.write_all(&blob.compressed).await?,
+                Some(rate) => {
+                    let step = (rate.max(1) as usize).min(blob.compressed.len().max(1));
+                    for piece in blob.compressed.chunks(step) {
+                        send.write_all(piece).await?;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
             counters.add_out(device, blob.compressed.len() as u64);
             counters.served.fetch_add(1, Ordering::Relaxed);
         }
@@ -338,33 +352,8 @@ async fn fetch_inner(
     }
     let mut head = [0u8; 8];
     read_exact(&mut recv, &mut head).await?;
-    let raw_size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     let max = kind.max_bytes();
-    if raw_size > max {
-        return Err(BlobError::TooLarge {
-            declared: raw_size.into(),
-            max: max.into(),
-        }
-        .into());
-    }
-    if let Some(expected) = expected_size
-        && expected != raw_size
-    {
-        return Err(BlobError::SizeMismatch {
-            declared: raw_size.into(),
-            expected: expected.into(),
-        }
-        .into());
-    }
-    let bound = compressed_bound(raw_size);
-    if len as usize > bound {
-        return Err(BlobError::CompressedTooLarge {
-            len: len.into(),
-            max: bound as u64,
-        }
-        .into());
-    }
+    let (raw_size, len) = crate::wire::check_blob_head(head, max, expected_size)?;
     let mut compressed = vec![0u8; len as usize];
     read_exact(&mut recv, &mut compressed).await?;
     counters.add_in(peer, u64::from(len));

@@ -12,7 +12,7 @@ use shoal_protocol::{
 use super::harness::{Harness, info, peer};
 use crate::core::{
     Bitfield, Event, FetchError, GossipMessage, Input, Instant, Node, Output, Phase, Snapshot,
-    Verdict,
+    TrustRootError, Verdict,
 };
 use crate::testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
 
@@ -416,4 +416,132 @@ fn a_rotation_that_keeps_the_release_key_keeps_the_floor() {
     let r2 = h.release(2, 4);
     assert_eq!(h.gossip(peer(1), r2.announcement_gossip), Verdict::Reject);
     assert_eq!(h.node.progress().map(|p| p.sequence), Some(ReleaseSeq(3)));
+}
+
+/// Strips the gossip tag off an encoded `GossipMessage::TrustRoot`.
+fn envelope_of(gossip: &[u8]) -> Vec<u8> {
+    match GossipMessage::decode(gossip) {
+        Some(GossipMessage::TrustRoot(b)) => b,
+        other => panic!("not a trust root message: {other:?}"),
+    }
+}
+
+#[test]
+fn an_older_trust_root_offered_later_is_refused_with_a_typed_error() {
+    let mut h = Harness::new();
+    h.connect(peer(1), info(None, 5, false));
+    let (v2_gossip, v2_fleet) = rotate(&h.fleet, &[]);
+    let v2 = envelope_of(&v2_gossip);
+    assert_eq!(h.node.offer_trust_root(v2.clone()), Ok(2));
+    // Version 3, signed by version 2's root key and its own.
+    let newer_root = SigningKey::from_bytes(&[0x54; 32]);
+    let v3_root = TrustRoot {
+        version: 3,
+        root_keys: vec![newer_root.public_key()],
+        ..v2_fleet.trust.clone()
+    };
+    let v3 = encode(&Envelope::seal(
+        &v3_root,
+        &[&v2_fleet.root_key, &newer_root],
+    ));
+    assert_eq!(h.node.offer_trust_root(v3.clone()), Ok(3));
+    let before = trusted(&h.node);
+
+    // Version 2 again (a replay), and version 3 again: stale, typed, nothing moves.
+    assert_eq!(
+        h.node.offer_trust_root(v2.clone()),
+        Err(TrustRootError::Stale {
+            version: 2,
+            current: 3
+        })
+    );
+    assert_eq!(
+        h.node.offer_trust_root(v3.clone()),
+        Err(TrustRootError::Stale {
+            version: 3,
+            current: 3
+        })
+    );
+    // From gossip the same replay is ignored (not forwarded, not a rejection of the peer).
+    assert_eq!(h.gossip(peer(1), v2_gossip), Verdict::Ignore);
+    assert_eq!(trusted(&h.node), before);
+    // Version 5 skips 4; another fleet's root; garbage.
+    let v5 = encode(&Envelope::seal(
+        &TrustRoot {
+            version: 5,
+            ..v3_root.clone()
+        },
+        &[&newer_root],
+    ));
+    assert_eq!(
+        h.node.offer_trust_root(v5),
+        Err(TrustRootError::Ahead {
+            version: 5,
+            current: 3
+        })
+    );
+    let other = encode(&Envelope::seal(
+        &TrustRoot {
+            fleet: "other".into(),
+            version: 4,
+            ..v3_root.clone()
+        },
+        &[&newer_root],
+    ));
+    assert!(matches!(
+        h.node.offer_trust_root(other),
+        Err(TrustRootError::WrongFleet { .. })
+    ));
+    assert!(matches!(
+        h.node.offer_trust_root(vec![1, 2, 3]),
+        Err(TrustRootError::Invalid(_))
+    ));
+    assert_eq!(trusted(&h.node), before);
+}
+
+#[test]
+fn a_node_started_on_a_rotated_root_relays_the_chain_that_leads_to_it() {
+    let fleet = TestFleet::new("test-fleet");
+    let (v2_gossip, v2_fleet) = rotate(&fleet, &[]);
+    let v2 = envelope_of(&v2_gossip);
+    // The origin starts on version 2 (its fleet's current root file).
+    let mut config = fleet.config(7);
+    config.trust = v2_fleet.trust.clone();
+    let mut origin = Node::new(config, 1);
+    // A chain that does not end at its root is refused; the right one is kept.
+    assert!(matches!(
+        origin.relay_trust_chain(vec![vec![0; 8]]),
+        Err(TrustRootError::Invalid(_))
+    ));
+    let self_signed_v1 = encode(&Envelope::seal(&fleet.trust, &[&fleet.root_key]));
+    assert_eq!(
+        origin.relay_trust_chain(vec![self_signed_v1]),
+        Err(TrustRootError::NotCurrent {
+            version: 1,
+            current: 2
+        })
+    );
+    origin.relay_trust_chain(vec![v2.clone()]).unwrap();
+    origin.handle(Instant::ZERO, Input::WallClock(TEST_EPOCH));
+    // A connecting device is sent the rotation, and a device on version 1 takes it.
+    origin.handle(
+        Instant::ZERO,
+        Input::PeerConnected {
+            peer: peer(2),
+            info: info(None, 5, false),
+        },
+    );
+    let mut sync = None;
+    while let Some(o) = origin.poll_output() {
+        if let Output::SyncGossip { peer: p, messages } = o
+            && p == peer(2)
+        {
+            sync = Some(messages);
+        }
+    }
+    let sync = sync.expect("the origin syncs the connecting peer");
+    assert_eq!(sync, vec![v2_gossip.clone()]);
+    let mut h = Harness::new();
+    assert_eq!(h.gossip(peer(7), sync[0].clone()), Verdict::Accept);
+    assert_eq!(h.node.trust().version, 2);
 }

@@ -81,6 +81,9 @@ impl Driver {
             }
             Output::DropPeer { peer, reason } => {
                 tracing::info!(peer = %peer.short(), ?reason, "dropping peer");
+                self.counters
+                    .peers_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.remove_peer(&peer);
             }
             Output::BanPeer {
@@ -174,12 +177,6 @@ impl Driver {
         };
         match pending {
             PendingGossip::Net { id, source } => {
-                match verdict {
-                    core::Verdict::Accept => &self.counters.gossip_accepted,
-                    core::Verdict::Reject => &self.counters.gossip_rejected,
-                    core::Verdict::Ignore => &self.counters.gossip_ignored,
-                }
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match verdict {
                     core::Verdict::Accept => &self.counters.gossip_accepted,
                     core::Verdict::Reject => &self.counters.gossip_rejected,
@@ -422,6 +419,7 @@ impl Driver {
             bytes_in: self.counters.total_in(),
             bytes_out: self.counters.total_out(),
             services: self.runtime.services(),
+            trust_version: self.node.trust().version,
         };
         self.status_tx.send_if_modified(|s| {
             if *s == status {

@@ -1,0 +1,332 @@
+//! Hostile peers against real daemons on loopback: a peer flooding invalid announcements, and a
+//! peer trickling a chunk at 1 byte per second. Each test binds ephemeral loopback ports only and
+//! bounds every wait; none asserts a wall-clock duration.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shoal_node::daemon::identity::DeviceKey;
+use shoal_node::daemon::metrics::PeerClass;
+use shoal_node::daemon::store::{Store, StoredBlob};
+use shoal_node::daemon::transfer::{BlobKind, BlobSource};
+use shoal_node::daemon::{Builder, Handle, WallClock};
+use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestRelease};
+use shoal_protocol::{ChunkParams, ChunkRef, Digest, LayerRef, RolloutPlan, chunking};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn clock() -> WallClock {
+    let start = std::time::Instant::now();
+    Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A signed release over `kib` KiB of random bytes, and the chunks' bytes.
+struct Payload {
+    release: TestRelease,
+    blobs: Vec<Vec<u8>>,
+}
+
+impl Payload {
+    fn new(fleet: &TestFleet, sequence: u64, kib: usize, seed: u64) -> Payload {
+        let data = pseudo_random(kib << 10, seed);
+        let mut blobs = Vec::new();
+        let mut refs = Vec::new();
+        let mut start = 0;
+        for len in chunking::cut_points(&data, ChunkParams::DEFAULT) {
+            let bytes = data[start..start + len].to_vec();
+            refs.push(ChunkRef {
+                digest: Digest::of(&bytes),
+                size: len as u32,
+            });
+            blobs.push(bytes);
+            start += len;
+        }
+        let release = fleet.release_from_layers(
+            sequence,
+            vec![LayerRef::from_chunks(refs)],
+            RolloutPlan::all_at_once(),
+            TEST_EPOCH.plus_secs(86_400),
+        );
+        Payload { release, blobs }
+    }
+
+    fn announcement_envelope(&self) -> Vec<u8> {
+        self.release.announcement_gossip[1..].to_vec()
+    }
+}
+
+async fn seed(origin: &Handle, payload: &Payload) {
+    for bytes in &payload.blobs {
+        origin.store().put_bytes(bytes).unwrap();
+    }
+    origin
+        .store()
+        .put_bytes(&payload.release.manifest_bytes)
+        .unwrap();
+    origin
+        .seed(
+            payload.announcement_envelope(),
+            payload.release.manifest_bytes.clone(),
+        )
+        .await
+        .unwrap();
+}
+
+fn builder(fleet: &TestFleet, dir: &std::path::Path, name: &str, clock: &WallClock) -> Builder {
+    Builder::new(DeviceKey::generate(), fleet.trust.clone(), dir.join(name))
+        .arch(TEST_ARCH)
+        .wall_clock(clock.clone())
+}
+
+/// CPU time (user + system) spent so far by this process's threads named `name`, in
+/// milliseconds, from `/proc/self/task/*/stat` (clock ticks of 10 ms).
+fn thread_cpu_ms(name: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(name) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        total += ticks * 10;
+    }
+    total
+}
+
+/// Flood rate and length: about 10,000 invalid announcements a second for three seconds.
+const FLOOD_PER_TICK: u64 = 100;
+const FLOOD_TICK: Duration = Duration::from_millis(10);
+const FLOOD_TICKS: u64 = 300;
+
+#[test]
+fn a_flood_of_invalid_announcements_keeps_cpu_bounded_and_the_honest_one_arrives() {
+    logs();
+    let fleet = TestFleet::new("flood");
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let payload = Payload::new(&fleet, 1, 2048, 5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("others")
+        .enable_all()
+        .build()
+        .unwrap();
+    // The victim runs on threads of its own, so its CPU time can be told from the attacker's.
+    let victim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("victim")
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let origin = rt.block_on(
+        builder(&fleet, dir.path(), "origin", &clock)
+            .origin(true)
+            .start(),
+    );
+    let origin = origin.unwrap();
+    let victim = rt
+        .block_on(
+            victim_rt.spawn(
+                builder(&fleet, dir.path(), "victim", &clock)
+                    .bootstrap(vec![origin.listen_addrs()[0].clone()])
+                    .start(),
+            ),
+        )
+        .unwrap()
+        .unwrap();
+    let attacker = rt
+        .block_on(
+            builder(&fleet, dir.path(), "attacker", &clock)
+                .kademlia(false)
+                .bootstrap(vec![victim.listen_addrs()[0].clone()])
+                .start(),
+        )
+        .unwrap();
+
+    rt.block_on(async {
+        let (s, ok) = victim.wait_for(WAIT, |s| s.peers.len() >= 2).await;
+        assert!(ok, "the victim never connected to both: {s:#?}");
+        // Let gossipsub's mesh form (heartbeat 500 ms) so the flood reaches the victim.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // Invalid announcements: the honest one with one signature byte changed, each copy
+        // different (message ids are the BLAKE3 of the bytes).
+        let honest = payload.release.announcement_gossip.clone();
+        let invalid = |n: u64| {
+            let mut b = honest.clone();
+            let len = b.len();
+            b[len - 8..].copy_from_slice(&n.to_le_bytes());
+            b
+        };
+        let cpu_before = thread_cpu_ms("victim");
+        let start = std::time::Instant::now();
+        let mut tick = tokio::time::interval(FLOOD_TICK);
+        let mut sent = 0u64;
+        for t in 0..FLOOD_TICKS {
+            tick.tick().await;
+            for _ in 0..FLOOD_PER_TICK {
+                attacker.publish_unchecked(invalid(sent)).await;
+                sent += 1;
+            }
+            // A third of the way in, the builder's origin announces the real release.
+            if t == FLOOD_TICKS / 3 {
+                seed(&origin, &payload).await;
+            }
+        }
+        let flood_ms = start.elapsed().as_millis() as u64;
+        let (s, ok) = victim.wait_for(WAIT, |s| s.has_staged(1)).await;
+        assert!(
+            ok,
+            "the honest release did not stage during the flood: {s:#?}"
+        );
+        let cpu_ms = thread_cpu_ms("victim") - cpu_before;
+        let judged = victim.counters().gossip_rejected.load(Ordering::Relaxed);
+        eprintln!(
+            "flood: {sent} invalid announcements in {flood_ms} ms; the victim judged {judged} \
+             of them and spent {cpu_ms} ms of CPU until it had staged the honest release"
+        );
+        // Generous: the victim has two threads; it may use at most one core's worth over the
+        // flood (measured far below that on loopback), and it stays responsive.
+        assert!(
+            cpu_ms <= flood_ms,
+            "victim used {cpu_ms} ms CPU over a {flood_ms} ms flood"
+        );
+        assert!(
+            judged >= 1,
+            "no invalid announcement reached the victim's core"
+        );
+        // Peer scoring: after its first invalid messages the attacker is graylisted, so the
+        // victim's core sees only a small part of the flood.
+        assert!(
+            judged < sent / 2,
+            "the victim's core judged {judged} of {sent}: the flooder was not penalised"
+        );
+        assert_eq!(victim.status().highest, Some(1));
+    });
+    rt.block_on(async {
+        attacker.shutdown().await;
+        origin.shutdown().await;
+    });
+    victim_rt.block_on(victim.shutdown());
+}
+
+/// Serves the stored frames at 1 byte per second, and counts the requests.
+struct Trickle {
+    store: Arc<Store>,
+    asked: Arc<AtomicU64>,
+}
+
+impl BlobSource for Trickle {
+    fn get(&self, kind: BlobKind, digest: &Digest) -> Option<StoredBlob> {
+        if kind == BlobKind::Chunk {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+        }
+        self.store.get_compressed(digest).ok()?
+    }
+    fn pace_bytes_per_s(&self) -> Option<u32> {
+        Some(1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
+    logs();
+    let fleet = TestFleet::new("trickle");
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let payload = Payload::new(&fleet, 1, 1024, 9);
+    let origin = builder(&fleet, dir.path(), "origin", &clock)
+        .origin(true)
+        .start()
+        .await
+        .unwrap();
+    seed(&origin, &payload).await;
+    // The trickler stages honestly from the origin, then serves at 1 B/s. It shares the
+    // victim's site, so the victim asks it first.
+    let asked = Arc::new(AtomicU64::new(0));
+    let a = asked.clone();
+    let trickler = builder(&fleet, dir.path(), "trickler", &clock)
+        .site(Some("lab".into()))
+        .bootstrap(vec![origin.listen_addrs()[0].clone()])
+        .serve_from(move |store| Arc::new(Trickle { store, asked: a }))
+        .start()
+        .await
+        .unwrap();
+    let (s, ok) = trickler.wait_for(WAIT, |s| s.has_staged(1)).await;
+    assert!(ok, "the trickler did not stage: {s:#?}");
+
+    let victim = builder(&fleet, dir.path(), "victim", &clock)
+        .site(Some("lab".into()))
+        .kademlia(false)
+        .bootstrap(vec![
+            trickler.listen_addrs()[0].clone(),
+            origin.listen_addrs()[0].clone(),
+        ])
+        .start()
+        .await
+        .unwrap();
+    let (s, ok) = victim.wait_for(WAIT, |s| s.has_staged(1)).await;
+    assert!(ok, "the victim did not stage past the trickler: {s:#?}");
+    // Every chunk arrived, verified, from another peer.
+    for bytes in &payload.blobs {
+        assert_eq!(
+            victim.store().read(&Digest::of(bytes)).unwrap().as_deref(),
+            Some(&bytes[..])
+        );
+    }
+    assert!(
+        asked.load(Ordering::Relaxed) >= 1,
+        "the victim never asked the trickler, so nothing was tested"
+    );
+    assert_eq!(
+        trickler.counters().served.load(Ordering::Relaxed),
+        0,
+        "the trickler finished sending a chunk at 1 B/s"
+    );
+    let dropped = victim.counters().peers_dropped.load(Ordering::Relaxed);
+    assert!(dropped >= 1, "the trickler was never dropped");
+    // Every verified byte came from the origin.
+    let counters = victim.counters();
+    assert_eq!(
+        counters.bytes_in(PeerClass::Origin),
+        counters.total_in(),
+        "bytes from a peer other than the origin"
+    );
+    eprintln!(
+        "trickle: the trickler was asked {} time(s); the victim dropped {dropped} peer(s) and \
+         took all {} bytes from the origin",
+        asked.load(Ordering::Relaxed),
+        counters.total_in()
+    );
+    victim.shutdown().await;
+    trickler.shutdown().await;
+    origin.shutdown().await;
+}
