@@ -76,6 +76,8 @@ pub struct Keys {
     /// The release key before the last release-key rotation, if any: it co-signs releases for
     /// fleets not rotated yet.
     pub previous_release: Option<SigningKey>,
+    /// Where they were loaded from ([`Keys::reloaded`]).
+    dir: std::path::PathBuf,
 }
 
 impl Keys {
@@ -97,6 +99,7 @@ impl Keys {
         };
         let prev = dir.join("release.prev.key");
         Ok(Keys {
+            dir: dir.to_owned(),
             root,
             release: load_or_generate(&release_path)?,
             previous_release: if prev.exists() {
@@ -112,6 +115,31 @@ impl Keys {
         self.root.as_ref().ok_or_else(|| KeyError::RootOffline {
             dir: dir.display().to_string(),
         })
+    }
+
+    /// The release keys as they are on disk now: `shoal-builder keys rotate --new-release-key`
+    /// run while the server runs swaps the files, and what the server signs next must use the
+    /// new key (the fleet's origin, already rotated, refuses the revoked one). Keeps the loaded
+    /// keys if the files cannot be read.
+    pub fn reloaded(&self) -> Keys {
+        let release = match load(&self.dir.join("release.key")) {
+            Ok(k) => k,
+            Err(_) => return self.clone(),
+        };
+        let prev = self.dir.join("release.prev.key");
+        let previous_release = if prev.exists() {
+            match load(&prev) {
+                Ok(k) => Some(k),
+                Err(_) => return self.clone(),
+            }
+        } else {
+            None
+        };
+        Keys {
+            release,
+            previous_release,
+            ..self.clone()
+        }
     }
 
     /// The keys that sign a release: the release key, and the previous one while some fleet

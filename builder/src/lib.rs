@@ -19,7 +19,7 @@
 pub mod app;
 #[cfg(feature = "server")]
 pub mod cli;
-#[cfg(feature = "server")]
+#[cfg(any(feature = "server", feature = "parse"))]
 pub mod compose;
 #[cfg(feature = "server")]
 pub mod context;
@@ -27,7 +27,7 @@ pub mod context;
 pub mod dashboard;
 #[cfg(feature = "server")]
 pub mod db;
-#[cfg(feature = "server")]
+#[cfg(any(feature = "server", feature = "parse"))]
 pub mod dockerignore;
 #[cfg(feature = "server")]
 pub mod engine;

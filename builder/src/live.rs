@@ -594,7 +594,8 @@ impl FleetTask {
             if let Some(wc) = live.controller.wave_control(&action, issued) {
                 live.wave_controls = wc.counter;
                 if !replaying {
-                    let env = Envelope::seal(&wc, &self.inner.app.keys.release_signers());
+                    let env =
+                        Envelope::seal(&wc, &self.inner.app.keys.reloaded().release_signers());
                     let bytes = GossipMessage::WaveControl(encoding::encode(&env)).encode();
                     let seq = wc.sequence;
                     if let Err(e) = persist::insert_wave_control(

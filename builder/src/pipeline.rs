@@ -381,7 +381,7 @@ async fn build_and_publish(
 
 /// Signs a manifest and its announcement with the release key; returns both envelopes' bytes.
 pub fn sign(app: &App, manifest: &ReleaseManifest) -> (Vec<u8>, Vec<u8>) {
-    let env = Envelope::seal(manifest, &app.keys.release_signers());
+    let env = Envelope::seal(manifest, &app.keys.reloaded().release_signers());
     let manifest_bytes = shoal_protocol::encoding::encode(&env);
     let ann = Announcement {
         fleet: manifest.fleet.clone(),
@@ -392,7 +392,9 @@ pub fn sign(app: &App, manifest: &ReleaseManifest) -> (Vec<u8>, Vec<u8>) {
         release_bytes: manifest.unique_bytes(),
         expires: manifest.expires,
     };
-    let ann_bytes =
-        shoal_protocol::encoding::encode(&Envelope::seal(&ann, &app.keys.release_signers()));
+    let ann_bytes = shoal_protocol::encoding::encode(&Envelope::seal(
+        &ann,
+        &app.keys.reloaded().release_signers(),
+    ));
     (manifest_bytes, ann_bytes)
 }

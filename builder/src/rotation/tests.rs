@@ -87,6 +87,10 @@ fn online_rotation_replaces_root_and_release_keys_and_devices_accept_it() {
     let signed_now = announcement_by(&after.release_signers());
     assert!(check(&r.root, &signed_now).is_ok());
     assert!(check(&v1, &signed_now).is_ok());
+    // A server that loaded its keys before the rotation signs with the new ones too.
+    let reloaded = announcement_by(&before.reloaded().release_signers());
+    assert!(check(&r.root, &reloaded).is_ok());
+    assert!(check(&v1, &reloaded).is_ok());
 }
 
 #[test]
