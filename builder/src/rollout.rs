@@ -24,6 +24,13 @@
 //! - Operator commands: [`Controller::pause`], [`Controller::resume`], [`Controller::promote`]
 //!   (open the next wave now), [`Controller::abort`] (halt, and roll back by publishing a new,
 //!   higher sequence with the previous release's content).
+//! - Pins ([`Controller::set_held`], [`Controller::hold_fleet`], [`Controller::release_fleet`],
+//!   [`Controller::abort_to`]): devices pinned to another release are **held**: a signed `Hold`
+//!   list tells them not to activate this release (it goes out before any queued wave opening),
+//!   and they count in no wave's size or reports while held. A fleet pin to another release holds
+//!   a rollout that has not started: no wave opens until the pin goes (the devices stage the
+//!   release meanwhile); one that has started is halted and rolled forward to the pinned
+//!   release's content.
 
 mod controller;
 

@@ -41,6 +41,8 @@ pub use manifest::{
     HealthCheck, ImageRef, ReleaseManifest, RolloutPlan, Service, ServiceSettings, UpdateStrategy,
     Wave,
 };
-pub use messages::{Announcement, DeviceState, StatusReport, WaveAction, WaveControl};
+pub use messages::{
+    Announcement, DeviceState, MAX_HELD_DEVICES, StatusReport, WaveAction, WaveControl,
+};
 pub use time::{ReleaseSeq, UnixTime};
 pub use trust::TrustRoot;

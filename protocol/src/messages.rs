@@ -41,8 +41,14 @@ impl Wire for Announcement {
     }
 }
 
+/// Most devices one [`WaveAction::Hold`] names.
+pub const MAX_HELD_DEVICES: usize = 256;
+
 /// What a wave control message tells the devices of a release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// New variants go at the end: postcard encodes the variant's index, so the bytes of the
+/// existing ones never change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WaveAction {
     /// Waves `0..=wave` may activate.
     Open {
@@ -55,6 +61,14 @@ pub enum WaveAction {
     Resume,
     /// The release is abandoned: devices that have not activated it never will.
     Halt,
+    /// These devices (pinned by an operator to another release) do not activate this release
+    /// while held, whatever their wave; devices already running it stay. The list replaces that
+    /// of any earlier `Hold` for the release; an empty list holds no one. At most
+    /// [`MAX_HELD_DEVICES`]; the builder lists them in ascending order, devices read a set.
+    Hold {
+        /// The held devices.
+        devices: Vec<DeviceId>,
+    },
 }
 
 /// Steers a release's rollout. Signed by release keys; `counter` strictly increases per release
@@ -77,9 +91,14 @@ pub struct WaveControl {
 
 impl Wire for WaveControl {
     const KIND: &'static str = "wave-control";
-    const MAX_BYTES: usize = 1024;
+    /// Room for a full [`WaveAction::Hold`] list; signed, it stays under the gossip cap.
+    const MAX_BYTES: usize = 9 * 1024;
     fn validate(&self) -> Result<(), LimitError> {
-        limit("fleet", self.fleet.len(), MAX_NAME_BYTES)
+        limit("fleet", self.fleet.len(), MAX_NAME_BYTES)?;
+        if let WaveAction::Hold { devices } = &self.action {
+            limit("held devices", devices.len(), MAX_HELD_DEVICES)?;
+        }
+        Ok(())
     }
 }
 

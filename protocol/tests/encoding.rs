@@ -51,6 +51,9 @@ fn arb_action() -> impl Strategy<Value = WaveAction> {
         Just(WaveAction::Pause),
         Just(WaveAction::Resume),
         Just(WaveAction::Halt),
+        proptest::collection::vec(any::<[u8; 32]>(), 0..8).prop_map(|ds| WaveAction::Hold {
+            devices: ds.into_iter().map(DeviceId).collect()
+        }),
     ]
 }
 
@@ -124,6 +127,76 @@ fn canonical_bytes_are_stable() {
         "c276dfcbab9512971cd59923a6c9f4bbe135d079143f026e018b0c9313e64fdb",
         "canonical encoding of the fixture manifest changed"
     );
+}
+
+fn wave_control(counter: u64, action: WaveAction) -> WaveControl {
+    WaveControl {
+        fleet: "f".into(),
+        sequence: ReleaseSeq(7),
+        manifest_digest: Digest([3; 32]),
+        counter,
+        action,
+        issued_at: UnixTime(1_700_000_000),
+    }
+}
+
+/// Wave control bytes are signed and gossiped to devices in the field: the existing actions keep
+/// their bytes (`Hold` was added at the end), and `Hold`'s are fixed here.
+#[test]
+fn wave_control_bytes_are_stable() {
+    let head = |counter: u8| {
+        let mut b = vec![FORMAT_VERSION, 1, b'f', 7];
+        b.extend_from_slice(&[3; 32]);
+        b.push(counter);
+        b
+    };
+    // issued_at 1_700_000_000 as a postcard varint.
+    let tail = [0x80, 0xe2, 0xcf, 0xaa, 0x06];
+    let mut open = head(1);
+    open.extend_from_slice(&[0, 2]); // variant 0 (Open), wave 2
+    open.extend_from_slice(&tail);
+    assert_eq!(encode(&wave_control(1, WaveAction::Open { wave: 2 })), open);
+    let mut halt = head(2);
+    halt.push(3); // variant 3 (Halt)
+    halt.extend_from_slice(&tail);
+    assert_eq!(encode(&wave_control(2, WaveAction::Halt)), halt);
+    let mut hold = head(3);
+    hold.extend_from_slice(&[4, 2]); // variant 4 (Hold), two devices
+    hold.extend_from_slice(&[1; 32]);
+    hold.extend_from_slice(&[2; 32]);
+    hold.extend_from_slice(&tail);
+    let held = WaveAction::Hold {
+        devices: vec![DeviceId([1; 32]), DeviceId([2; 32])],
+    };
+    assert_eq!(encode(&wave_control(3, held)), hold);
+}
+
+/// A hold list is capped at `MAX_HELD_DEVICES`, and a full one, signed, fits in gossip.
+#[test]
+fn hold_lists_are_capped() {
+    use shoal_protocol::MAX_HELD_DEVICES;
+    let full = |n: usize| {
+        wave_control(
+            9,
+            WaveAction::Hold {
+                devices: (0..n)
+                    .map(|i| {
+                        let mut d = [0u8; 32];
+                        d[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                        DeviceId(d)
+                    })
+                    .collect(),
+            },
+        )
+    };
+    round_trip(&full(MAX_HELD_DEVICES));
+    let signed = encode(&Envelope::seal(
+        &full(MAX_HELD_DEVICES),
+        &[&common::key(11), &common::key(12)],
+    ));
+    assert!(signed.len() < 12 * 1024, "{} bytes", signed.len());
+    let err = decode::<WaveControl>(&encode(&full(MAX_HELD_DEVICES + 1))).unwrap_err();
+    assert!(matches!(err, DecodeError::Limit { .. }), "{err:?}");
 }
 
 #[test]

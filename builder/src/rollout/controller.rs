@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use shoal_protocol::waves::wave_of;
 use shoal_protocol::{
-    DeviceId, DeviceState, Digest, ReleaseSeq, RolloutPlan, StatusReport, UnixTime, WaveAction,
-    WaveControl,
+    DeviceId, DeviceState, Digest, MAX_HELD_DEVICES, ReleaseSeq, RolloutPlan, StatusReport,
+    UnixTime, WaveAction, WaveControl,
 };
 
 /// Most actions queued before the caller polls them (each decision adds at most two).
@@ -26,6 +26,9 @@ pub enum Action {
     Resume,
     /// Publish `WaveAction::Halt`: devices that have not activated the release never will.
     Halt,
+    /// Publish `WaveAction::Hold { devices }`: these devices (ascending) do not activate the
+    /// release while held.
+    Hold(Vec<DeviceId>),
     /// Publish a new release, with a higher sequence, whose content is that of `to_content_of`
     /// (`None`: there was no earlier release to return to).
     RollBack {
@@ -44,6 +47,9 @@ impl Action {
             Action::Pause { .. } => Some(WaveAction::Pause),
             Action::Resume => Some(WaveAction::Resume),
             Action::Halt => Some(WaveAction::Halt),
+            Action::Hold(devices) => Some(WaveAction::Hold {
+                devices: devices.clone(),
+            }),
             Action::RollBack { .. } | Action::Complete => None,
         }
     }
@@ -79,6 +85,9 @@ pub enum State {
     Running,
     /// Paused; [`Controller::resume`] continues.
     Paused(PauseReason),
+    /// Held by a fleet pin to another release: no wave has opened, and none opens until
+    /// [`Controller::release_fleet`] (the devices stage the release meanwhile).
+    Held,
     /// Aborted; final.
     Halted,
     /// Every wave succeeded; final.
@@ -134,6 +143,8 @@ pub struct Controller {
     plan: RolloutPlan,
     previous: Option<ReleaseSeq>,
     devices: Option<BTreeSet<DeviceId>>,
+    /// Devices held out of the release (pinned elsewhere): not counted in their waves.
+    held: BTreeSet<DeviceId>,
     stats: Vec<WaveStats>,
     latest: BTreeMap<DeviceId, (UnixTime, u8, DeviceState, u32)>,
     open: u32,
@@ -170,6 +181,7 @@ impl Controller {
             plan,
             previous,
             devices: None,
+            held: BTreeSet::new(),
             stats,
             latest: BTreeMap::new(),
             open: 0,
@@ -226,10 +238,85 @@ impl Controller {
         if !devices.insert(device) {
             return false;
         }
-        let w = wave_of(&self.plan, &device, &self.fleet, self.sequence) as usize;
-        let w = w.min(self.stats.len() - 1);
-        self.stats[w].devices += 1;
+        if !self.held.contains(&device) {
+            let w = self.wave(&device) as usize;
+            self.stats[w].devices += 1;
+        }
         true
+    }
+
+    fn wave(&self, device: &DeviceId) -> u32 {
+        let w = wave_of(&self.plan, device, &self.fleet, self.sequence);
+        w.min(self.stats.len() as u32 - 1)
+    }
+
+    /// The devices held out of the release.
+    pub fn held(&self) -> &BTreeSet<DeviceId> {
+        &self.held
+    }
+
+    /// Holds exactly `devices` out of the release (an operator pinned them to another one; at
+    /// most [`MAX_HELD_DEVICES`], the lowest ids kept): they do not count in their waves' sizes
+    /// or reports while held, and an [`Action::Hold`] tells the devices. The hold goes out before
+    /// any `OpenWave` still queued, so no held device activates in between. Nothing happens when
+    /// the set is unchanged or the rollout is halted.
+    pub fn set_held(&mut self, now_ms: u64, devices: BTreeSet<DeviceId>) {
+        let devices: BTreeSet<DeviceId> = devices.into_iter().take(MAX_HELD_DEVICES).collect();
+        if devices == self.held || self.state == State::Halted {
+            return;
+        }
+        let old = std::mem::replace(&mut self.held, devices);
+        for d in old
+            .symmetric_difference(&self.held)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            let listed = self.devices.as_ref().is_none_or(|l| l.contains(&d));
+            let sign = if self.held.contains(&d) { -1 } else { 1 };
+            let w = self.wave(&d) as usize;
+            if listed {
+                let n = &mut self.stats[w].devices;
+                *n = n.saturating_add_signed(sign);
+            }
+            if let Some((_, _, state, w)) = self.latest.get(&d).copied() {
+                self.stats[w as usize].add(state, sign);
+            }
+        }
+        let hold = Action::Hold(self.held.iter().copied().collect());
+        if self.actions.len() < MAX_QUEUED_ACTIONS {
+            let at = self
+                .actions
+                .iter()
+                .position(|a| matches!(a, Action::OpenWave(_)))
+                .unwrap_or(self.actions.len());
+            self.actions.insert(at, hold);
+        }
+        self.evaluate(now_ms);
+    }
+
+    /// Fleet pin: holds a release whose rollout has not started (its `OpenWave(0)` not yet
+    /// polled): no wave opens until [`Controller::release_fleet`]. Returns whether it did.
+    pub fn hold_fleet(&mut self) -> bool {
+        let Some(i) = self.actions.iter().position(|a| *a == Action::OpenWave(0)) else {
+            return false;
+        };
+        if self.state != State::Running || self.counter > 0 || self.open != 0 {
+            return false;
+        }
+        self.actions.remove(i);
+        self.opened_at_ms[0] = None;
+        self.state = State::Held;
+        true
+    }
+
+    /// The fleet pin no longer holds the release: wave 0 opens at `now_ms`.
+    pub fn release_fleet(&mut self, now_ms: u64) {
+        if self.state == State::Held {
+            self.state = State::Running;
+            self.opened_at_ms[0] = Some(now_ms);
+            self.push(Action::OpenWave(0));
+            self.evaluate(now_ms);
+        }
     }
 
     /// Whether the device is on the controller's list.
@@ -314,15 +401,20 @@ impl Controller {
             return;
         }
         let key = (report.time, state_rank(report.state));
+        // A held device's latest report is kept, and counts once it is no longer held.
+        let counted = !self.held.contains(&report.device);
         if let Some((t, r, old, w)) = self.latest.get(&report.device).copied() {
             if (t, r) > key {
                 return;
             }
-            self.stats[w as usize].add(old, -1);
+            if counted {
+                self.stats[w as usize].add(old, -1);
+            }
         }
-        let wave = wave_of(&self.plan, &report.device, &self.fleet, self.sequence);
-        let wave = wave.min(self.stats.len() as u32 - 1);
-        self.stats[wave as usize].add(report.state, 1);
+        let wave = self.wave(&report.device);
+        if counted {
+            self.stats[wave as usize].add(report.state, 1);
+        }
         self.latest
             .insert(report.device, (report.time, key.1, report.state, wave));
         self.evaluate(now_ms);
@@ -366,12 +458,16 @@ impl Controller {
 
     /// Operator: abort. Halts the release and asks for a rollback release.
     pub fn abort(&mut self) {
-        if matches!(self.state, State::Running | State::Paused(_)) {
+        self.abort_to(self.previous);
+    }
+
+    /// Halts the release and asks for a release with the content of `to` (an abort, or a
+    /// fleet pin to an older release while this one rolls out).
+    pub fn abort_to(&mut self, to: Option<ReleaseSeq>) {
+        if matches!(self.state, State::Running | State::Paused(_) | State::Held) {
             self.state = State::Halted;
             self.push(Action::Halt);
-            self.push(Action::RollBack {
-                to_content_of: self.previous,
-            });
+            self.push(Action::RollBack { to_content_of: to });
         }
     }
 

@@ -26,7 +26,8 @@ impl Node {
         self.try_activate();
     }
 
-    /// Applies the staged release if the device's wave is open.
+    /// Applies the staged release if the device's wave is open and the device is not held
+    /// (pinned by an operator to another release: [`shoal_protocol::WaveAction::Hold`]).
     pub(super) fn try_activate(&mut self) {
         if self.config.origin {
             return;
@@ -38,7 +39,8 @@ impl Node {
         };
         let seq = cur.ann.sequence;
         let open = cur.waves.open.is_some_and(|o| wave <= o);
-        if cur.phase != Phase::Staged || !open || cur.waves.paused || cur.waves.halted {
+        let w = &cur.waves;
+        if cur.phase != Phase::Staged || !open || w.paused || w.halted || w.held {
             return;
         }
         if self.applied.is_some_and(|a| seq <= a) {

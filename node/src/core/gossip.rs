@@ -1,7 +1,7 @@
 //! Gossip: announcements and wave control, verified before anything else happens.
 
 use shoal_protocol::verify::{self, VerifyError};
-use shoal_protocol::{ReleaseSeq, WaveAction, WaveControl};
+use shoal_protocol::{DeviceId, ReleaseSeq, WaveAction, WaveControl};
 
 use super::node::{Current, ManifestFetch, Node, Waves};
 use super::snapshot::Phase;
@@ -22,10 +22,14 @@ impl Node {
         if let Some(cur) = &self.cur {
             let seen = match &msg {
                 GossipMessage::Announcement(b) => *b == cur.ann_bytes,
-                GossipMessage::WaveControl(b) => [&cur.waves.last_open, &cur.waves.last_other]
-                    .into_iter()
-                    .flatten()
-                    .any(|(_, seen)| seen == b),
+                GossipMessage::WaveControl(b) => [
+                    &cur.waves.last_open,
+                    &cur.waves.last_hold,
+                    &cur.waves.last_other,
+                ]
+                .into_iter()
+                .flatten()
+                .any(|(_, seen)| seen == b),
                 GossipMessage::TrustRoot(_) => false,
             };
             if seen {
@@ -73,7 +77,7 @@ impl Node {
             && wc.sequence == cur.ann.sequence
             && wc.manifest_digest == cur.ann.manifest_digest
         {
-            cur.waves.apply(&wc, b);
+            cur.waves.apply(&wc, b, &self.id);
         }
         for p in self.peers.values_mut() {
             p.has_manifest = false;
@@ -135,7 +139,7 @@ impl Node {
         if cur.waves.counter.is_some_and(|c| wc.counter <= c) {
             return Verdict::Ignore;
         }
-        cur.waves.apply(&wc, bytes);
+        cur.waves.apply(&wc, bytes, &self.id);
         if cur.waves.halted
             && matches!(
                 cur.phase,
@@ -180,12 +184,18 @@ impl Node {
 }
 
 impl Waves {
-    pub(super) fn apply(&mut self, wc: &WaveControl, bytes: Vec<u8>) {
+    /// Takes a verified message for the current release; `me`: this device.
+    pub(super) fn apply(&mut self, wc: &WaveControl, bytes: Vec<u8>, me: &DeviceId) {
         self.counter = Some(wc.counter);
-        match wc.action {
+        match &wc.action {
             WaveAction::Open { wave } => {
-                self.open = Some(wave);
+                self.open = Some(*wave);
                 self.last_open = Some((wc.counter, bytes));
+                return;
+            }
+            WaveAction::Hold { devices } => {
+                self.held = devices.contains(me);
+                self.last_hold = Some((wc.counter, bytes));
                 return;
             }
             WaveAction::Pause => self.paused = true,
@@ -199,6 +209,7 @@ impl Waves {
         let mut v: Vec<&(u64, Vec<u8>)> = self
             .last_open
             .iter()
+            .chain(self.last_hold.iter())
             .chain(self.last_other.iter())
             .collect();
         v.sort_by_key(|(c, _)| *c);

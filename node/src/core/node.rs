@@ -179,8 +179,12 @@ pub(super) struct Waves {
     pub(super) open: Option<u32>,
     pub(super) paused: bool,
     pub(super) halted: bool,
-    /// (counter, envelope bytes) of the latest `Open` and the latest other action.
+    /// This device is on the latest `Hold` list (an operator pinned it to another release).
+    pub(super) held: bool,
+    /// (counter, envelope bytes) of the latest `Open`, the latest `Hold` and the latest other
+    /// action: together they say everything a late joiner needs.
     pub(super) last_open: Option<(u64, Vec<u8>)>,
+    pub(super) last_hold: Option<(u64, Vec<u8>)>,
     pub(super) last_other: Option<(u64, Vec<u8>)>,
 }
 

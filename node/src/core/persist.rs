@@ -62,7 +62,7 @@ impl Node {
                 && wc.manifest_digest == cur.ann.manifest_digest
                 && cur.waves.counter.is_none_or(|k| wc.counter > k)
             {
-                cur.waves.apply(&wc, c.clone());
+                cur.waves.apply(&wc, c.clone(), &self.id);
             }
         }
         self.cur = Some(cur);

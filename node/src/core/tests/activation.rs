@@ -207,3 +207,86 @@ fn wave_control_for_another_manifest_is_rejected() {
     assert_eq!(h.gossip(peer(9), b), Verdict::Reject);
     assert!(applies(&h.out).is_empty());
 }
+
+fn hold(
+    h: &Harness,
+    rel: &TestRelease,
+    counter: u64,
+    devices: &[shoal_protocol::DeviceId],
+) -> Vec<u8> {
+    let mut devices = devices.to_vec();
+    devices.sort();
+    h.fleet
+        .wave_control(rel, counter, WaveAction::Hold { devices })
+}
+
+#[test]
+fn a_held_device_does_not_activate_until_released() {
+    let mut h = Harness::new();
+    let rel = h.release(1, 4);
+    let seq = rel.announcement.sequence;
+    let me = h.node.id();
+    let other = shoal_protocol::DeviceId([0xee; 32]);
+    stage(&mut h, &rel);
+    // Held before its wave opens: it stays staged.
+    assert_eq!(
+        h.gossip(peer(9), hold(&h, &rel, 1, &[other, me])),
+        Verdict::Accept
+    );
+    assert_eq!(h.open_wave(&rel, 2, 0), Verdict::Accept);
+    assert!(applies(&h.out).is_empty(), "held while its wave is open");
+    assert_eq!(h.node.progress().map(|p| p.phase), Some(Phase::Staged));
+    // Another device's hold does not concern it: a list without it releases it.
+    assert_eq!(
+        h.gossip(peer(9), hold(&h, &rel, 3, &[other])),
+        Verdict::Accept
+    );
+    assert_eq!(applies(&h.out), vec![seq]);
+}
+
+#[test]
+fn a_hold_survives_a_restart_and_is_resent_to_late_peers() {
+    let mut h = Harness::new();
+    let rel = h.release(1, 4);
+    let me = h.node.id();
+    stage(&mut h, &rel);
+    let held = hold(&h, &rel, 1, &[me]);
+    h.gossip(peer(9), held.clone());
+    let open = h.fleet.wave_control(&rel, 2, WaveAction::Open { wave: 0 });
+    h.gossip(peer(9), open.clone());
+    assert!(applies(&h.out).is_empty());
+    let snap = h
+        .out
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Persist(s) => Some((**s).clone()),
+            _ => None,
+        })
+        .expect("a snapshot");
+    // Both envelopes (the gossip bytes without their tag) are kept, in counter order, for
+    // peers that join later.
+    assert_eq!(
+        snap.release.as_ref().map(|r| r.controls.clone()),
+        Some(vec![held[1..].to_vec(), open[1..].to_vec()])
+    );
+    let mut node = crate::core::Node::resume(h.fleet.config(1), snap, 3);
+    node.handle(
+        crate::core::Instant::ZERO,
+        Input::WallClock(crate::testing::TEST_EPOCH.plus_secs(30)),
+    );
+    let out: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert!(applies(&out).is_empty(), "still held after a restart");
+    // A newer hold without it releases it.
+    let release = hold(&h, &rel, 3, &[]);
+    node.handle(
+        crate::core::Instant::ZERO,
+        Input::Gossip {
+            from: peer(9),
+            id: crate::core::MessageId(77),
+            bytes: release,
+        },
+    );
+    let out: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
+    assert_eq!(applies(&out), vec![rel.announcement.sequence]);
+}
