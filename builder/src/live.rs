@@ -17,7 +17,24 @@
 //!
 //! Devices are counted in their waves as the origin hears of them: those connected to the origin
 //! when a release is seeded, every device the fleet's origin heard from before (stored), and any
-//! device whose verified report arrives later.
+//! device whose verified report arrives later, as long as it is registered in the fleet
+//! ([`crate::registry`]): reports from other devices are ignored.
+//!
+//! ## Pins
+//!
+//! Pins ([`Rollouts::pins_changed`] after the operator API sets one) act on the devices through
+//! the rollout of the fleet's newest release:
+//!
+//! - A device pinned to a release whose content is not this release's is **held**: a signed
+//!   `Hold` wave control message lists it, it does not activate the release whatever its wave,
+//!   and it counts in no wave. Unpinned, a new `Hold` without it lets it activate when its wave is
+//!   open. (Content: the manifest's commit, architecture, device type and services, so a
+//!   rollback release of the pinned one is not held.)
+//! - A fleet pin to another release holds a new release's rollout before it starts: the release is
+//!   built, seeded and staged by the devices, but no wave opens (state `held`) until the pin is
+//!   removed (or moved to that release). A fleet pinned to an older release than the one rolling
+//!   out (or rolled out) goes back by rolling forward, as an abort does: the rollout is halted and
+//!   a new, higher sequence with the pinned release's content goes to every device at once.
 //!
 //! ## Restarts
 //!
@@ -206,6 +223,9 @@ pub struct Progress {
     pub previous: Option<u64>,
     /// Wave control messages published.
     pub wave_controls: u64,
+    /// Devices held out of the release because they are pinned to another one (hex).
+    #[serde(default)]
+    pub held_devices: Vec<String>,
 }
 
 /// The state's name.
@@ -213,6 +233,7 @@ pub fn state_name(s: &State) -> &'static str {
     match s {
         State::Running => "running",
         State::Paused(_) => "paused",
+        State::Held => "held",
         State::Halted => "halted",
         State::Complete => "complete",
     }
@@ -234,6 +255,7 @@ pub fn pause_reason_text(r: &PauseReason) -> String {
 enum Cmd {
     Seeded(Seeded),
     Report(StatusReport),
+    Pins,
     Operator {
         event: Event,
         reply: oneshot::Sender<Result<Progress, LiveError>>,
@@ -415,6 +437,19 @@ impl Rollouts {
     pub async fn abort(&self, fleet: &str) -> Result<Progress, LiveError> {
         self.operator(fleet, Event::Abort).await
     }
+
+    /// A fleet or device pin of `fleet` changed (already stored): the fleet's rollout holds or
+    /// releases devices, holds or releases the fleet, or rolls forward to the pinned release.
+    pub async fn pins_changed(&self, fleet: &str) -> Result<(), LiveError> {
+        let tx = self.fleet_task(fleet).await?;
+        tx.send(Cmd::Pins).await.map_err(|_| LiveError::Stopped)
+    }
+}
+
+/// A fleet's pins.
+struct Pins {
+    fleet: Option<ReleaseSeq>,
+    devices: Vec<(DeviceId, ReleaseSeq)>,
 }
 
 /// The rollout of the fleet's newest release.
@@ -422,6 +457,8 @@ struct Live {
     controller: Controller,
     devices: BTreeMap<DeviceId, (u32, DeviceState, String)>,
     wave_controls: u64,
+    /// What the release runs ([`content_key`]).
+    content: Digest,
 }
 
 struct FleetTask {
@@ -469,6 +506,11 @@ impl FleetTask {
                 }
             }
             Cmd::Report(r) => self.on_report(r).await,
+            Cmd::Pins => {
+                if let Err(e) = self.reconcile_pins().await {
+                    tracing::error!(fleet = %self.fleet.name, error = %e, "cannot apply the pins");
+                }
+            }
             Cmd::Operator { event, reply } => {
                 let result = self.on_operator(event).await;
                 let _ = reply.send(result);
@@ -495,6 +537,18 @@ impl FleetTask {
     async fn on_report(&mut self, report: StatusReport) {
         if report.fleet != self.fleet.name {
             return;
+        }
+        // Only devices registered in this fleet count: anyone can make a device key.
+        match crate::registry::store::device(&self.inner.app.db, &report.device.to_string()).await {
+            Ok(Some(d)) if d.fleet == self.fleet.name => {}
+            Ok(_) => {
+                tracing::debug!(device = %report.device.short(), "report from an unregistered device ignored");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look a device up");
+                return;
+            }
         }
         let now = self.now_ms();
         if let Err(e) =
@@ -556,9 +610,8 @@ impl FleetTask {
         let allowed = match event {
             Event::Pause => state == State::Running,
             Event::Resume => matches!(state, State::Paused(_)),
-            Event::Promote | Event::Abort => {
-                matches!(state, State::Running | State::Paused(_))
-            }
+            Event::Promote => matches!(state, State::Running | State::Paused(_)),
+            Event::Abort => matches!(state, State::Running | State::Paused(_) | State::Held),
             _ => false,
         };
         if !allowed {
@@ -682,19 +735,45 @@ impl FleetTask {
         persist::insert_rollout(db, &self.fleet, &row)
             .await
             .map_err(internal)?;
-        self.live = Some(new_live(&self.fleet.name, &row, s.manifest_digest));
+        let content = content_key(&s.manifest);
+        self.live = Some(new_live(&self.fleet.name, &row, s.manifest_digest, content));
         tracing::info!(fleet = %self.fleet.name, sequence = seq.0, "rollout started");
-        // Wave 0 opens now; then every device the fleet has heard of joins.
+        // The pins act before anything is published: the fleet pin keeps wave 0 shut, and the
+        // held devices' list goes out ahead of it.
+        let pins = self.pins().await?;
+        let mut start = Vec::new();
+        if let Some(p) = pins.fleet
+            && !self.same_content(p, seq, content).await
+        {
+            start.push(Event::HoldFleet);
+        }
+        let held = self.held_for(&pins, seq, content).await;
+        if !held.is_empty() {
+            start.push(Event::Hold(held.into_iter().collect()));
+        }
+        for event in start {
+            persist::append_event(db, &self.fleet, seq, started_ms, &event)
+                .await
+                .map_err(internal)?;
+            if let Some(live) = self.live.as_mut() {
+                apply(live, started_ms, &event);
+            }
+        }
+        // Wave 0 opens now (unless held); then every registered device the fleet has heard of
+        // joins.
         self.act(false).await;
+        let registered = self.registered().await?;
         let mut devices: BTreeSet<DeviceId> = persist::devices(db, &self.fleet)
             .await
             .map_err(internal)?
             .into_iter()
+            .filter(|d| registered.contains(d))
             .collect();
         for d in self.inner.gossip.connected(&self.fleet.name).await {
-            if persist::add_device(db, &self.fleet, &d, now_s())
-                .await
-                .map_err(internal)?
+            if registered.contains(&d)
+                && persist::add_device(db, &self.fleet, &d, now_s())
+                    .await
+                    .map_err(internal)?
             {
                 devices.insert(d);
             }
@@ -727,14 +806,25 @@ impl FleetTask {
             .manifest_digest
             .parse()
             .map_err(|_| LiveError::Internal("stored manifest digest does not parse".into()))?;
-        let mut live = new_live(&self.fleet.name, &row, digest);
+        // The stored manifest says what the release runs (for pins); without it, only the
+        // release itself counts as the same.
+        let content = self
+            .manifest_by_digest(&digest)
+            .map(|m| content_key(&m))
+            .unwrap_or(digest);
+        let mut live = new_live(&self.fleet.name, &row, digest, content);
         let events = persist::events(db, &self.fleet, row.sequence)
             .await
             .map_err(internal)?;
         // Drain after each event, as the live loop did, so the action queue never overflows and
-        // the wave control counter lands where it was.
+        // the wave control counter lands where it was; the pins fed at the start went in before
+        // the first drain.
+        let leading = events.iter().take_while(|(_, e)| e.at_start()).count();
+        for (at, event) in &events[..leading] {
+            apply(&mut live, *at, event);
+        }
         drain_replayed(&mut live);
-        for (at, event) in &events {
+        for (at, event) in &events[leading..] {
             apply(&mut live, *at, event);
             drain_replayed(&mut live);
         }
@@ -747,17 +837,23 @@ impl FleetTask {
         {
             let _ = self.inner.gossip.publish(&self.fleet.name, bytes).await;
         }
-        // An abort whose rollback never went out is finished now.
+        // An abort (or a fleet pin) whose rollback never went out is finished now.
+        let back_to = events.iter().rev().find_map(|(_, e)| match e {
+            Event::Abort => Some(self.live.as_ref().and_then(|l| l.controller.previous())),
+            Event::PinFleet(p) => Some(Some(*p)),
+            _ => None,
+        });
         if let Some(live) = &self.live
             && *live.controller.state() == State::Halted
-            && events.iter().any(|(_, e)| *e == Event::Abort)
+            && let Some(to) = back_to
             && !persist::has_newer(db, &self.fleet, row.sequence)
                 .await
                 .map_err(internal)?
         {
-            let previous = live.controller.previous();
-            self.roll_back(previous).await?;
+            self.roll_back(to).await?;
         }
+        // Pins changed while the builder was down act now.
+        self.reconcile_pins().await?;
         tracing::info!(
             fleet = %self.fleet.name,
             sequence = row.sequence.0,
@@ -779,21 +875,7 @@ impl FleetTask {
             return Ok(());
         };
         let app = self.inner.app.clone();
-        let (digest_hex, commit) = persist::published(&app.db, &self.fleet, to)
-            .await
-            .map_err(|e| internal(e.to_string()))?
-            .ok_or_else(|| internal(format!("release {} is not stored", to.0)))?;
-        let digest: Digest = digest_hex
-            .parse()
-            .map_err(|_| internal("stored manifest digest does not parse".into()))?;
-        let bytes = app
-            .store
-            .get(Kind::Manifest, &digest)
-            .map_err(|e| internal(e.to_string()))?
-            .ok_or_else(|| internal(format!("manifest of release {} missing", to.0)))?;
-        let env: Envelope = encoding::decode(&bytes).map_err(|e| internal(e.to_string()))?;
-        let old: ReleaseManifest =
-            encoding::decode(&env.payload).map_err(|e| internal(e.to_string()))?;
+        let (old, commit) = self.manifest_of(to).await?;
 
         let _publish = app.publish_lock.lock().await;
         let sequence = app
@@ -860,6 +942,166 @@ impl FleetTask {
         .await
     }
 
+    /// The stored manifest of published release `seq`, and its commit.
+    async fn manifest_of(&self, seq: ReleaseSeq) -> Result<(ReleaseManifest, String), LiveError> {
+        let internal = |e: String| LiveError::Internal(e);
+        let app = &self.inner.app;
+        let (digest_hex, commit) = persist::published(&app.db, &self.fleet, seq)
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .ok_or_else(|| internal(format!("release {} is not stored", seq.0)))?;
+        let digest: Digest = digest_hex
+            .parse()
+            .map_err(|_| internal("stored manifest digest does not parse".into()))?;
+        Ok((self.manifest_by_digest(&digest)?, commit))
+    }
+
+    fn manifest_by_digest(&self, digest: &Digest) -> Result<ReleaseManifest, LiveError> {
+        let internal = |e: String| LiveError::Internal(e);
+        let bytes = self
+            .inner
+            .app
+            .store
+            .get(Kind::Manifest, digest)
+            .map_err(|e| internal(e.to_string()))?
+            .ok_or_else(|| internal(format!("manifest {digest} missing")))?;
+        let env: Envelope = encoding::decode(&bytes).map_err(|e| internal(e.to_string()))?;
+        encoding::decode(&env.payload).map_err(|e| internal(e.to_string()))
+    }
+
+    /// Whether published release `pin` runs the content of the rollout's release (`seq`,
+    /// content `content`); when unknown (its manifest cannot be read), it does not.
+    async fn same_content(&self, pin: ReleaseSeq, seq: ReleaseSeq, content: Digest) -> bool {
+        if pin == seq {
+            return true;
+        }
+        match self.manifest_of(pin).await {
+            Ok((m, _)) => content_key(&m) == content,
+            Err(e) => {
+                tracing::warn!(fleet = %self.fleet.name, pinned = pin.0, error = %e, "cannot read a pinned release");
+                false
+            }
+        }
+    }
+
+    /// The fleet's pins: its own and its registered devices'.
+    async fn pins(&self) -> Result<Pins, LiveError> {
+        let internal = |e: crate::db::DbError| LiveError::Internal(e.to_string());
+        let db = &self.inner.app.db;
+        let fleet = persist::fleet_pin(db, &self.fleet)
+            .await
+            .map_err(internal)?;
+        let devices = crate::registry::devices_of_fleet(db, self.fleet.id)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter_map(|d| {
+                let pin = ReleaseSeq(u64::try_from(d.pinned_sequence?).ok()?);
+                Some((d.id.parse().ok()?, pin))
+            })
+            .collect();
+        Ok(Pins { fleet, devices })
+    }
+
+    /// The devices the rollout of `seq` (content `content`) holds: those pinned to a release
+    /// of other content.
+    async fn held_for(&self, pins: &Pins, seq: ReleaseSeq, content: Digest) -> BTreeSet<DeviceId> {
+        let mut same = BTreeMap::new();
+        let mut held = BTreeSet::new();
+        for (d, p) in &pins.devices {
+            let s = match same.get(p) {
+                Some(s) => *s,
+                None => {
+                    let s = self.same_content(*p, seq, content).await;
+                    same.insert(*p, s);
+                    s
+                }
+            };
+            if !s {
+                held.insert(*d);
+            }
+        }
+        held
+    }
+
+    /// The devices registered in the fleet.
+    async fn registered(&self) -> Result<BTreeSet<DeviceId>, LiveError> {
+        Ok(
+            crate::registry::devices_of_fleet(&self.inner.app.db, self.fleet.id)
+                .await
+                .map_err(|e| LiveError::Internal(e.to_string()))?
+                .into_iter()
+                .filter_map(|d| d.id.parse().ok())
+                .collect(),
+        )
+    }
+
+    /// Brings the newest rollout in line with the pins (see the module docs).
+    async fn reconcile_pins(&mut self) -> Result<(), LiveError> {
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let (seq, content) = (live.controller.sequence(), live.content);
+        let pins = self.pins().await?;
+        let held = self.held_for(&pins, seq, content).await;
+        let now = self.now_ms();
+        if let Some(live) = self.live.as_ref()
+            && *live.controller.held() != held
+            && *live.controller.state() != State::Halted
+        {
+            self.feed(now, Event::Hold(held.into_iter().collect()))
+                .await?;
+        }
+        let fleet_pin = match pins.fleet {
+            Some(p) if !self.same_content(p, seq, content).await => Some(p),
+            _ => None,
+        };
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let state = live.controller.state().clone();
+        match (fleet_pin, state) {
+            (None, State::Held) => self.feed(now, Event::ReleaseFleet).await?,
+            (None, _) => {}
+            (Some(p), State::Held) => {
+                // Held on what the rollout before it carried; pinned to other content now, the
+                // fleet goes there (the held release, never activated, is superseded).
+                let db = &self.inner.app.db;
+                let before = persist::rollout_before(db, &self.fleet, seq)
+                    .await
+                    .map_err(|e| LiveError::Internal(e.to_string()))?;
+                let there = match before {
+                    Some((q, state)) if state != "halted" => match self.manifest_of(q).await {
+                        Ok((m, _)) => self.same_content(p, q, content_key(&m)).await,
+                        Err(_) => false,
+                    },
+                    _ => false,
+                };
+                if !there {
+                    tracing::info!(fleet = %self.fleet.name, sequence = seq.0, pinned = p.0, "held fleet pinned to another release: rolling forward to it");
+                    self.feed(now, Event::PinFleet(p)).await?;
+                }
+            }
+            (Some(p), State::Running | State::Paused(_)) => {
+                tracing::info!(fleet = %self.fleet.name, sequence = seq.0, pinned = p.0, "fleet pinned to an older release: rolling forward to it");
+                self.feed(now, Event::PinFleet(p)).await?;
+            }
+            (Some(p), _) => {
+                // Complete, or halted with nothing newer: roll forward to the pinned content.
+                let db = &self.inner.app.db;
+                let newer = persist::has_newer(db, &self.fleet, seq)
+                    .await
+                    .map_err(|e| LiveError::Internal(e.to_string()))?;
+                if !newer {
+                    tracing::info!(fleet = %self.fleet.name, sequence = seq.0, pinned = p.0, "fleet pinned to an older release: rolling forward to it");
+                    self.roll_back(Some(p)).await?;
+                }
+            }
+        }
+        self.publish_progress();
+        Ok(())
+    }
+
     fn progress(&self) -> Option<Progress> {
         let live = self.live.as_ref()?;
         let c = &live.controller;
@@ -874,7 +1116,7 @@ impl FleetTask {
                     reporting: s.reported,
                     healthy: s.healthy,
                     failed: s.failed,
-                    open: w <= c.open_wave(),
+                    open: w <= c.open_wave() && c.opened_at_ms(w).is_some(),
                     opened_at_ms: c.opened_at_ms(w),
                 }
             })
@@ -902,6 +1144,7 @@ impl FleetTask {
                 .collect(),
             previous: c.previous().map(|p| p.0),
             wave_controls: live.wave_controls,
+            held_devices: c.held().iter().map(|d| d.to_string()).collect(),
         })
     }
 
@@ -916,7 +1159,15 @@ impl FleetTask {
     }
 }
 
-fn new_live(fleet: &str, row: &RolloutRow, digest: Digest) -> Live {
+/// What a release runs, for comparing releases: the manifest's commit, architecture, device type
+/// and services (a rollback release has its source's).
+fn content_key(m: &ReleaseManifest) -> Digest {
+    let bytes =
+        serde_json::to_vec(&(&m.commit, &m.arch, &m.device_type, &m.services)).unwrap_or_default();
+    Digest::of(&bytes)
+}
+
+fn new_live(fleet: &str, row: &RolloutRow, digest: Digest, content: Digest) -> Live {
     Live {
         controller: Controller::with_devices(
             fleet,
@@ -929,6 +1180,7 @@ fn new_live(fleet: &str, row: &RolloutRow, digest: Digest) -> Live {
         ),
         devices: BTreeMap::new(),
         wave_controls: 0,
+        content,
     }
 }
 
@@ -962,5 +1214,11 @@ fn apply(live: &mut Live, at_ms: u64, event: &Event) {
         Event::Resume => c.resume(at_ms),
         Event::Promote => c.promote(at_ms),
         Event::Abort => c.abort(),
+        Event::Hold(devices) => c.set_held(at_ms, devices.iter().copied().collect()),
+        Event::HoldFleet => {
+            c.hold_fleet();
+        }
+        Event::ReleaseFleet => c.release_fleet(at_ms),
+        Event::PinFleet(to) => c.abort_to(Some(*to)),
     }
 }

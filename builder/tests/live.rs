@@ -140,6 +140,20 @@ async fn waves_open_in_order_as_stage_only_devices_report_healthy() {
         .enumerate()
         .flat_map(|(w, ks)| ks.iter().map(move |k| (k.device_id().to_string(), w)))
         .collect();
+    // Only registered devices count in the rollout.
+    let registry = shoal_builder::registry::Registry::new();
+    let provisioning = app.create_provisioning_key("waves").await.unwrap();
+    for (i, k) in by_wave.iter().flatten().enumerate() {
+        let r = shoal_builder::registry::sign_registration(
+            &k.signing_key(),
+            &provisioning,
+            &format!("d{i}"),
+            "",
+            "amd64",
+            "generic-amd64",
+        );
+        registry.register(&app, &r, now_s()).await.unwrap();
+    }
     let mut devices = Vec::new();
     for (i, k) in by_wave.into_iter().flatten().enumerate() {
         let d =

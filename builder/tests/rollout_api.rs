@@ -156,3 +156,163 @@ fn rollout_commands_need_an_operator_token_and_steer_the_live_rollout() {
                 && e["target"].as_str() == Some(r2.sequence.to_string().as_str()))
     );
 }
+
+/// Pins over the API act on the rollout: a pinned device is held out of a new release by a
+/// signed hold list while the others' wave opens, unpinning releases it; a fleet pin holds a new
+/// release's waves shut until it is removed. Each pin is audited and shown in the registry.
+#[test]
+fn pins_hold_devices_and_fleets_out_of_new_releases() {
+    let b = InProc::start_with_plan(shoal_protocol::RolloutPlan::all_at_once());
+    let devs: Vec<Dev> = (0..4).map(|i| Dev::new(40 + i, &format!("p{i}"))).collect();
+    for d in &devs {
+        b.register(d, "");
+    }
+    let r1 = b.publish("1111111111111111111111111111111111111111", true, "");
+    let recorder = Arc::new(Recorder::default());
+    *recorder.devices.lock().unwrap() = devs.iter().map(|d| d.id()).collect();
+    let (seed_tx, seed_rx) = tokio::sync::broadcast::channel(8);
+    let (_report_tx, report_rx) = tokio::sync::broadcast::channel(8);
+    let env: shoal_protocol::Envelope =
+        shoal_protocol::encoding::decode(&std::fs::read(b.app.trust_root_path("demo")).unwrap())
+            .unwrap();
+    let trust = shoal_protocol::TrustRoot::open_initial(&env).unwrap();
+    let seed = |r: &support::inproc::Published| {
+        let bytes = b
+            .app
+            .store
+            .get(shoal_builder::store::Kind::Manifest, &r.digest)
+            .unwrap()
+            .unwrap();
+        let env: shoal_protocol::Envelope = shoal_protocol::encoding::decode(&bytes).unwrap();
+        let manifest: ReleaseManifest = shoal_protocol::encoding::decode(&env.payload).unwrap();
+        seed_tx
+            .send(Seeded {
+                fleet: "demo".into(),
+                manifest: Arc::new(manifest),
+                manifest_digest: r.digest,
+            })
+            .unwrap();
+        support::wait_for(|| {
+            let p = b.get("/api/v1/fleets/demo/rollout");
+            (p.status == 200 && p.json()["sequence"] == r.sequence).then_some(())
+        });
+    };
+    b.rt.block_on(async {
+        let rollouts = Rollouts::start(
+            b.app.clone(),
+            recorder.clone(),
+            seed_rx,
+            report_rx,
+            system_clock_ms(),
+        )
+        .await
+        .unwrap();
+        let _ = b.app.rollouts.set(rollouts);
+    });
+    seed(&r1);
+    // The wave control messages of release `seq`, checked against the fleet's trust root.
+    let controls = |seq: u64| -> Vec<shoal_protocol::WaveAction> {
+        recorder
+            .published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let now = shoal_protocol::UnixTime(shoal_builder::app::now_s() as u64);
+                shoal_protocol::verify::wave_control(&trust, &m[1..], now).unwrap()
+            })
+            .filter(|w| w.sequence.0 == seq)
+            .map(|w| w.action)
+            .collect()
+    };
+    let op = Some(b.operator_token.as_str());
+    let pinned = &devs[0];
+    let path = format!("/api/v1/devices/{}/pin", pinned.id());
+    let pin = json!({ "sequence": r1.sequence }).to_string();
+    // Refused without a token and with a push token, nothing changed.
+    assert_eq!(b.request("PUT", &path, None, pin.as_bytes()).status, 401);
+    let r = b.request("PUT", &path, Some(&b.push_token), pin.as_bytes());
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        b.get_json(&format!("/api/v1/devices/{}", pinned.id()))["pinned_sequence"],
+        serde_json::Value::Null
+    );
+    let r = b.request("PUT", &path, op, pin.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A new release: the pinned device is held (the signed hold goes out before wave 0 opens),
+    // the others may activate it.
+    let r2 = b.publish("2222222222222222222222222222222222222222", true, "");
+    seed(&r2);
+    let p = support::wait_for(|| {
+        let p = b.get_json("/api/v1/fleets/demo/rollout");
+        (p["held_devices"].as_array().is_some_and(|h| h.len() == 1)).then_some(p)
+    });
+    assert_eq!(p["held_devices"][0], pinned.id().to_string());
+    assert_eq!(p["waves"][0]["devices"], 3, "{p}");
+    assert_eq!(
+        controls(r2.sequence),
+        vec![
+            shoal_protocol::WaveAction::Hold {
+                devices: vec![pinned.id()]
+            },
+            shoal_protocol::WaveAction::Open { wave: 0 }
+        ]
+    );
+    let d = b.get_json(&format!("/api/v1/devices/{}", pinned.id()));
+    assert_eq!(d["pinned_sequence"], r1.sequence, "{d}");
+    assert_eq!(d["target_sequence"], r1.sequence, "{d}");
+
+    // Unpinned: a new hold list without it lets it activate the release.
+    let r = b.request("PUT", &path, op, br#"{"sequence": null}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    support::wait_for(|| {
+        let c = controls(r2.sequence);
+        (c.len() == 3).then_some(())
+    });
+    assert_eq!(
+        controls(r2.sequence)[2],
+        shoal_protocol::WaveAction::Hold { devices: vec![] }
+    );
+    let p = b.get_json("/api/v1/fleets/demo/rollout");
+    assert_eq!(p["waves"][0]["devices"], 4, "{p}");
+
+    // A fleet pin to release 2: release 3 is seeded but its wave stays shut until unpinned.
+    let fleet_pin = json!({ "sequence": r2.sequence }).to_string();
+    let r = b.request("PUT", "/api/v1/fleets/demo/pin", op, fleet_pin.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r3 = b.publish("3333333333333333333333333333333333333333", true, "");
+    seed(&r3);
+    let p = b.get_json("/api/v1/fleets/demo/rollout");
+    assert_eq!(p["state"], "held", "{p}");
+    assert_eq!(p["waves"][0]["open"], false, "{p}");
+    assert_eq!(controls(r3.sequence), vec![]);
+    let r = b.request(
+        "PUT",
+        "/api/v1/fleets/demo/pin",
+        op,
+        br#"{"sequence": null}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = support::wait_for(|| {
+        let p = b.get_json("/api/v1/fleets/demo/rollout");
+        (p["state"] != "held").then_some(p)
+    });
+    assert_eq!(p["waves"][0]["open"], true, "{p}");
+    assert_eq!(
+        controls(r3.sequence),
+        vec![shoal_protocol::WaveAction::Open { wave: 0 }]
+    );
+
+    let audit = b.get_json("/api/v1/fleets/demo/audit");
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["fleet.pin", "fleet.pin", "device.pin", "device.pin"]
+    );
+}

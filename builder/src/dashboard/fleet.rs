@@ -118,7 +118,7 @@ pub(super) async fn settings(State(s): State<Server>, Path(name): Path<String>) 
         esc(&f.device_type),
         seq(pin)
     );
-    b.push_str("<h2>Release pin</h2><div class=\"panel\"><p class=\"muted\">While pinned, devices are told to run the pinned release instead of the latest one; new pushes still build and publish. Needs an operator token.</p>");
+    b.push_str("<h2>Release pin</h2><div class=\"panel\"><p class=\"muted\">While the fleet is pinned, new pushes still build, publish and stage on the devices, but their waves stay shut until the pin is removed; pinning a release older than the one rolling out rolls the fleet forward to its content as a new release. A pinned device (Devices page) is held out of every release of other content. Needs an operator token.</p>");
     b.push_str(&format!(
         "<form data-pin=\"/api/v1/fleets/{fleet_url}/pin\"><select name=\"sequence\">{}</select> <button class=\"primary\" type=\"submit\">Save pin</button></form></div>",
         release_options(&s, &f, pin).await

@@ -15,11 +15,24 @@ pub(super) fn of_release(s: &Server, fleet: &str, sequence: Option<i64>) -> Opti
 /// The state line and the buttons that apply in it.
 pub(super) fn controls(fleet: &str, p: &Progress) -> String {
     let base = format!("/api/v1/fleets/{}/rollout", url_encode(fleet));
-    let mut out = format!(
-        "<p id=\"rollout-state\">Rollout {} · wave {} open",
-        badge(&p.state),
-        p.open_wave
-    );
+    let mut out = if p.state == "held" {
+        format!(
+            "<p id=\"rollout-state\">Rollout {} · <span class=\"muted\">the fleet is pinned to another release: devices stage this one, no wave opens until the pin is removed</span>",
+            badge(&p.state)
+        )
+    } else {
+        format!(
+            "<p id=\"rollout-state\">Rollout {} · wave {} open",
+            badge(&p.state),
+            p.open_wave
+        )
+    };
+    if !p.held_devices.is_empty() {
+        out.push_str(&format!(
+            " · <span class=\"muted\" id=\"held-devices\">{} pinned device(s) held out of this release</span>",
+            p.held_devices.len()
+        ));
+    }
     if let Some(r) = &p.pause_reason {
         out.push_str(&format!(" · <span class=\"muted\">{}</span>", esc(r)));
     }
@@ -43,7 +56,7 @@ pub(super) fn controls(fleet: &str, p: &Progress) -> String {
         }
         _ => {}
     }
-    if matches!(p.state.as_str(), "running" | "paused") {
+    if matches!(p.state.as_str(), "running" | "paused" | "held") {
         out.push_str(&button(
             "abort",
             "Abort and roll back",

@@ -27,6 +27,23 @@ pub enum Event {
     Promote,
     /// Operator: abort.
     Abort,
+    /// Pins: exactly these devices are held out of the release (pinned to another one).
+    Hold(Vec<DeviceId>),
+    /// Pins: the fleet is pinned to another release; the rollout, not started, waits.
+    HoldFleet,
+    /// Pins: the fleet pin no longer holds the rollout; wave 0 opens.
+    ReleaseFleet,
+    /// Pins: the fleet was pinned to this older release while the rollout ran: halt it and
+    /// roll forward to that release's content.
+    PinFleet(ReleaseSeq),
+}
+
+impl Event {
+    /// Whether the event is fed before the rollout's first action is taken (so a replay takes
+    /// it before draining the controller's first actions, as the live loop did).
+    pub fn at_start(&self) -> bool {
+        matches!(self, Event::Hold(_) | Event::HoldFleet)
+    }
 }
 
 /// A rollout row.
@@ -103,6 +120,22 @@ pub async fn latest_rollout(db: &Db, fleet: &Fleet) -> Result<Option<RolloutRow>
         started_ms: row.try_get::<i64, _>("started_ms")? as u64,
         state: row.try_get("state")?,
     }))
+}
+
+/// The newest rollout before `seq` (sequence, state name), if any.
+pub async fn rollout_before(
+    db: &Db,
+    fleet: &Fleet,
+    seq: ReleaseSeq,
+) -> Result<Option<(ReleaseSeq, String)>, DbError> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT sequence, state FROM live_rollouts WHERE fleet_id = ?1 AND sequence < ?2 ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(fleet.id)
+    .bind(seq.0 as i64)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(|(s, st)| (ReleaseSeq(s as u64), st)))
 }
 
 /// The newest rollout before `seq` that completed, if any.
@@ -223,6 +256,16 @@ pub async fn devices(db: &Db, fleet: &Fleet) -> Result<Vec<DeviceId>, DbError> {
             Ok(DeviceId(id))
         })
         .collect()
+}
+
+/// The fleet's pin, if any.
+pub async fn fleet_pin(db: &Db, fleet: &Fleet) -> Result<Option<ReleaseSeq>, DbError> {
+    let row: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT pinned_sequence FROM fleets WHERE id = ?1")
+            .bind(fleet.id)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.and_then(|r| r.0).map(|s| ReleaseSeq(s as u64)))
 }
 
 /// The release row of a published sequence: (manifest digest hex, commit).

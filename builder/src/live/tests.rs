@@ -67,10 +67,17 @@ fn plan() -> RolloutPlan {
     }
 }
 
-fn device(n: u32) -> DeviceId {
+/// Devices `0..REGISTERED` are registered in the fleet by [`Harness::new`].
+const REGISTERED: u32 = 64;
+
+fn key(n: u32) -> SigningKey {
     let mut s = [9u8; 32];
     s[..4].copy_from_slice(&n.to_le_bytes());
-    DeviceId::from(SigningKey::from_bytes(&s).public_key())
+    SigningKey::from_bytes(&s)
+}
+
+fn device(n: u32) -> DeviceId {
+    DeviceId::from(key(n).public_key())
 }
 
 /// Two devices in each wave of release `seq`.
@@ -84,6 +91,7 @@ fn devices_per_wave(seq: u64) -> Vec<Vec<DeviceId>> {
             by_wave[w].push(d);
         }
         n += 1;
+        assert!(n < REGISTERED, "only registered devices count");
     }
     by_wave
 }
@@ -115,6 +123,19 @@ impl Harness {
         let env: Envelope =
             encoding::decode(&std::fs::read(app.trust_root_path("live")).unwrap()).unwrap();
         let trust = TrustRoot::open_initial(&env).unwrap();
+        let registry = crate::registry::Registry::new();
+        let provisioning = app.create_provisioning_key("live").await.unwrap();
+        for n in 0..REGISTERED {
+            let r = crate::registry::sign_registration(
+                &key(n),
+                &provisioning,
+                &format!("d{n}"),
+                "",
+                "amd64",
+                "generic-amd64",
+            );
+            registry.register(&app, &r, now_s()).await.unwrap();
+        }
         let gossip: Arc<FakeGossip> = Arc::default();
         let seeded = broadcast::channel(16).0;
         let reports = broadcast::channel(256).0;
@@ -256,6 +277,40 @@ impl Harness {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Pins a device (`None`: unpins) as the operator API does, and tells the loop.
+    async fn pin_device(&self, d: DeviceId, seq: Option<u64>) {
+        let change = crate::operator::Change::DevicePin {
+            device: d.to_string(),
+            sequence: seq.map(|s| s as i64),
+        };
+        self.change(change).await;
+    }
+
+    /// Pins the fleet (`None`: unpins) as the operator API does, and tells the loop.
+    async fn pin_fleet(&self, seq: Option<u64>) {
+        let change = crate::operator::Change::FleetPin {
+            fleet_id: self.fleet.id,
+            sequence: seq.map(|s| s as i64),
+        };
+        self.change(change).await;
+    }
+
+    async fn change(&self, change: crate::operator::Change) {
+        let audit = crate::operator::Audit {
+            actor: "test",
+            action: crate::operator::Action::DevicePin,
+            fleet: "live",
+            target: String::new(),
+            detail: serde_json::Value::Null,
+        };
+        assert!(
+            crate::operator::apply(&self.app.db, &change, &audit)
+                .await
+                .unwrap()
+        );
+        self.rollouts.pins_changed("live").await.unwrap();
     }
 
     fn actions(&self) -> Vec<(u64, WaveAction)> {
@@ -423,4 +478,178 @@ async fn a_restart_resumes_the_rollout_without_reopening_waves() {
         vec![1, 2, 3, 4, 5],
         "open0 open1 pause | resume open2"
     );
+}
+
+#[tokio::test]
+async fn reports_from_unregistered_devices_cannot_open_a_wave() {
+    let h = Harness::new().await;
+    let waves = devices_per_wave(1);
+    *h.gossip.connected.lock().unwrap() = waves.concat();
+    let m = h.publish(1, "a").await;
+    h.wait("joined", |p| p.waves.iter().all(|w| w.devices == 2))
+        .await;
+    // Strangers with keys of their own, in wave 0 of release 1, report healthy.
+    let strangers: Vec<DeviceId> = (REGISTERED..REGISTERED + 200)
+        .map(device)
+        .filter(|d| wave_of(&plan(), d, "live", ReleaseSeq(1)) == 0)
+        .take(5)
+        .collect();
+    assert_eq!(strangers.len(), 5);
+    for d in &strangers {
+        h.report(*d, &m, DeviceState::Healthy);
+    }
+    // A registered device's report after them is counted; theirs were not.
+    h.report(waves[2][0], &m, DeviceState::Staged);
+    let p = h
+        .wait("the registered report", |p| p.devices.len() == 1)
+        .await;
+    assert_eq!(p.open_wave, 0, "{p:#?}");
+    assert_eq!(p.waves[0].devices, 2);
+    assert_eq!(p.waves[0].healthy, 0);
+    assert_eq!(h.actions(), vec![(1, WaveAction::Open { wave: 0 })]);
+    let known = persist::devices(&h.app.db, &h.fleet).await.unwrap();
+    assert!(strangers.iter().all(|d| !known.contains(d)));
+}
+
+#[tokio::test]
+async fn a_pinned_device_is_held_out_of_a_new_release_until_unpinned() {
+    let h = Harness::new().await;
+    let w1 = devices_per_wave(1);
+    let all = w1.concat();
+    *h.gossip.connected.lock().unwrap() = all.clone();
+    let one = h.publish(1, "one").await;
+    h.wait("joined", |p| p.waves.iter().all(|w| w.devices == 2))
+        .await;
+    for d in &all {
+        h.report(*d, &one, DeviceState::Healthy);
+    }
+    h.wait("release 1 complete", |p| p.state == "complete")
+        .await;
+    // Pinned to release 1, which the rollout steers: nobody is held.
+    let pinned = all
+        .iter()
+        .copied()
+        .find(|d| wave_of(&plan(), d, "live", ReleaseSeq(2)) == 0)
+        .expect("a device in wave 0 of release 2");
+    h.pin_device(pinned, Some(1)).await;
+    assert!(h.rollouts.progress("live").unwrap().held_devices.is_empty());
+
+    let two = h.publish(2, "two").await;
+    let p = h
+        .wait("rollout 2", |p| {
+            p.sequence == 2 && p.waves.iter().map(|w| w.devices).sum::<u32>() == 5
+        })
+        .await;
+    assert_eq!(p.held_devices, vec![pinned.to_string()]);
+    // The hold went out before wave 0 opened.
+    let of2: Vec<(u64, WaveAction)> = h
+        .gossip
+        .wave_controls(&h.trust)
+        .into_iter()
+        .filter(|w| w.sequence == ReleaseSeq(2))
+        .map(|w| (w.counter, w.action))
+        .collect();
+    assert_eq!(
+        of2,
+        vec![
+            (
+                1,
+                WaveAction::Hold {
+                    devices: vec![pinned]
+                }
+            ),
+            (2, WaveAction::Open { wave: 0 })
+        ]
+    );
+    // Its reports count nowhere while held.
+    h.report(pinned, &two, DeviceState::Failed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = h.rollouts.progress("live").unwrap();
+    assert_eq!(p.state, "running", "{p:#?}");
+    assert_eq!(p.waves.iter().map(|w| w.failed).sum::<u32>(), 0);
+
+    // Unpinned: a new hold list without it.
+    h.pin_device(pinned, None).await;
+    let p = h.wait("released", |p| p.held_devices.is_empty()).await;
+    assert_eq!(p.waves.iter().map(|w| w.devices).sum::<u32>(), 6);
+    let last = h.gossip.wave_controls(&h.trust).pop().unwrap();
+    assert_eq!(last.action, WaveAction::Hold { devices: vec![] });
+    assert_eq!(last.sequence, ReleaseSeq(2));
+}
+
+#[tokio::test]
+async fn a_fleet_pin_holds_new_releases_and_goes_back_by_rolling_forward() {
+    let mut h = Harness::new().await;
+    let all = devices_per_wave(1).concat();
+    *h.gossip.connected.lock().unwrap() = all.clone();
+    let one = h.publish(1, "one").await;
+    h.wait("joined", |p| p.waves.iter().all(|w| w.devices == 2))
+        .await;
+    for d in &all {
+        h.report(*d, &one, DeviceState::Healthy);
+    }
+    h.wait("release 1 complete", |p| p.state == "complete")
+        .await;
+    h.pin_fleet(Some(1)).await;
+
+    // A push while pinned: seeded (the devices stage it), but no wave opens.
+    let two = h.publish(2, "two").await;
+    let p = h
+        .wait("rollout 2 held", |p| p.sequence == 2 && p.state == "held")
+        .await;
+    assert!(p.waves.iter().all(|w| !w.open), "{p:#?}");
+    for d in &all {
+        h.report(*d, &two, DeviceState::Staged);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.rollouts.progress("live").unwrap().state, "held");
+    let of2 = |h: &Harness| -> Vec<WaveAction> {
+        h.gossip
+            .wave_controls(&h.trust)
+            .into_iter()
+            .filter(|w| w.sequence == ReleaseSeq(2))
+            .map(|w| w.action)
+            .collect()
+    };
+    assert_eq!(of2(&h), vec![], "no wave control for a held release");
+    // Still held across a restart.
+    h.restart().await;
+    assert_eq!(h.rollouts.progress("live").unwrap().state, "held");
+    assert!(h.gossip.published.lock().unwrap().is_empty());
+
+    // Unpinned: wave 0 opens.
+    h.pin_fleet(None).await;
+    let p = h.wait("rollout 2 running", |p| p.state == "running").await;
+    assert!(p.waves[0].open);
+    assert_eq!(of2(&h), vec![WaveAction::Open { wave: 0 }]);
+
+    // Pinned back to release 1 while 2 rolls out: 2 halts, and a new sequence carries 1's
+    // content to every device at once.
+    h.pin_fleet(Some(1)).await;
+    let p = h.wait("rolled forward", |p| p.sequence == 3).await;
+    assert_eq!(p.state, "running", "the pinned content is not held");
+    assert_eq!(p.waves.len(), 1);
+    assert_eq!(
+        of2(&h),
+        vec![WaveAction::Open { wave: 0 }, WaveAction::Halt]
+    );
+    let seeded = h.gossip.seeded.lock().unwrap().clone();
+    assert_eq!(seeded.last().unwrap().sequence, ReleaseSeq(3));
+    assert_eq!(seeded.last().unwrap().services, one.m.services);
+
+    // Release 4 is held on 3 (1's content); the pin moved to 2 sends the fleet to 2's content.
+    h.publish(4, "four").await;
+    h.wait("rollout 4 held", |p| p.sequence == 4 && p.state == "held")
+        .await;
+    h.pin_fleet(Some(2)).await;
+    let p = h.wait("rolled forward to 2", |p| p.sequence == 5).await;
+    assert_eq!(p.state, "running", "{p:#?}");
+    let seeded = h.gossip.seeded.lock().unwrap().clone();
+    assert_eq!(seeded.last().unwrap().services, two.m.services);
+    // Pinning it again changes nothing.
+    h.pin_fleet(Some(2)).await;
+    h.pin_fleet(Some(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.gossip.seeded.lock().unwrap().len(), seeded.len());
+    assert_eq!(h.rollouts.progress("live").unwrap().sequence, 5);
 }

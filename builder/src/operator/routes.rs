@@ -94,9 +94,17 @@ async fn check_pin(s: &Server, fleet: &str, sequence: Option<i64>) -> Result<(),
     }
 }
 
+/// Applies a pin change (audited) and has the fleet's rollout act on it.
 async fn done(s: &Server, change: Change, audit: Audit<'_>, ok: serde_json::Value) -> Response {
     match apply(&s.app.db, &change, &audit).await {
-        Ok(true) => json_ok(ok),
+        Ok(true) => {
+            if let Some(rollouts) = s.app.rollouts.get()
+                && let Err(e) = rollouts.pins_changed(audit.fleet).await
+            {
+                tracing::error!(fleet = audit.fleet, error = %e, "the rollout loop did not take the pin");
+            }
+            json_ok(ok)
+        }
         Ok(false) => json_error(StatusCode::NOT_FOUND, "nothing to change"),
         Err(e) => internal(e),
     }
@@ -163,6 +171,22 @@ async fn pin_device(
     };
     if let Err(r) = check_pin(&s, &device.fleet, pin.sequence).await {
         return r;
+    }
+    // Every pinned device may have to be named in one signed hold list.
+    if pin.sequence.is_some() && device.pinned_sequence.is_none() {
+        let pinned = match crate::registry::store::pinned_in_fleet(&s.app.db, &device.fleet).await {
+            Ok(n) => n,
+            Err(e) => return internal(e),
+        };
+        if pinned >= shoal_protocol::MAX_HELD_DEVICES as i64 {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!(
+                    "fleet {:?} already has {pinned} pinned devices, the most a rollout can hold; pin the fleet instead",
+                    device.fleet
+                ),
+            );
+        }
     }
     let audit = Audit {
         actor: &actor,

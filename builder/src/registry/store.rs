@@ -205,6 +205,17 @@ pub async fn device_counts(db: &Db, fleet_id: i64) -> Result<BTreeMap<i64, i64>,
     Ok(rows.into_iter().collect())
 }
 
+/// How many devices of the fleet are pinned.
+pub(crate) async fn pinned_in_fleet(db: &Db, fleet: &str) -> Result<i64, DbError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM devices d JOIN fleets f ON f.id = d.fleet_id WHERE f.name = ?1 AND d.pinned_sequence IS NOT NULL",
+    )
+    .bind(fleet)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(n)
+}
+
 /// The release a fleet's devices should run: its pin, or its latest published release.
 pub async fn target_of_fleet(db: &Db, fleet_id: i64) -> Result<Option<i64>, DbError> {
     let (t,): (Option<i64>,) = sqlx::query_as(

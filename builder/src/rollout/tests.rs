@@ -278,3 +278,98 @@ fn wave_control_counters_strictly_increase() {
     assert_eq!((second.counter, second.action), (2, WaveAction::Halt));
     assert_eq!(f.c.wave_control(&Action::Complete, UnixTime(7)), None);
 }
+
+#[test]
+fn held_devices_go_out_before_the_first_wave_and_count_in_no_wave() {
+    let mut f = Fleet::new(plan(0));
+    // Wave 0 has 5 devices too many for a sample of 5 unless the held are excluded.
+    let held: Vec<DeviceId> = f.by_wave[0].iter().copied().take(3).collect();
+    let before = f.c.stats(0).unwrap().devices;
+    f.c.set_held(0, held.iter().copied().collect());
+    // The hold is published before the wave opens, so no held device activates in between.
+    let mut sorted = held.clone();
+    sorted.sort();
+    assert_eq!(
+        f.actions(),
+        vec![Action::Hold(sorted.clone()), Action::OpenWave(0)]
+    );
+    assert_eq!(
+        Action::Hold(sorted.clone()).wave_action(),
+        Some(WaveAction::Hold { devices: sorted })
+    );
+    assert_eq!(f.c.stats(0).unwrap().devices, before - 3);
+    // Reports of held devices do not count.
+    for d in &held {
+        f.report(1_000, *d, DeviceState::Healthy);
+    }
+    assert_eq!(f.c.stats(0).unwrap().healthy, 0);
+    assert_eq!(f.actions(), vec![]);
+    // The same set again changes nothing; releasing them counts their latest reports.
+    f.c.set_held(1_000, held.iter().copied().collect());
+    assert_eq!(f.actions(), vec![]);
+    f.c.set_held(1_000, held[..1].iter().copied().collect());
+    assert_eq!(f.actions(), vec![Action::Hold(vec![held[0]])]);
+    assert_eq!(f.c.stats(0).unwrap().healthy, 2);
+    assert_eq!(f.c.stats(0).unwrap().devices, before - 1);
+    // Three more healthy devices make the sample of 5: the next wave opens.
+    let more: Vec<DeviceId> = f.by_wave[0].iter().copied().skip(3).take(3).collect();
+    for d in more {
+        f.report(2_000, d, DeviceState::Healthy);
+    }
+    assert_eq!(f.actions(), vec![Action::OpenWave(1)]);
+}
+
+#[test]
+fn a_held_device_failing_does_not_pause_the_rollout() {
+    let mut f = Fleet::new(plan(0));
+    f.actions();
+    let bad: Vec<DeviceId> = f.by_wave[0].iter().copied().take(5).collect();
+    f.c.set_held(0, bad.iter().copied().collect());
+    f.actions();
+    for d in &bad {
+        f.report(1_000, *d, DeviceState::Failed);
+    }
+    assert_eq!(f.c.state(), &State::Running);
+}
+
+#[test]
+fn a_fleet_pin_holds_every_wave_until_released() {
+    let mut f = Fleet::new(plan(0));
+    assert!(f.c.hold_fleet());
+    assert_eq!(f.c.state(), &State::Held);
+    assert_eq!(f.actions(), vec![], "no wave opens");
+    assert_eq!(f.c.opened_at_ms(0), None);
+    assert_eq!(f.c.poll_timeout(), None, "no deadline runs while held");
+    // Healthy reports (devices staging it) open nothing, nor does time.
+    f.reports(1_000, 0, 10, 0);
+    f.c.handle_timeout(10_000_000);
+    assert_eq!(f.actions(), vec![]);
+    f.c.pause();
+    assert_eq!(f.actions(), vec![], "nothing to pause");
+    // Unpinned: wave 0 opens now, and its reports already count.
+    f.c.release_fleet(20_000);
+    assert_eq!(f.actions(), vec![Action::OpenWave(0), Action::OpenWave(1)]);
+    assert_eq!(f.c.opened_at_ms(0), Some(20_000));
+}
+
+#[test]
+fn only_an_unstarted_rollout_can_be_held() {
+    let mut f = Fleet::new(plan(0));
+    assert_eq!(f.actions(), vec![Action::OpenWave(0)]);
+    assert!(!f.c.hold_fleet(), "wave 0 was published already");
+    assert_eq!(f.c.state(), &State::Running);
+    // A pin to an older release halts it and rolls forward to that release's content.
+    f.c.abort_to(Some(ReleaseSeq(3)));
+    assert_eq!(
+        f.actions(),
+        vec![
+            Action::Halt,
+            Action::RollBack {
+                to_content_of: Some(ReleaseSeq(3))
+            }
+        ]
+    );
+    assert_eq!(f.c.state(), &State::Halted);
+    f.c.set_held(0, [device(1)].into_iter().collect());
+    assert_eq!(f.actions(), vec![], "a halted release holds no one");
+}
