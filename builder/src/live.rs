@@ -1214,7 +1214,7 @@ fn apply(live: &mut Live, at_ms: u64, event: &Event) {
         Event::Resume => c.resume(at_ms),
         Event::Promote => c.promote(at_ms),
         Event::Abort => c.abort(),
-        Event::Hold(devices) => c.set_held(at_ms, devices.iter().copied().collect()),
+        Event::Hold(devices) => c.set_held(devices.iter().copied().collect()),
         Event::HoldFleet => {
             c.hold_fleet();
         }

@@ -40,6 +40,16 @@ async fn store_release(
     fleet: &shoal_builder::db::Fleet,
     seq: u64,
 ) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
+    store_release_with(app, fleet, seq, plan()).await
+}
+
+/// [`store_release`] with another rollout plan.
+async fn store_release_with(
+    app: &App,
+    fleet: &shoal_builder::db::Fleet,
+    seq: u64,
+    rollout: RolloutPlan,
+) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
     let mut chunks = Vec::new();
     for i in 0..4u64 {
         let bytes: Vec<u8> = (0..256 * 1024u64)
@@ -72,7 +82,7 @@ async fn store_release(
                 settings: Default::default(),
             },
         )]),
-        rollout: plan(),
+        rollout,
     };
     let (mb, ab) = shoal_builder::pipeline::sign(app, &manifest);
     let md = app.store.put_blob(Kind::Manifest, &mb).unwrap();
@@ -221,6 +231,134 @@ async fn waves_open_in_order_as_stage_only_devices_report_healthy() {
         let (s, ok) = d.wait_for(WAIT, |s| s.committed == Some(1)).await;
         assert!(ok, "device did not commit release 1: {s:#?}");
     }
+    for d in devices {
+        d.shutdown().await;
+    }
+    origins.shutdown().await;
+}
+
+/// Sets a pin as the operator API does (stored, audited) and tells the rollout loop.
+async fn pin(app: &App, rollouts: &Rollouts, change: shoal_builder::operator::Change) {
+    let audit = shoal_builder::operator::Audit {
+        actor: "test",
+        action: shoal_builder::operator::Action::DevicePin,
+        fleet: "pins",
+        target: String::new(),
+        detail: serde_json::Value::Null,
+    };
+    assert!(
+        shoal_builder::operator::apply(&app.db, &change, &audit)
+            .await
+            .unwrap()
+    );
+    rollouts.pins_changed("pins").await.unwrap();
+}
+
+/// Real devices obey pins: a device pinned to release 1 stages release 2 but does not activate
+/// it while the other devices do; unpinned, it activates it. No Docker Engine needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_device_stays_on_its_release_while_the_others_move_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Arc::new(App::open(&dir.path().join("builder")).await.unwrap());
+    let fleet = app
+        .create_fleet(
+            "pins",
+            "amd64",
+            "generic-amd64",
+            &RolloutPlan::all_at_once(),
+        )
+        .await
+        .unwrap();
+    let env: Envelope =
+        encoding::decode(&std::fs::read(app.trust_root_path("pins")).unwrap()).unwrap();
+    let trust = TrustRoot::open_initial(&env).unwrap();
+    let origins = Arc::new(Origins::new(&app, OriginConfig::loopback_ephemeral()));
+    let _ = app.origins.set(origins.clone());
+    let (seeded, reports) = (origins.subscribe_seeded(), origins.subscribe_reports());
+    origins.start_all(&app).await.unwrap();
+    let rollouts = Rollouts::start(
+        app.clone(),
+        Arc::new(OriginGossip(origins.clone())),
+        seeded,
+        reports,
+        system_clock_ms(),
+    )
+    .await
+    .unwrap();
+    let boot: Vec<libp2p::Multiaddr> = origins
+        .with("pins", |o| o.handle().listen_addrs().to_vec())
+        .await
+        .unwrap();
+    let registry = shoal_builder::registry::Registry::new();
+    let provisioning = app.create_provisioning_key("pins").await.unwrap();
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        let k = DeviceKey::generate();
+        let r = shoal_builder::registry::sign_registration(
+            &k.signing_key(),
+            &provisioning,
+            &format!("p{i}"),
+            "",
+            "amd64",
+            "generic-amd64",
+        );
+        registry.register(&app, &r, now_s()).await.unwrap();
+        let d =
+            shoal_node::daemon::Builder::new(k, trust.clone(), dir.path().join(format!("p{i}")))
+                .arch("amd64")
+                .bootstrap(boot.clone())
+                .start()
+                .await
+                .unwrap();
+        devices.push(d);
+    }
+    for d in &devices {
+        let (s, ok) = d.wait_for(WAIT, |s| !s.peers.is_empty()).await;
+        assert!(ok, "not connected: {s:#?}");
+    }
+    let all = RolloutPlan::all_at_once();
+    let (ann, mb, manifest) = store_release_with(&app, &fleet, 1, all.clone()).await;
+    origins
+        .seed("pins", ann, mb, Arc::new(manifest))
+        .await
+        .unwrap();
+    for d in &devices {
+        let (s, ok) = d.wait_for(WAIT, |s| s.committed == Some(1)).await;
+        assert!(ok, "device did not commit release 1: {s:#?}");
+    }
+
+    let pinned = &devices[0];
+    let id: shoal_protocol::DeviceId = pinned.status().device.parse().unwrap();
+    let change = |sequence| shoal_builder::operator::Change::DevicePin {
+        device: id.to_string(),
+        sequence,
+    };
+    pin(&app, &rollouts, change(Some(1))).await;
+    let (ann, mb, manifest) = store_release_with(&app, &fleet, 2, all).await;
+    origins
+        .seed("pins", ann, mb, Arc::new(manifest))
+        .await
+        .unwrap();
+    for d in &devices[1..] {
+        let (s, ok) = d.wait_for(WAIT, |s| s.committed == Some(2)).await;
+        assert!(ok, "an unpinned device did not commit release 2: {s:#?}");
+    }
+    // The pinned device has release 2 staged (its chunks are there) but runs release 1.
+    let (s, ok) = pinned
+        .wait_for(WAIT, |s| {
+            s.target == Some(2) && s.phase.as_deref() == Some("staged")
+        })
+        .await;
+    assert!(ok, "the pinned device did not stage release 2: {s:#?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = pinned.status();
+    assert_eq!((s.applied, s.committed), (Some(1), Some(1)), "{s:#?}");
+    let p = rollouts.progress("pins").unwrap();
+    assert_eq!(p.held_devices, vec![id.to_string()]);
+
+    pin(&app, &rollouts, change(None)).await;
+    let (s, ok) = pinned.wait_for(WAIT, |s| s.committed == Some(2)).await;
+    assert!(ok, "the unpinned device did not move to release 2: {s:#?}");
     for d in devices {
         d.shutdown().await;
     }

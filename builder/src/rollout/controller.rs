@@ -259,8 +259,10 @@ impl Controller {
     /// most [`MAX_HELD_DEVICES`], the lowest ids kept): they do not count in their waves' sizes
     /// or reports while held, and an [`Action::Hold`] tells the devices. The hold goes out before
     /// any `OpenWave` still queued, so no held device activates in between. Nothing happens when
-    /// the set is unchanged or the rollout is halted.
-    pub fn set_held(&mut self, now_ms: u64, devices: BTreeSet<DeviceId>) {
+    /// the set is unchanged or the rollout is halted. The waves are judged again at the next
+    /// report or timeout (not here: at the start of a rollout no device has joined yet, and an
+    /// empty wave would count as a success).
+    pub fn set_held(&mut self, devices: BTreeSet<DeviceId>) {
         let devices: BTreeSet<DeviceId> = devices.into_iter().take(MAX_HELD_DEVICES).collect();
         if devices == self.held || self.state == State::Halted {
             return;
@@ -291,7 +293,6 @@ impl Controller {
                 .unwrap_or(self.actions.len());
             self.actions.insert(at, hold);
         }
-        self.evaluate(now_ms);
     }
 
     /// Fleet pin: holds a release whose rollout has not started (its `OpenWave(0)` not yet

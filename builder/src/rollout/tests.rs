@@ -285,7 +285,7 @@ fn held_devices_go_out_before_the_first_wave_and_count_in_no_wave() {
     // Wave 0 has 5 devices too many for a sample of 5 unless the held are excluded.
     let held: Vec<DeviceId> = f.by_wave[0].iter().copied().take(3).collect();
     let before = f.c.stats(0).unwrap().devices;
-    f.c.set_held(0, held.iter().copied().collect());
+    f.c.set_held(held.iter().copied().collect());
     // The hold is published before the wave opens, so no held device activates in between.
     let mut sorted = held.clone();
     sorted.sort();
@@ -305,9 +305,9 @@ fn held_devices_go_out_before_the_first_wave_and_count_in_no_wave() {
     assert_eq!(f.c.stats(0).unwrap().healthy, 0);
     assert_eq!(f.actions(), vec![]);
     // The same set again changes nothing; releasing them counts their latest reports.
-    f.c.set_held(1_000, held.iter().copied().collect());
+    f.c.set_held(held.iter().copied().collect());
     assert_eq!(f.actions(), vec![]);
-    f.c.set_held(1_000, held[..1].iter().copied().collect());
+    f.c.set_held(held[..1].iter().copied().collect());
     assert_eq!(f.actions(), vec![Action::Hold(vec![held[0]])]);
     assert_eq!(f.c.stats(0).unwrap().healthy, 2);
     assert_eq!(f.c.stats(0).unwrap().devices, before - 1);
@@ -324,7 +324,7 @@ fn a_held_device_failing_does_not_pause_the_rollout() {
     let mut f = Fleet::new(plan(0));
     f.actions();
     let bad: Vec<DeviceId> = f.by_wave[0].iter().copied().take(5).collect();
-    f.c.set_held(0, bad.iter().copied().collect());
+    f.c.set_held(bad.iter().copied().collect());
     f.actions();
     for d in &bad {
         f.report(1_000, *d, DeviceState::Failed);
@@ -370,6 +370,6 @@ fn only_an_unstarted_rollout_can_be_held() {
         ]
     );
     assert_eq!(f.c.state(), &State::Halted);
-    f.c.set_held(0, [device(1)].into_iter().collect());
+    f.c.set_held([device(1)].into_iter().collect());
     assert_eq!(f.actions(), vec![], "a halted release holds no one");
 }
