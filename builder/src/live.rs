@@ -18,7 +18,9 @@
 //! Devices are counted in their waves as the origin hears of them: those connected to the origin
 //! when a release is seeded, every device the fleet's origin heard from before (stored), and any
 //! device whose verified report arrives later, as long as it is registered in the fleet
-//! ([`crate::registry`]): reports from other devices are ignored.
+//! ([`crate::registry`]): reports from other devices are ignored. (A fleet with no registered
+//! device at all, whose devices never enrolled, counts every device its origin hears of, as
+//! before the registry, and the loop logs a warning at each rollout.)
 //!
 //! ## Pins
 //!
@@ -539,16 +541,23 @@ impl FleetTask {
             return;
         }
         // Only devices registered in this fleet count: anyone can make a device key.
-        match crate::registry::store::device(&self.inner.app.db, &report.device.to_string()).await {
-            Ok(Some(d)) if d.fleet == self.fleet.name => {}
-            Ok(_) => {
-                tracing::debug!(device = %report.device.short(), "report from an unregistered device ignored");
-                return;
-            }
+        let db = &self.inner.app.db;
+        let counted = match crate::registry::store::device(db, &report.device.to_string()).await {
+            Ok(Some(d)) => d.fleet == self.fleet.name,
+            // A fleet with no registered device at all (its devices never enrolled) counts every
+            // device its origin hears of, as before the registry.
+            Ok(None) => matches!(
+                crate::registry::store::registered_in_fleet(db, self.fleet.id).await,
+                Ok(0)
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look a device up");
-                return;
+                false
             }
+        };
+        if !counted {
+            tracing::debug!(device = %report.device.short(), "report from a device not registered in the fleet ignored");
+            return;
         }
         let now = self.now_ms();
         if let Err(e) =
@@ -763,14 +772,18 @@ impl FleetTask {
         // joins.
         self.act(false).await;
         let registered = self.registered().await?;
+        if registered.is_empty() {
+            tracing::warn!(fleet = %self.fleet.name, "no device is registered in the fleet: every device the origin hears of counts in the rollout");
+        }
+        let counts = |d: &DeviceId| registered.is_empty() || registered.contains(d);
         let mut devices: BTreeSet<DeviceId> = persist::devices(db, &self.fleet)
             .await
             .map_err(internal)?
             .into_iter()
-            .filter(|d| registered.contains(d))
+            .filter(|d| counts(d))
             .collect();
         for d in self.inner.gossip.connected(&self.fleet.name).await {
-            if registered.contains(&d)
+            if counts(&d)
                 && persist::add_device(db, &self.fleet, &d, now_s())
                     .await
                     .map_err(internal)?

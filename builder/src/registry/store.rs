@@ -205,6 +205,15 @@ pub async fn device_counts(db: &Db, fleet_id: i64) -> Result<BTreeMap<i64, i64>,
     Ok(rows.into_iter().collect())
 }
 
+/// How many devices are registered in the fleet.
+pub(crate) async fn registered_in_fleet(db: &Db, fleet_id: i64) -> Result<i64, DbError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices WHERE fleet_id = ?1")
+        .bind(fleet_id)
+        .fetch_one(db.pool())
+        .await?;
+    Ok(n)
+}
+
 /// How many devices of the fleet are pinned.
 pub(crate) async fn pinned_in_fleet(db: &Db, fleet: &str) -> Result<i64, DbError> {
     let (n,): (i64,) = sqlx::query_as(
