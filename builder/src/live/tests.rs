@@ -114,6 +114,11 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
+        Harness::with_registered(REGISTERED).await
+    }
+
+    /// A harness where devices `0..registered` are registered in the fleet.
+    async fn with_registered(registered: u32) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let app = Arc::new(App::open(dir.path()).await.unwrap());
         let fleet = app
@@ -125,7 +130,7 @@ impl Harness {
         let trust = TrustRoot::open_initial(&env).unwrap();
         let registry = crate::registry::Registry::new();
         let provisioning = app.create_provisioning_key("live").await.unwrap();
-        for n in 0..REGISTERED {
+        for n in 0..registered {
             let r = crate::registry::sign_registration(
                 &key(n),
                 &provisioning,
@@ -675,4 +680,16 @@ async fn a_fleet_pin_holds_new_releases_and_goes_back_by_rolling_forward() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.gossip.seeded.lock().unwrap().len(), seeded.len());
     assert_eq!(h.rollouts.progress("live").unwrap().sequence, 5);
+}
+
+#[tokio::test]
+async fn a_fleet_without_registered_devices_counts_the_devices_it_hears_of() {
+    let h = Harness::with_registered(0).await;
+    let waves = devices_per_wave(1);
+    *h.gossip.connected.lock().unwrap() = waves.concat();
+    let m = h.publish(1, "a").await;
+    h.wait("joined", |p| p.waves.iter().all(|w| w.devices == 2))
+        .await;
+    h.report(waves[0][0], &m, DeviceState::Healthy);
+    h.wait("wave 1", |p| p.open_wave == 1).await;
 }
