@@ -228,17 +228,22 @@ fn a_held_device_does_not_activate_until_released() {
     let me = h.node.id();
     let other = shoal_protocol::DeviceId([0xee; 32]);
     stage(&mut h, &rel);
+    let nobody = hold(&h, &rel, 1, &[]);
+    assert_eq!(h.gossip(peer(9), nobody.clone()), Verdict::Accept);
     // Held before its wave opens: it stays staged.
     assert_eq!(
-        h.gossip(peer(9), hold(&h, &rel, 1, &[other, me])),
+        h.gossip(peer(9), hold(&h, &rel, 2, &[other, me])),
         Verdict::Accept
     );
-    assert_eq!(h.open_wave(&rel, 2, 0), Verdict::Accept);
+    assert_eq!(h.open_wave(&rel, 3, 0), Verdict::Accept);
     assert!(applies(&h.out).is_empty(), "held while its wave is open");
     assert_eq!(h.node.progress().map(|p| p.phase), Some(Phase::Staged));
-    // Another device's hold does not concern it: a list without it releases it.
+    // The older, empty list replayed does not release it.
+    assert_eq!(h.gossip(peer(8), nobody), Verdict::Ignore);
+    assert!(applies(&h.out).is_empty());
+    // Another device's hold does not concern it: a newer list without it releases it.
     assert_eq!(
-        h.gossip(peer(9), hold(&h, &rel, 3, &[other])),
+        h.gossip(peer(9), hold(&h, &rel, 4, &[other])),
         Verdict::Accept
     );
     assert_eq!(applies(&h.out), vec![seq]);
