@@ -541,6 +541,20 @@ pub fn rollout(cmd: RolloutCommand, out: &mut impl Write) -> Result<(), ClientEr
     if let Some(r) = p["pause_reason"].as_str() {
         head.push_str(&format!(" ({r})"));
     }
+    if p["state"] == "held" {
+        head = format!(
+            "release {} of {}: held (the fleet is pinned to another release; no wave opens)",
+            s(&p["sequence"]),
+            s(&p["fleet"])
+        );
+    }
+    if let Some(n) = p["held_devices"]
+        .as_array()
+        .map(Vec::len)
+        .filter(|n| *n > 0)
+    {
+        head.push_str(&format!(", {n} pinned device(s) held out"));
+    }
     writeln!(out, "{head}").map_err(out_err)?;
     let waves: Vec<Vec<String>> = p["waves"]
         .as_array()
