@@ -242,17 +242,21 @@ fn a_flood_of_invalid_announcements_keeps_cpu_bounded_and_the_honest_one_arrives
 struct Trickle {
     store: Arc<Store>,
     asked: Arc<AtomicU64>,
+    manifests: Arc<AtomicU64>,
 }
 
 impl BlobSource for Trickle {
     fn get(&self, kind: BlobKind, digest: &Digest) -> Option<StoredBlob> {
         if kind == BlobKind::Chunk {
             self.asked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.manifests.fetch_add(1, Ordering::Relaxed);
         }
         self.store.get_compressed(digest).ok()?
     }
-    fn pace_bytes_per_s(&self) -> Option<u32> {
-        Some(1)
+    fn pace_bytes_per_s(&self, kind: BlobKind) -> Option<u32> {
+        // The manifest at full speed, so the victim gets as far as asking for chunks.
+        (kind == BlobKind::Chunk).then_some(1)
     }
 }
 
@@ -269,30 +273,44 @@ async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
         .await
         .unwrap();
     seed(&origin, &payload).await;
-    // The trickler stages honestly from the origin, then serves at 1 B/s. It shares the
-    // victim's site, so the victim asks it first.
+    // The trickler stages honestly from the origin, then serves chunks at 1 B/s.
     let asked = Arc::new(AtomicU64::new(0));
-    let a = asked.clone();
+    let manifests = Arc::new(AtomicU64::new(0));
+    let (a, m) = (asked.clone(), manifests.clone());
     let trickler = builder(&fleet, dir.path(), "trickler", &clock)
         .site(Some("lab".into()))
         .bootstrap(vec![origin.listen_addrs()[0].clone()])
-        .serve_from(move |store| Arc::new(Trickle { store, asked: a }))
+        .serve_from(move |store| {
+            Arc::new(Trickle {
+                store,
+                asked: a,
+                manifests: m,
+            })
+        })
         .start()
         .await
         .unwrap();
     let (s, ok) = trickler.wait_for(WAIT, |s| s.has_staged(1)).await;
     assert!(ok, "the trickler did not stage: {s:#?}");
 
+    // The victim knows only the trickler until it has asked it for chunks; then it learns of
+    // the origin. Each fetch that misses its deadline (5 s, or the chunk's size at 64 KiB/s)
+    // is a failure; the trickler has two in flight, and two failures drop a peer here (three by
+    // default, which a trickler reaches when it is asked again).
     let victim = builder(&fleet, dir.path(), "victim", &clock)
         .site(Some("lab".into()))
         .kademlia(false)
-        .bootstrap(vec![
-            trickler.listen_addrs()[0].clone(),
-            origin.listen_addrs()[0].clone(),
-        ])
+        .tune_core(|c| c.max_peer_failures = 2)
+        .bootstrap(vec![trickler.listen_addrs()[0].clone()])
         .start()
         .await
         .unwrap();
+    let (s, ok) = victim.wait_for(WAIT, |s| s.in_flight > 0).await;
+    assert!(
+        ok,
+        "the victim never asked the trickler for a chunk: {s:#?}"
+    );
+    victim.dial(origin.listen_addrs()[0].clone()).await;
     let (s, ok) = victim.wait_for(WAIT, |s| s.has_staged(1)).await;
     assert!(ok, "the victim did not stage past the trickler: {s:#?}");
     // Every chunk arrived, verified, from another peer.
@@ -306,25 +324,22 @@ async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
         asked.load(Ordering::Relaxed) >= 1,
         "the victim never asked the trickler, so nothing was tested"
     );
+    // It completed only the manifests it was asked for (sent at full speed), never a chunk:
+    // every chunk the victim holds came from the origin.
     assert_eq!(
         trickler.counters().served.load(Ordering::Relaxed),
-        0,
+        manifests.load(Ordering::Relaxed),
         "the trickler finished sending a chunk at 1 B/s"
     );
     let dropped = victim.counters().peers_dropped.load(Ordering::Relaxed);
     assert!(dropped >= 1, "the trickler was never dropped");
-    // Every verified byte came from the origin.
     let counters = victim.counters();
-    assert_eq!(
-        counters.bytes_in(PeerClass::Origin),
-        counters.total_in(),
-        "bytes from a peer other than the origin"
-    );
+    assert!(counters.bytes_in(PeerClass::Origin) > 0);
     eprintln!(
-        "trickle: the trickler was asked {} time(s); the victim dropped {dropped} peer(s) and \
-         took all {} bytes from the origin",
+        "trickle: the trickler was asked for chunks {} time(s); the victim dropped {dropped} \
+         peer(s) and took {} bytes from the origin",
         asked.load(Ordering::Relaxed),
-        counters.total_in()
+        counters.bytes_in(PeerClass::Origin)
     );
     victim.shutdown().await;
     trickler.shutdown().await;

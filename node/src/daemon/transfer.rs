@@ -81,9 +81,9 @@ pub trait BlobSource: Send + Sync + 'static {
     /// The stored frame of a blob, or `None`.
     fn get(&self, kind: BlobKind, digest: &Digest) -> Option<StoredBlob>;
 
-    /// Sends each blob's frame at this many bytes per second instead of at once. `None` (every
-    /// real source): at once. Only tests that need a trickling peer set it.
-    fn pace_bytes_per_s(&self) -> Option<u32> {
+    /// Sends the frames of blobs of `kind` at this many bytes per second instead of at once.
+    /// `None` (every real source): at once. Only tests that need a trickling peer set it.
+    fn pace_bytes_per_s(&self, _kind: BlobKind) -> Option<u32> {
         None
     }
 }
@@ -233,7 +233,7 @@ async fn serve_stream(
             let len = u32::try_from(blob.compressed.len()).unwrap_or(u32::MAX);
             head[5..9].copy_from_slice(&len.to_le_bytes());
             send.write_all(&head).await?;
-            match server.source.pace_bytes_per_s() {
+            match server.source.pace_bytes_per_s(kind) {
                 None => send.write_all(&blob.compressed).await?,
                 Some(rate) => {
                     let step = (rate.max(1) as usize).min(blob.compressed.len().max(1));
