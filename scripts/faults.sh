@@ -52,6 +52,10 @@ for tool in docker git curl jq xxd; do
 done
 docker info >/dev/null 2>&1 || die "no Docker Engine answers"
 
+# Another run (or a killed one) owns shoal-faults-* objects: never remove them from here.
+left=$(docker ps -aq --filter "name=^$P-"; docker network ls -q --filter "name=^$P-")
+[ -z "$left" ] || die "shoal-faults-* containers or networks exist (another run in progress?); remove them first"
+
 WORK=$(mktemp -d /tmp/shoal-faults.XXXXXX)
 cleanup() {
     local rc=$?
