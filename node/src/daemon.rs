@@ -32,6 +32,7 @@ pub mod store;
 pub mod transfer;
 
 pub use handle::{
-    BoxFuture, Builder, DEFAULT_MAX_UPLOADS, Handle, OfferError, PeerStatus, PublishError, Runtime,
-    SourceFn, StageOnly, StartError, Status, TuneFn, WallClock, system_clock,
+    BoxFuture, Builder, DEFAULT_MAX_UPLOADS, Handle, MILESTONES_KEPT, Milestone, OfferError,
+    PeerStatus, PublishError, Runtime, SourceFn, StageOnly, StartError, Status, TuneFn, WallClock,
+    system_clock,
 };

@@ -227,6 +227,35 @@ pub struct Status {
     /// The version of the fleet's trust root the daemon verifies with.
     #[serde(default)]
     pub trust_version: u64,
+    /// What happened to recent releases here and when, oldest first (at most
+    /// [`MILESTONES_KEPT`]).
+    #[serde(default)]
+    pub milestones: Vec<Milestone>,
+}
+
+/// Milestones a [`Status`] keeps.
+pub const MILESTONES_KEPT: usize = 64;
+
+/// One step of a release on this device and when the daemon saw it, by the system clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Milestone {
+    /// The release.
+    pub sequence: u64,
+    /// `announced`, `manifest`, `staged`, `halted`, or a state the device reported
+    /// (`applying`, `running`, `healthy`, `failed`, `rolled_back`).
+    pub what: String,
+    /// When (Unix milliseconds, system clock).
+    pub at_ms: u64,
+}
+
+impl Status {
+    /// When the first milestone `what` of release `seq` happened (Unix milliseconds).
+    pub fn milestone(&self, seq: u64, what: &str) -> Option<u64> {
+        self.milestones
+            .iter()
+            .find(|m| m.sequence == seq && m.what == what)
+            .map(|m| m.at_ms)
+    }
 }
 
 impl Status {

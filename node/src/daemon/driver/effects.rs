@@ -130,6 +130,7 @@ impl Driver {
                     state = report.state.as_str(),
                     "status report"
                 );
+                self.milestone(report.sequence, report.state.as_str());
                 let origins: Vec<DeviceId> = self
                     .peers
                     .iter()
@@ -147,9 +148,19 @@ impl Driver {
                 if self.origin {
                     let _ = self.reports.send(report);
                 }
+                self.publish_status();
             }
             Output::Event(ev) => {
                 tracing::info!(event = ?ev, "node event");
+                match &ev {
+                    core::Event::Announced { sequence } => self.milestone(*sequence, "announced"),
+                    core::Event::ManifestAccepted { sequence, .. } => {
+                        self.milestone(*sequence, "manifest")
+                    }
+                    core::Event::Staged { sequence } => self.milestone(*sequence, "staged"),
+                    core::Event::Halted { sequence } => self.milestone(*sequence, "halted"),
+                    _ => {}
+                }
                 if let core::Event::Refused { reason, .. } = &ev {
                     self.refused = Some(reason.to_string());
                 }
@@ -379,6 +390,28 @@ impl Driver {
         }
     }
 
+    /// Records that `what` happened to release `sequence` now (once per release and step).
+    pub(super) fn milestone(&mut self, sequence: ReleaseSeq, what: &str) {
+        if self
+            .milestones
+            .iter()
+            .any(|m| m.sequence == sequence.0 && m.what == what)
+        {
+            return;
+        }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.milestones.push(crate::daemon::handle::Milestone {
+            sequence: sequence.0,
+            what: what.to_string(),
+            at_ms,
+        });
+        if self.milestones.len() > crate::daemon::handle::MILESTONES_KEPT {
+            self.milestones.remove(0);
+        }
+    }
+
     pub(super) fn publish_status(&mut self) {
         let progress = self.node.progress();
         let banned = {
@@ -420,6 +453,7 @@ impl Driver {
             bytes_out: self.counters.total_out(),
             services: self.runtime.services(),
             trust_version: self.node.trust().version,
+            milestones: self.milestones.clone(),
         };
         self.status_tx.send_if_modified(|s| {
             if *s == status {
