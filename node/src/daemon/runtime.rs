@@ -299,7 +299,8 @@ impl DockerRuntime {
         engine::containers(&self.inner.docker, &self.inner.names).await
     }
 
-    /// Removes every container, volume and network of this node (decommissioning, tests).
+    /// Removes every container, volume, network and image tag of this node (decommissioning,
+    /// tests).
     pub async fn purge(&self) -> Result<(), EngineError> {
         engine::purge(&self.inner.docker, &self.inner.names).await
     }

@@ -371,7 +371,8 @@ pub async fn pause(d: Duration) {
     tokio::time::sleep(d).await
 }
 
-/// Removes every container, volume and network of this node (for tests and decommissioning).
+/// Removes every container, volume, network and image tag of this node (for tests and
+/// decommissioning).
 pub async fn purge(docker: &Docker, names: &Names) -> Result<(), EngineError> {
     for c in containers(docker, names).await? {
         remove(docker, &c.id, 0).await?;
@@ -393,5 +394,18 @@ pub async fn purge(docker: &Docker, names: &Names) -> Result<(), EngineError> {
         }
     }
     let _ = docker.remove_network(&names.network()).await;
+    // The node's image tags (other nodes' tags of the same image keep it).
+    if let Ok(images) = docker
+        .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+        .await
+    {
+        for tag in images
+            .iter()
+            .flat_map(|i| i.repo_tags.iter())
+            .filter(|t| names.is_own_image(t))
+        {
+            untag(docker, tag).await;
+        }
+    }
     Ok(())
 }

@@ -131,6 +131,20 @@ impl Names {
             self.node_short()
         )
     }
+    /// Whether `tag` is one of this node's image tags (any service, any release).
+    pub fn is_own_image(&self, tag: &str) -> bool {
+        let repo = format!("{}-{}/", sanitize(&self.prefix), sanitize(&self.fleet));
+        let node = format!("-{}", self.node_short());
+        tag.strip_prefix(&repo)
+            .and_then(|rest| rest.split_once(":r"))
+            .is_some_and(|(service, release)| {
+                !service.is_empty()
+                    && !service.contains('/')
+                    && release.strip_suffix(&node).is_some_and(|seq| {
+                        !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())
+                    })
+            })
+    }
     /// The node's network.
     pub fn network(&self) -> String {
         format!(
@@ -491,6 +505,36 @@ mod tests {
             prefix: "shoal".into(),
             fleet: "Demo Fleet".into(),
             node: DeviceId([0xab; 32]),
+        }
+    }
+
+    #[test]
+    fn a_node_recognises_only_its_own_image_tags() {
+        let names = Names {
+            prefix: "shoal-local-7".into(),
+            fleet: "local".into(),
+            node: DeviceId([0xab; 32]),
+        };
+        let other = Names {
+            node: DeviceId([0xcd; 32]),
+            ..names.clone()
+        };
+        let mine = names.image("web", ReleaseSeq(12));
+        assert!(names.is_own_image(&mine), "{mine}");
+        assert!(!other.is_own_image(&mine), "{mine}");
+        let other_prefix = Names {
+            prefix: "shoal-local-8".into(),
+            ..names.clone()
+        };
+        assert!(!other_prefix.is_own_image(&mine));
+        for tag in [
+            "busybox:latest",
+            "shoal-local-7-local/web:latest",
+            "shoal-local-7-local/web:r-abababababab",
+            "shoal-local-7-local/a/b:r1-abababababab",
+            "shoal-local-7-local/web:r1-abababababab-x",
+        ] {
+            assert!(!names.is_own_image(tag), "{tag}");
         }
     }
 
