@@ -84,6 +84,8 @@ pub struct ServiceSummary {
     pub new_bytes: u64,
     /// Milliseconds spent building and publishing it.
     pub build_ms: u64,
+    /// The part of `build_ms` spent exporting the image, chunking and storing it.
+    pub export_ms: u64,
 }
 
 /// Human-readable bytes.
@@ -271,6 +273,7 @@ async fn build_and_publish(
             }
         };
         log.line(&format!("{prefix}Publishing image: export, chunk, store"));
+        let t_export = Instant::now();
         let exported = engine::export(&docker, &image_name, app.store.clone()).await;
         if let Some(t) = temporary_tag.take() {
             engine::remove_image(&docker, &t).await;
@@ -282,6 +285,7 @@ async fn build_and_publish(
             image_bytes,
             new_bytes: exported.new_bytes,
             build_ms: t0.elapsed().as_millis() as u64,
+            export_ms: t_export.elapsed().as_millis() as u64,
         };
         log.line(&format!(
             "{prefix}Image {}: {} in {} layers, {} new",

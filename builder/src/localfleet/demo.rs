@@ -41,19 +41,30 @@ impl std::fmt::Debug for Demo {
     }
 }
 
-/// Timings and bytes of one push, for the summary.
+/// Timings and bytes of one push, for the summary. The builder's figures come from the
+/// release it recorded; distribution and apply from the devices' own milestones
+/// ([`shoal_node::daemon::Status::milestones`]), all on this machine's clock.
 #[derive(Debug, Clone, Default)]
 pub struct Rollout {
     /// Sequence published.
     pub sequence: u64,
-    /// Push start to accepted (build and publish).
+    /// Push start to git's "accepted" (the builder answers once it has published).
     pub push_ms: u64,
-    /// The builder's own build + publish time.
+    /// The builder building the images in the Engine.
     pub build_ms: u64,
-    /// Accepted to every device staged (distribution).
-    pub distribute_ms: u64,
-    /// Accepted to every device healthy (distribution, waves, apply).
-    pub running_ms: u64,
+    /// The builder exporting, chunking and storing the images, signing and seeding the release.
+    pub publish_ms: u64,
+    /// The first device's announcement to the last device having every chunk (staged).
+    pub distribute_ms: Option<u64>,
+    /// The longest any device took from activating (its wave open, the release staged) to
+    /// running the release's containers.
+    pub apply_ms: Option<u64>,
+    /// The longest any device took from running to healthy (committed).
+    pub health_ms: Option<u64>,
+    /// Push start to the last device running the release.
+    pub running_ms: Option<u64>,
+    /// Push start to the last device healthy.
+    pub healthy_ms: Option<u64>,
     /// Layer bytes of the release's images.
     pub image_bytes: u64,
     /// Bytes the builder stored new for it.
@@ -64,6 +75,83 @@ pub struct Rollout {
     pub from_peers: u64,
     /// Whether every device committed it.
     pub complete: bool,
+}
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn secs(ms: Option<u64>) -> String {
+    ms.map_or_else(
+        || "n/a".to_string(),
+        |ms| format!("{:.1}s", ms as f64 / 1e3),
+    )
+}
+
+impl Rollout {
+    /// Fills the distribution and apply figures from the devices' milestones of the release;
+    /// `pushed_ms` is when the push started.
+    pub fn time_from(&mut self, statuses: &[shoal_node::daemon::Status], pushed_ms: u64) {
+        let seq = self.sequence;
+        let each = |what: &str| -> Option<Vec<u64>> {
+            statuses.iter().map(|s| s.milestone(seq, what)).collect()
+        };
+        let announced = each("announced").and_then(|v| v.into_iter().min());
+        let staged = each("staged").and_then(|v| v.into_iter().max());
+        self.distribute_ms = announced.zip(staged).map(|(a, s)| s.saturating_sub(a));
+        let span = |from: &str, to: &str| -> Option<u64> {
+            statuses
+                .iter()
+                .map(|s| {
+                    Some(
+                        s.milestone(seq, to)?
+                            .saturating_sub(s.milestone(seq, from)?),
+                    )
+                })
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|v| v.into_iter().max())
+        };
+        self.apply_ms = span("applying", "running");
+        self.health_ms = span("running", "healthy");
+        let last = |what: &str| {
+            each(what)
+                .and_then(|v| v.into_iter().max())
+                .map(|t| t.saturating_sub(pushed_ms))
+        };
+        self.running_ms = last("running");
+        self.healthy_ms = last("healthy");
+    }
+
+    /// The summary lines.
+    pub fn summary(&self, name: &str) -> [String; 3] {
+        [
+            format!(
+                "  {name} (sequence {}): all devices running {} after the push began, healthy after {}",
+                self.sequence,
+                secs(self.running_ms),
+                secs(self.healthy_ms),
+            ),
+            format!(
+                "    build {}, publish {} (push accepted after {}), distribution {} (announcement to the last device staged), apply {} (longest device: activation to running), health {}",
+                secs(Some(self.build_ms)),
+                secs(Some(self.publish_ms)),
+                secs(Some(self.push_ms)),
+                secs(self.distribute_ms),
+                secs(self.apply_ms),
+                secs(self.health_ms),
+            ),
+            format!(
+                "    image {}, new in the builder {}, moved {} from the builder + {} between devices",
+                human(self.image_bytes),
+                human(self.new_bytes),
+                human(self.from_builder),
+                human(self.from_peers)
+            ),
+        ]
+    }
 }
 
 /// Runs the demo; returns whether every device runs the last release.
@@ -107,21 +195,9 @@ pub async fn run(demo: Demo) -> Result<bool, LocalError> {
     say(String::new());
     say("Summary".into());
     for (name, r) in [("first push", &first), ("one-line change", &second)] {
-        say(format!(
-            "  {name} (sequence {}): build+publish {:.1}s (push accepted after {:.1}s), distributed to all in {:.1}s, all running after {:.1}s",
-            r.sequence,
-            r.build_ms as f64 / 1e3,
-            r.push_ms as f64 / 1e3,
-            r.distribute_ms as f64 / 1e3,
-            r.running_ms as f64 / 1e3,
-        ));
-        say(format!(
-            "    image {}, new in the builder {}, moved {} from the builder + {} between devices",
-            human(r.image_bytes),
-            human(r.new_bytes),
-            human(r.from_builder),
-            human(r.from_peers)
-        ));
+        for line in r.summary(name) {
+            say(line);
+        }
     }
     let ok = first.complete && second.complete;
     if demo.exit {
@@ -168,6 +244,7 @@ async fn push_and_roll_out(
     build.enable_steady_tick(Duration::from_millis(120));
     build.set_message(format!("git push {what}"));
     let started = Instant::now();
+    let pushed_ms = unix_ms();
     let log_mp = mp.clone();
     let log_bar = build.clone();
     let out = fleet
@@ -211,11 +288,20 @@ async fn push_and_roll_out(
         })
         .collect();
     let accepted = Instant::now();
-    let mut staged_at = None;
+    // The builder's own timings: the Engine builds, then export, chunking, storing, signing
+    // and seeding (the rest of the release's duration).
+    let duration_ms = release["duration_ms"].as_u64().unwrap_or(0);
+    let (mut built_ms, mut export_ms) = (0u64, 0u64);
+    for s in release["services"].as_array().into_iter().flatten() {
+        built_ms += s["build_ms"].as_u64().unwrap_or(0);
+        export_ms += s["export_ms"].as_u64().unwrap_or(0);
+    }
+    let build_ms = built_ms.saturating_sub(export_ms);
     let mut rollout = Rollout {
         sequence,
         push_ms,
-        build_ms: release["duration_ms"].as_u64().unwrap_or(0),
+        build_ms,
+        publish_ms: duration_ms.saturating_sub(build_ms),
         image_bytes,
         new_bytes,
         ..Rollout::default()
@@ -248,7 +334,6 @@ async fn push_and_roll_out(
                 ));
             }
         }
-        let mut all_staged = true;
         let mut all_running = true;
         let states: BTreeMap<String, String> = progress
             .as_ref()
@@ -280,11 +365,7 @@ async fn push_and_roll_out(
                 human(from_peers),
                 human(from_builder)
             ));
-            all_staged &= s.target == Some(sequence) && s.have_chunks == s.total_chunks;
             all_running &= s.committed == Some(sequence);
-        }
-        if all_staged && staged_at.is_none() {
-            staged_at = Some(accepted.elapsed());
         }
         let state = progress.as_ref().map(|p| p.state.clone());
         if all_running || matches!(state.as_deref(), Some("paused" | "halted")) {
@@ -296,8 +377,8 @@ async fn push_and_roll_out(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    rollout.running_ms = accepted.elapsed().as_millis() as u64;
-    rollout.distribute_ms = staged_at.unwrap_or_default().as_millis() as u64;
+    let statuses: Vec<_> = fleet.devices.iter().map(|d| d.handle.status()).collect();
+    rollout.time_from(&statuses, pushed_ms);
     for (d, (origin0, total0)) in fleet.devices.iter().zip(&before) {
         let c = d.handle.counters();
         let fb = c.bytes_in(PeerClass::Origin) - origin0;
