@@ -435,3 +435,57 @@ fn say_line(mp: &MultiProgress, s: String) {
         let _ = mp.println(s);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_node::daemon::{Milestone, Status};
+
+    fn device(steps: &[(&str, u64)]) -> Status {
+        Status {
+            milestones: steps
+                .iter()
+                .map(|(what, at_ms)| Milestone {
+                    sequence: 2,
+                    what: (*what).to_string(),
+                    at_ms: *at_ms,
+                })
+                .collect(),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn the_split_comes_from_the_devices_milestones() {
+        let a = device(&[
+            ("announced", 1_000),
+            ("staged", 1_400),
+            ("applying", 1_500),
+            ("running", 2_100),
+            ("healthy", 4_100),
+        ]);
+        let b = device(&[
+            ("announced", 1_050),
+            ("staged", 1_900),
+            ("applying", 6_000),
+            ("running", 6_300),
+            ("healthy", 9_000),
+        ]);
+        let mut r = Rollout {
+            sequence: 2,
+            ..Rollout::default()
+        };
+        r.time_from(&[a.clone(), b], 500);
+        assert_eq!(r.distribute_ms, Some(900));
+        assert_eq!(r.apply_ms, Some(600));
+        assert_eq!(r.health_ms, Some(2_700));
+        assert_eq!(r.running_ms, Some(5_800));
+        assert_eq!(r.healthy_ms, Some(8_500));
+        // A device that never staged leaves distribution unknown, not zero.
+        let late = device(&[("announced", 1_000)]);
+        r.time_from(&[a, late], 500);
+        assert_eq!(r.distribute_ms, None);
+        assert_eq!(r.running_ms, None);
+        assert!(r.summary("x")[0].contains("n/a"), "{:?}", r.summary("x"));
+    }
+}
