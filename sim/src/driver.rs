@@ -108,6 +108,9 @@ pub(crate) struct Dev {
     pub(crate) seed: u64,
     /// Status reports waiting for the builder to be reachable again.
     pub(crate) queued_reports: Vec<(Vec<u8>, Option<bool>)>,
+    /// Whether a healthy report of this device was counted in its wave (a device reports its
+    /// state again when an origin connects; the builder counts each device once).
+    pub(crate) counted_healthy: bool,
 }
 
 /// A queued event.

@@ -154,6 +154,7 @@ impl Node {
             }
             detail.truncate(cut);
         }
+        self.last_report = Some((cur.ann.sequence, state, detail.clone()));
         let report = StatusReport {
             fleet: self.config.trust.fleet.clone(),
             device: self.id,
@@ -166,5 +167,16 @@ impl Node {
         };
         let envelope = encoding::encode(&Envelope::seal(&report, &[&self.config.key]));
         self.outputs.push_back(Output::Report { envelope, report });
+    }
+
+    /// Reports the last reported state on the current release again, with a fresh time and
+    /// nonce (the builder refuses a replayed or stale report).
+    pub(super) fn report_again(&mut self) {
+        let Some(cur) = &self.cur else { return };
+        if let Some((seq, state, detail)) = self.last_report.clone()
+            && seq == cur.ann.sequence
+        {
+            self.report(state, detail);
+        }
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use shoal_protocol::verify::{self, Context, VerifyError};
 use shoal_protocol::{
-    Announcement, DeviceId, Digest, ReleaseSeq, SigningKey, TrustRoot, UnixTime, WaveControl,
+    Announcement, DeviceId, DeviceState, Digest, ReleaseSeq, SigningKey, TrustRoot, UnixTime,
+    WaveControl,
 };
 
 use super::bitfield::Bitfield;
@@ -250,6 +251,10 @@ pub struct Node {
     pub(super) wall_floor: UnixTime,
     /// Moving average of a successful fetch's duration, in milliseconds.
     pub(super) fetch_ms_avg: Option<u64>,
+    /// The state last reported on a release, with its detail: reported again (freshly signed)
+    /// when an origin connects, since a report sent while no origin was connected reached
+    /// nobody and the rollout would wait for it.
+    pub(super) last_report: Option<(ReleaseSeq, DeviceState, String)>,
 }
 
 impl Node {
@@ -282,6 +287,7 @@ impl Node {
             trust_chain: Vec::new(),
             wall_floor: UnixTime(0),
             fetch_ms_avg: None,
+            last_report: None,
         }
     }
 

@@ -118,6 +118,7 @@ impl Node {
             });
             return;
         }
+        let origin = info.origin;
         self.peers.insert(
             peer,
             Peer {
@@ -156,6 +157,10 @@ impl Node {
                     have: s.have.clone(),
                 });
             }
+        }
+        if origin {
+            // A report made while no origin was connected reached nobody.
+            self.report_again();
         }
         self.fetch_manifest();
     }

@@ -270,7 +270,7 @@ impl Sim {
 
     fn wave_report(&mut self, d: u32, healthy: bool) {
         let w = self.devs[d as usize].wave as usize;
-        if healthy {
+        if healthy && !std::mem::replace(&mut self.devs[d as usize].counted_healthy, true) {
             self.m.wave_healthy[w] += 1;
             let members = self
                 .devs

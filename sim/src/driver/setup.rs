@@ -126,6 +126,7 @@ impl Sim {
                 runtime: Runtime::Idle,
                 seed: dev_seed,
                 queued_reports: Vec::new(),
+                counted_healthy: false,
             });
         }
         let origin_key = device_key(1 << 40);

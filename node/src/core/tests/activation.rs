@@ -134,6 +134,51 @@ fn applies_only_when_own_wave_is_open() {
 }
 
 #[test]
+fn an_origin_that_connects_gets_the_last_report_again_freshly_signed() {
+    // The builder was down while the device became healthy: that report reached nobody. When
+    // an origin connects, the device reports its state again, with a new nonce (the builder
+    // refuses replays), so the rollout does not wait for a report that never comes.
+    let mut h = Harness::new();
+    let rel = h.release(1, 4);
+    stage(&mut h, &rel);
+    h.open_wave(&rel, 1, 0);
+    let seq = rel.announcement.sequence;
+    h.input(Input::ApplyFinished {
+        sequence: seq,
+        result: Ok(()),
+    });
+    h.input(Input::HealthResult {
+        sequence: seq,
+        healthy: true,
+        detail: "ok".into(),
+    });
+    let nonce_of = |out: &[Output]| {
+        out.iter().rev().find_map(|o| match o {
+            Output::Report { report, .. } => Some(report.nonce),
+            _ => None,
+        })
+    };
+    let first = nonce_of(&h.out).expect("reported healthy");
+    h.out.clear();
+    // Another device connecting changes nothing.
+    h.connect(peer(7), info(Some("here"), 1, false));
+    assert!(reported(&h.out).is_empty());
+    h.connect(peer(8), info(None, 30, true));
+    assert_eq!(reported(&h.out), vec![DeviceState::Healthy]);
+    let again = h.out.iter().find_map(|o| match o {
+        Output::Report { report, .. } => Some(report.clone()),
+        _ => None,
+    });
+    let again = again.expect("a report");
+    assert_eq!((again.sequence, again.detail.as_str()), (seq, "ok"));
+    assert_ne!(Some(again.nonce), Some(first));
+    // The same origin refreshing its round-trip time is no new connection.
+    h.out.clear();
+    h.connect(peer(8), info(None, 90, true));
+    assert!(reported(&h.out).is_empty());
+}
+
+#[test]
 fn halted_release_never_applies() {
     let mut h = Harness::new();
     let rel = h.release(1, 4);
