@@ -450,6 +450,8 @@ scenario_kill() {
 scenario_restart() {
     local t before after n
     t=$(date +%s)
+    # The newest release, whatever the scenarios before made of it.
+    SEQ=$(api "/api/v1/fleets/$FLEET/releases?limit=1" | jq -r '.releases[0].sequence')
     before=$(api "/api/v1/fleets/$FLEET/releases?limit=50" | jq -c '[.releases[] | {id, sequence, status, commit}]')
     log "restart: stopping the builder and all 6 nodes"
     docker stop -t 10 "$BUILDER" $(for n in "${NODES[@]}"; do echo "$P-node-$n"; done) >/dev/null
