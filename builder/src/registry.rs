@@ -29,8 +29,13 @@ pub(crate) mod store;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-use shoal_protocol::{DeviceId, Envelope, SignatureEntry, SigningKey, StatusReport, verify};
+use serde::Serialize;
+use shoal_protocol::{DeviceId, StatusReport, verify};
+
+// The request and answer are the protocol's (the node sends them too).
+pub use shoal_protocol::registration::{
+    REGISTRATION_KIND, Registered, Registration, registration_payload, sign_registration,
+};
 
 pub use progress::{DeviceOnRelease, Progress, WaveProgress, progress, release_plan};
 pub use routes::routes;
@@ -45,8 +50,6 @@ pub const FRESHNESS_S: i64 = 600;
 pub const RATE_BURST: u32 = 20;
 /// Reports per second a device may sustain.
 pub const RATE_PER_S: u32 = 2;
-/// The signature kind of a registration.
-pub const REGISTRATION_KIND: &str = "device-registration";
 /// Longest device name or site label.
 pub const MAX_LABEL: usize = 63;
 
@@ -138,78 +141,6 @@ pub enum ReportError {
     Db(#[from] DbError),
 }
 
-/// A registration request (`POST /api/v1/devices/register`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Registration {
-    /// The fleet's provisioning key.
-    pub provisioning_key: String,
-    /// The device's public key (hex).
-    pub device: DeviceId,
-    /// Its name, unique in the fleet.
-    pub name: String,
-    /// Its site label (devices on one site fetch from each other first).
-    #[serde(default)]
-    pub site: String,
-    /// Its architecture.
-    pub arch: String,
-    /// Its device type.
-    pub device_type: String,
-    /// The device key's signature over [`registration_payload`], hex.
-    pub signature: shoal_protocol::Signature,
-}
-
-/// What a registered device is told.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registered {
-    /// The device id (hex public key).
-    pub device: String,
-    /// Its fleet.
-    pub fleet: String,
-    /// The fleet's signed trust root (hex of its canonical bytes).
-    pub trust_root: String,
-    /// Where to fetch the trust root again.
-    pub trust_root_url: String,
-    /// Where to fetch the origin's bootstrap addresses.
-    pub bootstrap_url: String,
-    /// The release the device should run, if any is published.
-    pub target_sequence: Option<i64>,
-}
-
-/// The bytes a registration signs.
-pub fn registration_payload(
-    device: &DeviceId,
-    name: &str,
-    site: &str,
-    arch: &str,
-    device_type: &str,
-) -> Vec<u8> {
-    format!("shoal-device-registration-v1\n{device}\n{name}\n{site}\n{arch}\n{device_type}")
-        .into_bytes()
-}
-
-/// A signed registration for the device with `key` (what a device sends).
-pub fn sign_registration(
-    key: &SigningKey,
-    provisioning_key: &str,
-    name: &str,
-    site: &str,
-    arch: &str,
-    device_type: &str,
-) -> Registration {
-    let device = DeviceId::from(key.public_key());
-    let payload = registration_payload(&device, name, site, arch, device_type);
-    Registration {
-        provisioning_key: provisioning_key.to_string(),
-        device,
-        name: name.to_string(),
-        site: site.to_string(),
-        arch: arch.to_string(),
-        device_type: device_type.to_string(),
-        signature: key.sign(REGISTRATION_KIND, &payload),
-    }
-}
-
 fn valid_label(s: &str, allow_empty: bool) -> bool {
     (allow_empty || !s.is_empty())
         && s.len() <= MAX_LABEL
@@ -291,17 +222,9 @@ impl Registry {
             store::fleet_of_provisioning_key(&app.db, &crate::app::token_hash(&r.provisioning_key))
                 .await?
                 .ok_or(RegisterError::UnknownKey)?;
-        let payload = registration_payload(&r.device, &r.name, &r.site, &r.arch, &r.device_type);
-        let envelope = Envelope {
-            payload,
-            signatures: vec![SignatureEntry {
-                key_id: r.device.public_key().id(),
-                signature: r.signature,
-            }],
-        };
-        envelope
-            .verify_threshold(REGISTRATION_KIND, &[r.device.public_key()], 1)
-            .map_err(|_| RegisterError::BadSignature)?;
+        if !r.verify_signature() {
+            return Err(RegisterError::BadSignature);
+        }
         if r.arch != fleet.arch {
             return Err(RegisterError::WrongArch {
                 fleet: fleet.arch,

@@ -272,3 +272,89 @@ fn reports_the_origin_verified_update_the_registry_too() {
     // The same report posted over HTTP afterwards is a replay.
     assert_eq!(b.post_report(&dev, &signed).status, 409);
 }
+
+#[test]
+fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused() {
+    use shoal_node::daemon::Builder;
+    use shoal_node::daemon::enroll::{EnrollError, EnrollState, Enrollment};
+    use shoal_node::daemon::identity::DeviceKey;
+    use std::time::Duration;
+
+    let b = InProc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env: shoal_protocol::Envelope =
+        shoal_protocol::encoding::decode(&std::fs::read(b.app.trust_root_path("demo")).unwrap())
+            .unwrap();
+    let trust = shoal_protocol::TrustRoot::open_initial(&env).unwrap();
+    let wait = Duration::from_secs(60);
+    let good_id = b.rt.block_on(async {
+        let key = DeviceKey::generate();
+        let id = key.device_id();
+        let node = Builder::new(key, trust.clone(), dir.path().join("good"))
+            .arch("amd64")
+            .site(Some("kitchen".into()))
+            .enroll(Enrollment::new(b.url(), &b.provisioning_key).name("pi-kitchen"))
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(
+            node.wait_enrollment(wait).await,
+            Some(EnrollState::Enrolled {
+                fleet: "demo".into(),
+                target_sequence: None
+            })
+        );
+        let (s, ok) = node.wait_for(wait, |s| s.enrolled == Some(true)).await;
+        assert!(ok, "status: {s:?}");
+        assert_eq!(s.enroll_error, None);
+
+        // A key that is no fleet's: refused for good, with the builder's reason.
+        let bad = Builder::new(DeviceKey::generate(), trust.clone(), dir.path().join("bad"))
+            .arch("amd64")
+            .enroll(Enrollment::new(b.url(), "shoalprov_wrong").name("intruder"))
+            .start()
+            .await
+            .unwrap();
+        let state = bad.wait_enrollment(wait).await.unwrap();
+        let EnrollState::Refused(EnrollError::Refused { status, message }) = &state else {
+            panic!("{state:?}");
+        };
+        assert_eq!(*status, 401);
+        assert_eq!(message, "unknown provisioning key");
+        let (s, ok) = bad
+            .wait_for(wait, |s| {
+                s.enroll_error.is_some() && s.enrolled == Some(false)
+            })
+            .await;
+        assert!(ok, "status: {s:?}");
+        assert!(
+            s.enroll_error.unwrap().contains("unknown provisioning key"),
+            "the status says why"
+        );
+
+        // An https:// builder URL is a typed error at start.
+        let err = Builder::new(DeviceKey::generate(), trust.clone(), dir.path().join("tls"))
+            .enroll(Enrollment::new("https://builder.example", "k"))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                shoal_node::daemon::StartError::Enroll(EnrollError::Https(_))
+            ),
+            "{err}"
+        );
+        node.shutdown().await;
+        bad.shutdown().await;
+        id
+    });
+    let devices = b.get_json("/api/v1/fleets/demo/devices");
+    let devices = devices["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "only the good device: {devices:?}");
+    assert_eq!(devices[0]["id"], good_id.to_string());
+    assert_eq!(devices[0]["name"], "pi-kitchen");
+    assert_eq!(devices[0]["site"], "kitchen");
+    assert_eq!(devices[0]["arch"], "amd64");
+    assert_eq!(devices[0]["device_type"], "generic-amd64");
+}

@@ -5,6 +5,7 @@
 //!
 //! - [`identity`]: the device key (Shoal device id, libp2p peer id, QUIC certificate key).
 //! - [`config`]: the TOML configuration file; [`launch`]: from it to a running daemon.
+//! - [`enroll`]: registration with the builder's device registry (provisioning key).
 //! - [`quic`]: the data plane's QUIC endpoint, authenticated by the device key.
 //! - [`transfer`]: the chunk request/response protocol, pipelined on QUIC streams.
 //! - [`peer`]: the per-connection control stream (hello, bitfields, HAVEs, missed gossip).
@@ -18,6 +19,7 @@
 
 pub mod config;
 mod driver;
+pub mod enroll;
 mod handle;
 pub mod identity;
 pub mod launch;

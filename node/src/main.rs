@@ -172,6 +172,12 @@ fn status(config: &Path, json: bool) -> anyhow::Result<()> {
     if let Some(r) = &s.refused {
         println!("refused  {r}");
     }
+    match (s.enrolled, &s.enroll_error) {
+        (None, _) => {}
+        (Some(true), _) => println!("enrolled yes"),
+        (Some(false), Some(e)) => println!("enrolled no: {e}"),
+        (Some(false), None) => println!("enrolled not yet"),
+    }
     println!(
         "store    {} / {} bytes; in {} out {} bytes",
         s.store_bytes, s.store_quota_bytes, s.bytes_in, s.bytes_out

@@ -15,6 +15,7 @@
 //! - [`encoding`]: the canonical byte form (versioned postcard) with capped, strict decoders.
 //! - [`Envelope`]: payload bytes plus ed25519 signatures by key id; [`TrustRoot`]: who may sign
 //!   what, rotated TUF-style.
+//! - [`registration`]: a device's signed registration with a fleet's provisioning key.
 //! - [`verify`]: the one entry point a device uses to accept an announcement or a manifest.
 //! - [`waves`]: which wave of a rollout a device belongs to.
 
@@ -27,6 +28,7 @@ pub mod envelope;
 pub mod keys;
 pub mod manifest;
 pub mod messages;
+pub mod registration;
 pub mod time;
 pub mod trust;
 pub mod verify;

@@ -14,6 +14,12 @@
 //! mdns = true
 //! metrics = "127.0.0.1:9464"            # Prometheus text endpoint; omit to disable
 //!
+//! [enroll]                              # optional: register with the builder at start
+//! builder_url = "http://10.0.0.1:8080"  # http:// only
+//! provisioning_key = "shoalprov_..."    # `shoal-builder fleet provisioning-key FLEET`
+//! name = "pi-kitchen"                   # default device-<first 8 hex digits of the device id>
+//! device_type = "generic-amd64"         # default generic-<arch>
+//!
 //! [runtime]                             # see `runtime::RuntimeConfig`; all keys optional
 //! kind = "docker"                       # or "stage-only"
 //! update_lock = "/tmp/shoal/updates.lock"
@@ -63,6 +69,9 @@ pub struct FileConfig {
     /// The Prometheus endpoint's address.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Register with the builder's device registry at start.
+    #[serde(default)]
+    pub enroll: Option<super::enroll::Enrollment>,
     /// How releases are activated (default: the Docker Engine).
     #[serde(default)]
     pub runtime: super::runtime::RuntimeConfig,
@@ -168,6 +177,13 @@ impl FileConfig {
                 "runtime.prefix must be 1 to 32 lowercase letters, digits or '-'".into(),
             ));
         }
+        if let Some(e) = &cfg.enroll {
+            super::enroll::HttpUrl::parse(&e.builder_url)
+                .map_err(|err| invalid(format!("enroll.builder_url: {err}")))?;
+            if e.provisioning_key.is_empty() {
+                return Err(invalid("enroll.provisioning_key is empty".into()));
+            }
+        }
         if cfg.store_quota_bytes == 0 {
             return Err(invalid("store_quota_bytes must be positive".into()));
         }
@@ -232,6 +248,41 @@ mod tests {
         let err =
             FileConfig::parse(p, &format!("{base}[runtime]\nprefix = \"Bad/Name\"\n")).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn enroll_section_parses_and_https_or_typos_are_errors() {
+        let p = Path::new("t.toml");
+        let base = "data_dir = \"/d\"\nfleet = \"f\"\ntrust_root = \"/r\"\n";
+        let cfg = FileConfig::parse(
+            p,
+            &format!(
+                "{base}[enroll]\nbuilder_url = \"http://10.0.0.1:8080\"\nprovisioning_key = \"shoalprov_x\"\nname = \"pi-1\"\n"
+            ),
+        )
+        .unwrap();
+        let e = cfg.enroll.unwrap();
+        assert_eq!(e.builder_url, "http://10.0.0.1:8080");
+        assert_eq!(e.name.as_deref(), Some("pi-1"));
+        assert_eq!(e.device_type, None);
+        assert!(
+            !format!("{e:?}").contains("shoalprov_x"),
+            "the key stays out of logs"
+        );
+        assert_eq!(FileConfig::parse(p, base).unwrap().enroll, None);
+        let err = FileConfig::parse(
+            p,
+            &format!("{base}[enroll]\nbuilder_url = \"https://b\"\nprovisioning_key = \"k\"\n"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("https://"), "{err}");
+        let err = FileConfig::parse(
+            p,
+            &format!("{base}[enroll]\nbuilder_url = \"http://b\"\nprovisioning_kye = \"k\"\n"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("provisioning_kye"), "{err}");
     }
 
     #[test]

@@ -140,11 +140,36 @@ struct Driver {
     listen_addrs: Vec<Multiaddr>,
     server: transfer::Server,
     kad_bootstrapped: bool,
+    enrollment: Option<watch::Receiver<super::enroll::EnrollState>>,
 }
 
 pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
     super::quic::install_crypto_provider();
     let device = b.key.device_id();
+    // A registration the builder will be sent (checked before anything is bound).
+    let enroll = match &b.enroll {
+        Some(e) => {
+            let url = super::enroll::HttpUrl::parse(&e.builder_url).map_err(StartError::Enroll)?;
+            let name = e
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("device-{}", device.short()));
+            let device_type = e
+                .device_type
+                .clone()
+                .unwrap_or_else(|| format!("generic-{}", b.arch));
+            let registration = shoal_protocol::registration::sign_registration(
+                &b.key.signing_key(),
+                &e.provisioning_key,
+                &name,
+                b.site.as_deref().unwrap_or(""),
+                &b.arch,
+                &device_type,
+            );
+            Some((url, registration))
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&b.data_dir).map_err(|source| StartError::Bind {
         what: "data directory",
         addr: b.data_dir.display().to_string(),
@@ -325,7 +350,21 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
         listen_addrs: listen_addrs.clone(),
         server: transfer::Server::new(source, counters.clone(), b.max_uploads),
         kad_bootstrapped: false,
+        enrollment: None,
     };
+    if let Some((url, registration)) = enroll {
+        let (tx, rx) = watch::channel(super::enroll::EnrollState::Pending {
+            attempts: 0,
+            last_error: None,
+        });
+        driver.tasks.spawn(super::enroll::run(
+            url,
+            registration,
+            driver.fleet.clone(),
+            tx,
+        ));
+        driver.enrollment = Some(rx);
+    }
     for fut in local_tasks {
         driver.tasks.spawn(fut);
     }
@@ -336,6 +375,7 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
     driver.drain();
     driver.publish_status();
 
+    let enrollment = driver.enrollment.clone();
     let task = tokio::spawn(async move {
         driver.run(&mut events_rx, &mut cmd_rx).await;
     });
@@ -351,6 +391,7 @@ pub(super) async fn start(b: Builder) -> Result<Handle, StartError> {
         task,
         metrics_addr,
         endpoint,
+        enrollment,
     })
 }
 

@@ -112,6 +112,9 @@ pub enum StartError {
         /// The decoder's error.
         source: shoal_protocol::DecodeError,
     },
+    /// The enrollment's builder URL cannot be used (for example `https://`).
+    #[error("enrollment: {0}")]
+    Enroll(super::enroll::EnrollError),
     /// The rotation chain given with [`Builder::trust_chain`] does not lead to the trust root.
     #[error("rotation chain: {0}")]
     TrustChain(core::TrustRootError),
@@ -231,6 +234,12 @@ pub struct Status {
     /// [`MILESTONES_KEPT`]).
     #[serde(default)]
     pub milestones: Vec<Milestone>,
+    /// Whether the device is registered with the builder (`None`: no enrollment configured).
+    #[serde(default)]
+    pub enrolled: Option<bool>,
+    /// Why enrollment failed last or was refused, if it did.
+    #[serde(default)]
+    pub enroll_error: Option<String>,
 }
 
 /// Milestones a [`Status`] keeps.
@@ -342,6 +351,7 @@ pub struct Builder {
     pub(super) seed: u64,
     pub(super) source: Option<SourceFn>,
     pub(super) trust_chain: Vec<Vec<u8>>,
+    pub(super) enroll: Option<super::enroll::Enrollment>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -393,6 +403,7 @@ impl Builder {
             seed: rand_seed(),
             source: None,
             trust_chain: Vec::new(),
+            enroll: None,
         }
     }
 
@@ -492,6 +503,13 @@ impl Builder {
         self
     }
 
+    /// Registers with the builder's device registry at start, in the background, signed by the
+    /// device key, with this builder's site and architecture (see [`super::enroll`]).
+    pub fn enroll(mut self, enrollment: super::enroll::Enrollment) -> Self {
+        self.enroll = Some(enrollment);
+        self
+    }
+
     /// Starts the daemon on the current tokio runtime.
     pub async fn start(self) -> Result<Handle, StartError> {
         super::driver::start(self).await
@@ -518,6 +536,7 @@ pub struct Handle {
     pub(super) task: tokio::task::JoinHandle<()>,
     pub(super) metrics_addr: Option<SocketAddr>,
     pub(super) endpoint: quinn::Endpoint,
+    pub(super) enrollment: Option<watch::Receiver<super::enroll::EnrollState>>,
 }
 
 impl Handle {
@@ -552,6 +571,21 @@ impl Handle {
     /// A receiver of status updates.
     pub fn watch_status(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+    /// Where enrollment stands (`None`: no enrollment configured).
+    pub fn enrollment(&self) -> Option<super::enroll::EnrollState> {
+        self.enrollment.as_ref().map(|rx| rx.borrow().clone())
+    }
+    /// Waits until enrollment is over (registered or refused) or `timeout` passes; the state
+    /// then (`None`: no enrollment configured).
+    pub async fn wait_enrollment(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Option<super::enroll::EnrollState> {
+        let mut rx = self.enrollment.clone()?;
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|s| s.is_final())).await;
+        let state = rx.borrow().clone();
+        Some(state)
     }
     /// Signed status reports received from devices (verified), for the origin.
     pub fn subscribe_reports(&self) -> broadcast::Receiver<StatusReport> {

@@ -83,7 +83,11 @@ pub async fn builder(cfg: &FileConfig) -> Result<Builder, LaunchError> {
             .await?,
         ),
     };
-    Ok(Builder::new(key, trust, &cfg.data_dir)
+    let mut builder = Builder::new(key, trust, &cfg.data_dir);
+    if let Some(e) = &cfg.enroll {
+        builder = builder.enroll(e.clone());
+    }
+    Ok(builder
         .arch(cfg.arch.clone())
         .site(cfg.site.clone())
         .listen(parse(&cfg.listen)?)

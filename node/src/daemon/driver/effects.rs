@@ -420,6 +420,17 @@ impl Driver {
             map.retain(|_, until| *until > now);
             map.len() as u64
         };
+        let (enrolled, enroll_error) = match self.enrollment.as_ref().map(|rx| rx.borrow().clone())
+        {
+            None => (None, None),
+            Some(super::super::enroll::EnrollState::Enrolled { .. }) => (Some(true), None),
+            Some(super::super::enroll::EnrollState::Pending { last_error, .. }) => {
+                (Some(false), last_error.map(|e| e.to_string()))
+            }
+            Some(super::super::enroll::EnrollState::Refused(e)) => {
+                (Some(false), Some(e.to_string()))
+            }
+        };
         let status = Status {
             device: self.device.to_string(),
             fleet: self.fleet.clone(),
@@ -454,6 +465,8 @@ impl Driver {
             services: self.runtime.services(),
             trust_version: self.node.trust().version,
             milestones: self.milestones.clone(),
+            enrolled,
+            enroll_error,
         };
         self.status_tx.send_if_modified(|s| {
             if *s == status {
