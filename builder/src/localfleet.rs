@@ -6,7 +6,8 @@
 //! [`quick_plan`]) and a push token with the builder executable, starts `serve` on ephemeral
 //! loopback ports, reads `GET /api/v1/fleets/{fleet}/bootstrap`, and starts the devices in this
 //! process, each with the runtime [`RuntimeFactory`] makes (the Docker Engine runtime for real
-//! use, stage-only for tests without an Engine), bootstrapped to the builder's origin node.
+//! use, stage-only for tests without an Engine), bootstrapped to the builder's origin node and
+//! registered in the device registry with a provisioning key made by `fleet provisioning-key`.
 //! [`LocalFleet::push`] pushes a directory with the stock git client.
 
 pub mod demo;
@@ -17,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_node::daemon::enroll::{EnrollState, Enrollment};
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::{BoxFuture, Handle, Runtime};
 use shoal_protocol::{DeviceId, Envelope, RolloutPlan, TrustRoot, Wave, encoding};
@@ -249,6 +251,8 @@ impl LocalFleet {
             });
         }
         let boot = get_json(&url, &token, &format!("/api/v1/fleets/{FLEET}/bootstrap")).await?;
+        let provisioning = builder_cmd(&exe, &data, &["fleet", "provisioning-key", FLEET])?;
+        let provisioning = provisioning.trim();
         let api = |message: &str| LocalError::Api {
             path: "bootstrap".into(),
             message: message.into(),
@@ -288,10 +292,22 @@ impl LocalFleet {
                 .arch("amd64")
                 .bootstrap(addrs.clone())
                 .runtime(runtime)
+                .enroll(Enrollment::new(&fleet.url, provisioning).name(&name))
                 .start()
                 .await
                 .map_err(|e| dev_err(e.to_string()))?;
             fleet.devices.push(Device { name, handle, dir });
+        }
+        for d in &fleet.devices {
+            match d.handle.wait_enrollment(Duration::from_secs(60)).await {
+                Some(EnrollState::Enrolled { .. }) => {}
+                other => {
+                    return Err(LocalError::Device {
+                        name: d.name.clone(),
+                        message: format!("not registered with the builder: {other:?}"),
+                    });
+                }
+            }
         }
         Ok(fleet)
     }

@@ -358,3 +358,64 @@ fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused(
     assert_eq!(devices[0]["arch"], "amd64");
     assert_eq!(devices[0]["device_type"], "generic-amd64");
 }
+
+#[test]
+fn the_local_fleets_devices_register_themselves() {
+    use shoal_builder::localfleet::{self, FLEET, LocalFleet, Options, RuntimeFactory};
+    use shoal_node::daemon::identity::DeviceKey;
+    use shoal_node::daemon::{Runtime, StageOnly};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let runtime: RuntimeFactory = std::sync::Arc::new(|_, _, _| {
+            Box::pin(async { Ok(std::sync::Arc::new(StageOnly) as std::sync::Arc<dyn Runtime>) })
+        });
+        let keys: Vec<DeviceKey> = (0..2).map(|_| DeviceKey::generate()).collect();
+        let ids: Vec<String> = keys.iter().map(|k| k.device_id().to_string()).collect();
+        let fleet = LocalFleet::start(Options {
+            builder_exe: support::BIN.into(),
+            keys,
+            runtime,
+            plan: localfleet::quick_plan(1),
+        })
+        .await
+        .unwrap();
+        let list = fleet
+            .get_json(&format!("/api/v1/fleets/{FLEET}/devices"))
+            .await
+            .unwrap();
+        let mut got: Vec<(String, String)> = list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["name"].as_str().unwrap().to_string(),
+                    d["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("device-1".to_string(), ids[0].clone()),
+                ("device-2".to_string(), ids[1].clone())
+            ]
+        );
+        for d in &fleet.devices {
+            let (s, ok) = d
+                .handle
+                .wait_for(std::time::Duration::from_secs(10), |s| {
+                    s.enrolled == Some(true)
+                })
+                .await;
+            assert!(ok, "{}: {s:?}", d.name);
+        }
+        fleet.shutdown().await;
+    });
+}
