@@ -40,13 +40,19 @@ impl Node {
         });
     }
 
-    /// Updates the idle flag of the site share: no chunk stored for `idle_fallback_ms`.
+    /// Updates the idleness of the site share (no chunk stored for `idle_fallback_ms`, or three
+    /// times that).
     pub(super) fn refresh_idle(&mut self) {
         let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
         if let Some(cur) = &mut self.cur
             && let Some(s) = &mut cur.sched
         {
-            let idle = now.ms_since(cur.last_progress) >= idle_ms;
+            let idle = super::fetch::Idle::after(
+                now.ms_since(cur.last_import),
+                now.ms_since(cur.last_progress),
+                idle_ms,
+                s.starved(),
+            );
             let share = s.share();
             if share.idle != idle {
                 s.set_share(super::fetch::Share { idle, ..share });
@@ -150,6 +156,13 @@ impl Node {
                 // Verified and stored by the driver, even if we had given up on it.
                 if s.store(index) {
                     cur.last_progress = self.now;
+                    if self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| p.class != super::fetch::Class::Local)
+                    {
+                        cur.last_import = self.now;
+                    }
                     for f in s.take_duplicates(index) {
                         self.outputs.push_back(Output::CancelFetch {
                             peer: f.peer,
@@ -166,6 +179,7 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.failures = 0;
                 }
+                let vouched = stats.bytes > 0 && s.vouch(&peer);
                 if was_in_flight && stats.bytes > 0 {
                     // Moving average (1/8) of how long a fetch takes, for straggler times.
                     let avg = self.fetch_ms_avg.map_or(stats.elapsed_ms, |a| {
@@ -178,6 +192,8 @@ impl Node {
                     && rate < self.config.min_rate_bytes_per_s;
                 if slow {
                     self.drop_peer(peer, DropReason::TooSlow);
+                } else if vouched {
+                    self.update_share();
                 }
                 self.check_staged();
             }

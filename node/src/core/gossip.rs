@@ -71,6 +71,7 @@ impl Node {
             waves: Waves::default(),
             manifest_fetch: ManifestFetch::default(),
             last_progress: Instant::ZERO,
+            last_import: Instant::ZERO,
             served: None,
         };
         if let Some((wc, b)) = self.pending_control.take()

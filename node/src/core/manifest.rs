@@ -201,6 +201,7 @@ impl Node {
         cur.sched = Some(sched);
         cur.phase = Phase::Fetching;
         cur.last_progress = self.now;
+        cur.last_import = self.now;
         self.update_share();
         self.outputs
             .push_back(Output::Event(Event::ManifestAccepted {

@@ -81,8 +81,9 @@ pub struct Config {
     pub persist_interval_ms: u64,
     /// Candidates examined per rarest-first pick (see [`super::fetch`]).
     pub rarest_sample: u32,
-    /// With no chunk stored for this long, the node imports any chunk its site lacks, not only
-    /// its share (see [`super::fetch`]).
+    /// With no chunk stored for this long, the node also imports its share among the same-site
+    /// peers that delivered to it, and after three times as long any chunk its site lacks (see
+    /// [`super::fetch`]).
     pub idle_fallback_ms: u64,
     /// Most uploads served at once (see [`Node::admit_upload`]).
     pub max_uploads: u32,
@@ -207,8 +208,13 @@ pub(super) struct Current {
     pub(super) wave: Option<u32>,
     pub(super) waves: Waves,
     pub(super) manifest_fetch: ManifestFetch,
-    /// When a chunk was last stored (or fetching began): the idle fallback counts from here.
+    /// When a chunk was last stored (or fetching began): [`super::fetch::Idle::All`] counts
+    /// from here.
     pub(super) last_progress: Instant,
+    /// When a chunk was last stored from outside the site (or fetching began):
+    /// [`super::fetch::Idle::Vouched`] counts from here, so the site's progress on chunks it
+    /// already holds does not keep postponing the import of those nobody imports.
+    pub(super) last_import: Instant,
     /// The origin's serve counts (super-seeding), once it serves.
     pub(super) served: Option<super::upload::Served>,
 }
@@ -348,6 +354,7 @@ impl Node {
             waves: Waves::default(),
             manifest_fetch: ManifestFetch::default(),
             last_progress: Instant::ZERO,
+            last_import: Instant::ZERO,
             served: None,
         });
         self.accept_release_with(release, Some(full));
@@ -453,9 +460,14 @@ impl Node {
             }
             if cur.phase == Phase::Fetching
                 && let Some(s) = &cur.sched
-                && !s.share().idle
+                && let Some(t) = s.share().idle.next_step_at(
+                    self.now,
+                    cur.last_import,
+                    cur.last_progress,
+                    self.config.idle_fallback_ms,
+                )
             {
-                at(cur.last_progress.plus_ms(self.config.idle_fallback_ms));
+                at(t);
             }
             if matches!(cur.phase, Phase::Fetching | Phase::FetchingManifest)
                 && self.backoff_horizon > self.now

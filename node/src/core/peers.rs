@@ -54,6 +54,19 @@ impl Node {
             .filter(|(_, u)| **u > now)
             .map(|(id, _)| id_prefix(id))
             .collect();
+        let vouched: Vec<u64> = self
+            .cur
+            .as_ref()
+            .and_then(|c| c.sched.as_ref())
+            .map(|s| {
+                s.vouched_local_peers()
+                    .map(|id| point(id_prefix(id)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut vouched = vouched;
+        vouched.sort_unstable();
+        vouched.dedup();
         let mut points: Vec<u64> = self
             .peers
             .iter()
@@ -72,9 +85,21 @@ impl Node {
         let chunk_salt = super::fetch::mix64(salt);
         let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
         let Some(cur) = &mut self.cur else { return };
-        let idle = now.ms_since(cur.last_progress) >= idle_ms;
+        let starved = cur.sched.as_ref().is_some_and(|s| s.starved());
+        let idle = super::fetch::Idle::after(
+            now.ms_since(cur.last_import),
+            now.ms_since(cur.last_progress),
+            idle_ms,
+            starved,
+        );
         if let Some(s) = &mut cur.sched {
-            s.set_share(super::fetch::Share::new(me, &mut points, chunk_salt, idle));
+            s.set_share(super::fetch::Share::new(
+                me,
+                &mut points,
+                &mut vouched,
+                chunk_salt,
+                idle,
+            ));
         }
     }
 

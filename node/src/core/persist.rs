@@ -54,6 +54,7 @@ impl Node {
             waves: Waves::default(),
             manifest_fetch: ManifestFetch::default(),
             last_progress: Instant::ZERO,
+            last_import: Instant::ZERO,
             served: None,
         };
         for c in &snap.controls {
