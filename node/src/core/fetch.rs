@@ -40,9 +40,9 @@ pub(crate) struct InFlight {
 impl InFlight {
     const STRAGGLED: Instant = Instant(u64::MAX);
 
-    /// Still on time: it counts as a copy in flight. A straggler does not, so a chunk whose
-    /// copies all went to tricklers is asked of yet another peer instead of waiting for their
-    /// deadlines.
+    /// Still on time: it counts as a copy in flight. A straggler counts only toward the hard
+    /// cap of [`Scheduler::copies_allowed`], so a chunk whose copies went to tricklers is asked
+    /// of one more peer instead of waiting for their deadlines.
     fn on_time(&self) -> bool {
         self.straggle_at != Self::STRAGGLED
     }
@@ -564,6 +564,19 @@ impl Scheduler {
         best.map(|(_, i)| i)
     }
 
+    /// Whether chunk `i` may be asked of one more peer: fewer than `max_copies` copies on time,
+    /// and at most one more than that in all. (Without the overall cap, a loaded machine where
+    /// every fetch straggled asked each chunk of every peer in turn, and eight daemons on
+    /// loopback took minutes instead of seconds.)
+    fn copies_allowed(&self, i: u32, max_copies: usize) -> bool {
+        let (mut on_time, mut all) = (0, 0);
+        for f in self.in_flight.iter().filter(|f| f.index == i) {
+            all += 1;
+            on_time += usize::from(f.on_time());
+        }
+        on_time < max_copies && all <= max_copies
+    }
+
     /// Whether chunk `i`, needed again while in flight, is in flight from `peer`.
     fn asked_of(&self, peer: &PeerId, i: u32) -> bool {
         self.again.get(i)
@@ -591,12 +604,7 @@ impl Scheduler {
             self.forget_peer_have(peer);
         }
         for (_, i) in late {
-            let copies = self
-                .in_flight
-                .iter()
-                .filter(|f| f.index == i && f.on_time())
-                .count();
-            if copies < max_copies && !self.have.get(i) && self.need.set(i) {
+            if self.copies_allowed(i, max_copies) && !self.have.get(i) && self.need.set(i) {
                 self.again.set(i);
                 for a in self.peer_have.values_mut() {
                     if a.bits.get(i) {
@@ -626,12 +634,7 @@ impl Scheduler {
                     .in_flight
                     .iter()
                     .any(|f| f.index == i && f.peer == *peer)
-                && self
-                    .in_flight
-                    .iter()
-                    .filter(|f| f.index == i && f.on_time())
-                    .count()
-                    < max_copies
+                && self.copies_allowed(i, max_copies)
         })
     }
 
