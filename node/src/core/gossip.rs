@@ -37,9 +37,48 @@ impl Node {
             }
         }
         match msg {
-            GossipMessage::Announcement(b) => self.on_announcement(from, b),
-            GossipMessage::WaveControl(b) => self.on_wave_control(b),
-            GossipMessage::TrustRoot(b) => self.on_trust_root(b),
+            GossipMessage::Announcement(b) => {
+                let v = self.on_announcement(from, b);
+                // A valid announcement for another architecture is accepted (forwarded by
+                // gossip) without being recorded: relaying it would loop.
+                if v == Verdict::Accept
+                    && self.cur.as_ref().is_some_and(|c| {
+                        GossipMessage::Announcement(c.ann_bytes.clone()).encode() == bytes
+                    })
+                {
+                    self.relay(from, bytes);
+                }
+                v
+            }
+            GossipMessage::WaveControl(b) => {
+                let v = self.on_wave_control(b);
+                if v == Verdict::Accept {
+                    self.relay(from, bytes);
+                }
+                v
+            }
+            GossipMessage::TrustRoot(b) => {
+                let v = self.on_trust_root(b);
+                if v == Verdict::Accept {
+                    self.relay(from, bytes);
+                }
+                v
+            }
+        }
+    }
+
+    /// Passes a message that changed this node's state on to its data-plane peers (all but the
+    /// one it came from), besides gossip: a peer that gossip does not reach (a node restarted
+    /// under the same identity, which the gossip mesh can leave out for good) still learns of
+    /// new releases, waves and rotations. Each node relays a message once, when it is new to
+    /// it, so this is a flood bounded by the number of connections; receivers see the same
+    /// bytes again as already judged.
+    fn relay(&mut self, from: PeerId, bytes: &[u8]) {
+        for peer in self.order.iter().filter(|p| **p != from) {
+            self.outputs.push_back(Output::SyncGossip {
+                peer: *peer,
+                messages: vec![bytes.to_vec()],
+            });
         }
     }
 

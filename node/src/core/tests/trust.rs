@@ -3,7 +3,8 @@
 use shoal_protocol::Announcement;
 
 use super::harness::{Harness, info, peer};
-use crate::core::{Output, Verdict};
+use crate::core::{Output, PeerId, Verdict};
+use shoal_protocol::WaveAction;
 
 #[test]
 fn valid_announcement_is_accepted_and_its_manifest_fetched() {
@@ -79,4 +80,63 @@ fn expired_and_replayed_announcements_are_rejected() {
         .count();
     assert_eq!(fetches_before, fetches_after);
     assert_eq!(h.node.highest().map(|(s, _)| s.0), Some(2));
+}
+
+/// Relayed to the data-plane peers of `out`, as (peer, message).
+fn relayed(out: &[Output]) -> Vec<(PeerId, Vec<u8>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SyncGossip { peer, messages } => Some(
+                messages
+                    .iter()
+                    .map(|m| (*peer, m.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn new_announcements_and_wave_control_are_relayed_to_data_plane_peers_once() {
+    let mut h = Harness::new();
+    let (a, b, c) = (peer(1), peer(2), peer(3));
+    for p in [a, b, c] {
+        h.connect(p, info(Some("here"), 1, false));
+    }
+    let rel = h.release(1, 2);
+    h.out.clear();
+    assert_eq!(
+        h.gossip(a, rel.announcement_gossip.clone()),
+        Verdict::Accept
+    );
+    let mut to: Vec<PeerId> = relayed(&h.out)
+        .into_iter()
+        .filter(|(_, m)| *m == rel.announcement_gossip)
+        .map(|(p, _)| p)
+        .collect();
+    to.sort();
+    let mut want = vec![b, c];
+    want.sort();
+    assert_eq!(to, want, "to every peer but the sender");
+    // The same bytes again (from gossip or a relay) are not relayed again.
+    h.out.clear();
+    assert_eq!(
+        h.gossip(b, rel.announcement_gossip.clone()),
+        Verdict::Ignore
+    );
+    assert!(relayed(&h.out).is_empty());
+    // A new wave control is relayed; a stale one is not.
+    h.out.clear();
+    assert_eq!(h.open_wave(&rel, 1, 0), Verdict::Accept);
+    assert_eq!(
+        relayed(&h.out).len(),
+        3,
+        "peer(99) is not connected: all three"
+    );
+    h.out.clear();
+    let stale = h.fleet.wave_control(&rel, 1, WaveAction::Open { wave: 1 });
+    assert_eq!(h.gossip(c, stale), Verdict::Ignore);
+    assert!(relayed(&h.out).is_empty());
 }
