@@ -73,7 +73,7 @@ impl Node {
     /// new releases, waves and rotations. Each node relays a message once, when it is new to
     /// it, so this is a flood bounded by the number of connections; receivers see the same
     /// bytes again as already judged.
-    fn relay(&mut self, from: PeerId, bytes: &[u8]) {
+    pub(super) fn relay(&mut self, from: PeerId, bytes: &[u8]) {
         for peer in self.order.iter().filter(|p| **p != from) {
             self.outputs.push_back(Output::SyncGossip {
                 peer: *peer,

@@ -344,6 +344,7 @@ impl Node {
         }
         self.highest = Some((ann.sequence, ann.manifest_digest));
         let full = Bitfield::full(release.chunks.len() as u32);
+        let relayed = super::types::GossipMessage::Announcement(announcement.clone()).encode();
         self.cur = Some(Current {
             ann,
             ann_bytes: announcement,
@@ -358,6 +359,11 @@ impl Node {
             served: None,
         });
         self.accept_release_with(release, Some(full));
+        // Besides the gossip the caller publishes: connected peers hear of it over the data
+        // plane too (a site that gossip did not reach during a partition still learns of it
+        // once the connection carries traffic again).
+        let me = self.id;
+        self.relay(me, &relayed);
         Ok(())
     }
 

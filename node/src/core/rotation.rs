@@ -173,7 +173,11 @@ impl Node {
     /// as from gossip, with the reason when it is refused. Returns the new version.
     pub fn offer_trust_root(&mut self, bytes: Vec<u8>) -> Result<u64, TrustRootError> {
         let next = self.check_trust_root(&bytes)?;
-        Ok(self.adopt_trust_root(next, bytes))
+        let relayed = GossipMessage::TrustRoot(bytes.clone()).encode();
+        let version = self.adopt_trust_root(next, bytes);
+        let me = self.id;
+        self.relay(me, &relayed);
+        Ok(version)
     }
 
     /// Sets the rotations that led to the configured trust root, oldest first, to hand on to

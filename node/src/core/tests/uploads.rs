@@ -189,3 +189,36 @@ fn a_device_serves_what_it_has_within_its_upload_slots() {
         Admission::Serve
     );
 }
+
+#[test]
+fn the_origin_sends_a_release_it_seeds_to_its_connected_peers_over_the_data_plane() {
+    let h = Harness::new();
+    let rel = h.release(1, 2);
+    let mut config = h.fleet.config(51);
+    config.origin = true;
+    let mut origin = Node::new(config, 1);
+    origin.handle(Instant::ZERO, Input::WallClock(TEST_EPOCH));
+    let a = peer(1);
+    origin.handle(
+        Instant::ZERO,
+        Input::PeerConnected {
+            peer: a,
+            info: info(None, 5, false),
+        },
+    );
+    while origin.poll_output().is_some() {}
+    origin
+        .seed(
+            Instant::ZERO,
+            rel.announcement_gossip[1..].to_vec(),
+            Arc::clone(&rel.manifest_bytes),
+        )
+        .expect("a valid release seeds");
+    let mut sent = Vec::new();
+    while let Some(o) = origin.poll_output() {
+        if let crate::core::Output::SyncGossip { peer, messages } = o {
+            sent.extend(messages.into_iter().map(|m| (peer, m)));
+        }
+    }
+    assert_eq!(sent, vec![(a, rel.announcement_gossip.clone())]);
+}
