@@ -5,8 +5,8 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 
+use super::routes::Reply;
 use super::{Action, Audit, Change, apply, authorize};
 use crate::app::Role;
 use crate::http::{Server, internal, json_error, json_ok};
@@ -16,29 +16,26 @@ pub(super) async fn command(
     State(s): State<Server>,
     Path((fleet, command)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    let actor = match authorize(&s, &headers, Role::Operator).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let actor = authorize(&s, &headers, Role::Operator).await?;
     let action = match command.as_str() {
         "pause" => Action::Pause,
         "resume" => Action::Resume,
         "promote" => Action::Promote,
         "abort" => Action::Abort,
         other => {
-            return json_error(
+            return Err(json_error(
                 StatusCode::NOT_FOUND,
                 &format!("no rollout command {other:?}: pause, resume, promote or abort"),
-            );
+            ));
         }
     };
-    let f = match super::routes::fleet_or_404(&s, &fleet).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let f = super::routes::fleet_or_404(&s, &fleet).await?;
     let Some(rollouts) = s.app.rollouts.get() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "no rollout loop runs");
+        return Err(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no rollout loop runs",
+        ));
     };
     let result = match action {
         Action::Pause => rollouts.pause(&f.name).await,
@@ -55,7 +52,7 @@ pub(super) async fn command(
                 LiveError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return json_error(code, &e.to_string());
+            return Err(json_error(code, &e.to_string()));
         }
     };
     let audit = Audit {
@@ -69,8 +66,8 @@ pub(super) async fn command(
             "open_wave": progress.open_wave,
         }),
     };
-    match apply(&s.app.db, &Change::None, &audit).await {
-        Ok(_) => json_ok(progress),
-        Err(e) => internal(e),
-    }
+    apply(&s.app.db, &Change::None, &audit)
+        .await
+        .map_err(internal)?;
+    Ok(json_ok(progress))
 }

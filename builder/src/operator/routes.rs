@@ -33,6 +33,9 @@ use crate::http::{Server, internal, json_error, json_ok};
 
 const MAX_BODY: usize = 64 * 1024;
 
+/// A handler's answer: `Err` carries the error response, so `?` ends the handler with it.
+pub(super) type Reply = Result<Response, Response>;
+
 /// The operator routes.
 pub fn routes() -> Router<Server> {
     Router::new()
@@ -95,7 +98,7 @@ async fn check_pin(s: &Server, fleet: &str, sequence: Option<i64>) -> Result<(),
 }
 
 /// Applies a pin change (audited) and has the fleet's rollout act on it.
-async fn done(s: &Server, change: Change, audit: Audit<'_>, ok: serde_json::Value) -> Response {
+async fn done(s: &Server, change: Change, audit: Audit<'_>, ok: serde_json::Value) -> Reply {
     match apply(&s.app.db, &change, &audit).await {
         Ok(true) => {
             if let Some(rollouts) = s.app.rollouts.get()
@@ -103,10 +106,10 @@ async fn done(s: &Server, change: Change, audit: Audit<'_>, ok: serde_json::Valu
             {
                 tracing::error!(fleet = audit.fleet, error = %e, "the rollout loop did not take the pin");
             }
-            json_ok(ok)
+            Ok(json_ok(ok))
         }
-        Ok(false) => json_error(StatusCode::NOT_FOUND, "nothing to change"),
-        Err(e) => internal(e),
+        Ok(false) => Err(json_error(StatusCode::NOT_FOUND, "nothing to change")),
+        Err(e) => Err(internal(e)),
     }
 }
 
@@ -115,22 +118,11 @@ async fn pin_fleet(
     Path(fleet): Path<String>,
     headers: HeaderMap,
     b: Bytes,
-) -> Response {
-    let actor = match authorize(&s, &headers, Role::Operator).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let f = match fleet_or_404(&s, &fleet).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let pin: Pin = match body(&b) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_pin(&s, &f.name, pin.sequence).await {
-        return r;
-    }
+) -> Reply {
+    let actor = authorize(&s, &headers, Role::Operator).await?;
+    let f = fleet_or_404(&s, &fleet).await?;
+    let pin: Pin = body(&b)?;
+    check_pin(&s, &f.name, pin.sequence).await?;
     let audit = Audit {
         actor: &actor,
         action: Action::FleetPin,
@@ -151,41 +143,40 @@ async fn pin_device(
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Bytes,
-) -> Response {
-    let actor = match authorize(&s, &headers, Role::Operator).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let actor = authorize(&s, &headers, Role::Operator).await?;
     let Ok(id) = id.parse::<DeviceId>() else {
-        return json_error(StatusCode::BAD_REQUEST, "a device id is 64 hex characters");
+        return Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "a device id is 64 hex characters",
+        ));
     };
     let id = id.to_string();
     let device = match crate::registry::store::device(&s.app.db, &id).await {
         Ok(Some(d)) => d,
-        Ok(None) => return json_error(StatusCode::NOT_FOUND, &format!("no device {id}")),
-        Err(e) => return internal(e),
+        Ok(None) => {
+            return Err(json_error(
+                StatusCode::NOT_FOUND,
+                &format!("no device {id}"),
+            ));
+        }
+        Err(e) => return Err(internal(e)),
     };
-    let pin: Pin = match body(&b) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_pin(&s, &device.fleet, pin.sequence).await {
-        return r;
-    }
+    let pin: Pin = body(&b)?;
+    check_pin(&s, &device.fleet, pin.sequence).await?;
     // Every pinned device may have to be named in one signed hold list.
     if pin.sequence.is_some() && device.pinned_sequence.is_none() {
-        let pinned = match crate::registry::store::pinned_in_fleet(&s.app.db, &device.fleet).await {
-            Ok(n) => n,
-            Err(e) => return internal(e),
-        };
+        let pinned = crate::registry::store::pinned_in_fleet(&s.app.db, &device.fleet)
+            .await
+            .map_err(internal)?;
         if pinned >= shoal_protocol::MAX_HELD_DEVICES as i64 {
-            return json_error(
+            return Err(json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &format!(
                     "fleet {:?} already has {pinned} pinned devices, the most a rollout can hold; pin the fleet instead",
                     device.fleet
                 ),
-            );
+            ));
         }
     }
     let audit = Audit {
@@ -217,32 +208,23 @@ async fn set_policy(
     Path(fleet): Path<String>,
     headers: HeaderMap,
     b: Bytes,
-) -> Response {
-    let actor = match authorize(&s, &headers, Role::Operator).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let f = match fleet_or_404(&s, &fleet).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let p: Policy = match body(&b) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let actor = authorize(&s, &headers, Role::Operator).await?;
+    let f = fleet_or_404(&s, &fleet).await?;
+    let p: Policy = body(&b)?;
     let plan = match (p.plan, p.preset.as_deref()) {
         (Some(plan), None) => plan,
         (None, Some("canary")) => RolloutPlan::canary(),
         (None, Some("all_at_once")) => RolloutPlan::all_at_once(),
         _ => {
-            return json_error(
+            return Err(json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "give either a plan or a preset (canary, all_at_once)",
-            );
+            ));
         }
     };
     if let Err(e) = plan.check() {
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+        return Err(json_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()));
     }
     let plan_json = crate::db::plan_to_json(&plan);
     let audit = Audit {
@@ -264,31 +246,30 @@ async fn audit(
     State(s): State<Server>,
     Path(fleet): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let f = match fleet_or_404(&s, &fleet).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let f = fleet_or_404(&s, &fleet).await?;
     let limit = match q.get("limit").map(|l| l.parse::<i64>()) {
         None => 100,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return json_error(StatusCode::BAD_REQUEST, "limit must be 1..=1000"),
+        Some(_) => {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "limit must be 1..=1000",
+            ));
+        }
     };
-    match super::audit_log(&s.app.db, &f.name, limit).await {
-        Ok(entries) => json_ok(serde_json::json!({ "fleet": f.name, "entries": entries })),
-        Err(e) => internal(e),
-    }
+    let entries = super::audit_log(&s.app.db, &f.name, limit)
+        .await
+        .map_err(internal)?;
+    Ok(json_ok(
+        serde_json::json!({ "fleet": f.name, "entries": entries }),
+    ))
 }
 
-async fn list_views(State(s): State<Server>, Path(fleet): Path<String>) -> Response {
-    let f = match fleet_or_404(&s, &fleet).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    match views::list(&s.app.db, f.id).await {
-        Ok(v) => json_ok(serde_json::json!({ "fleet": f.name, "views": v })),
-        Err(e) => internal(e),
-    }
+async fn list_views(State(s): State<Server>, Path(fleet): Path<String>) -> Reply {
+    let f = fleet_or_404(&s, &fleet).await?;
+    let v = views::list(&s.app.db, f.id).await.map_err(internal)?;
+    Ok(json_ok(serde_json::json!({ "fleet": f.name, "views": v })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,41 +285,32 @@ async fn save_view(
     Path(fleet): Path<String>,
     headers: HeaderMap,
     b: Bytes,
-) -> Response {
-    let actor = match authorize(&s, &headers, Role::Push).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let f = match fleet_or_404(&s, &fleet).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let mut v: NewView = match body(&b) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let actor = authorize(&s, &headers, Role::Push).await?;
+    let f = fleet_or_404(&s, &fleet).await?;
+    let mut v: NewView = body(&b)?;
     let name = v.name.trim().to_string();
     if name.is_empty() || name.len() > 80 || name.chars().any(char::is_control) {
-        return json_error(
+        return Err(json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "a view name is 1-80 printable characters",
-        );
+        ));
     }
     if let Err(e) = v.filters.normalise() {
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+        return Err(json_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()));
     }
     match views::list(&s.app.db, f.id).await {
         Ok(existing)
             if existing.len() as i64 >= views::MAX_VIEWS
                 && !existing.iter().any(|e| e.name == name) =>
         {
-            return json_error(
+            return Err(json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &format!("a fleet keeps at most {} saved views", views::MAX_VIEWS),
-            );
+            ));
         }
         Ok(_) => {}
-        Err(e) => return internal(e),
+        Err(e) => return Err(internal(e)),
     }
     let audit = Audit {
         actor: &actor,
@@ -354,27 +326,17 @@ async fn save_view(
         filters: v.filters,
         now: now_s(),
     };
-    let r = done(&s, change, audit, ok).await;
-    if r.status() == StatusCode::OK {
-        (StatusCode::CREATED, r).into_response()
-    } else {
-        r
-    }
+    let r = done(&s, change, audit, ok).await?;
+    Ok((StatusCode::CREATED, r).into_response())
 }
 
 async fn delete_view(
     State(s): State<Server>,
     Path((fleet, name)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    let actor = match authorize(&s, &headers, Role::Push).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let f = match fleet_or_404(&s, &fleet).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let actor = authorize(&s, &headers, Role::Push).await?;
+    let f = fleet_or_404(&s, &fleet).await?;
     let audit = Audit {
         actor: &actor,
         action: Action::DeleteView,
