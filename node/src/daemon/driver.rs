@@ -65,6 +65,8 @@ pub(super) enum Event {
     Closed {
         device: DeviceId,
         conn_id: usize,
+        /// The peer reset the connection (a stateless reset: it restarted and lost its state).
+        reset: bool,
     },
     Chunk {
         peer: DeviceId,
@@ -664,7 +666,13 @@ impl Driver {
         let Some(ip) = self.remote_ips.get(&peer_id).copied() else {
             return;
         };
-        // One connection per pair: the lower device id dials.
+        self.dial_data(device, SocketAddr::new(ip, port));
+    }
+
+    /// Dials `device`'s data plane at `addr`, unless a connection is up or being made, the
+    /// device is banned, or it is the one to dial (one connection per pair: the lower device id
+    /// dials).
+    fn dial_data(&mut self, device: DeviceId, addr: SocketAddr) {
         if device <= self.device
             || self.peers.contains_key(&device)
             || self.dialing.contains(&device)
@@ -673,7 +681,6 @@ impl Driver {
             return;
         }
         self.dialing.insert(device);
-        let addr = SocketAddr::new(ip, port);
         let (endpoint, key, events) = (
             self.endpoint.clone(),
             self.key.clone(),
@@ -719,9 +726,28 @@ impl Driver {
                     self.on_control(device, msg);
                 }
             }
-            Event::Closed { device, conn_id } => {
-                if self.peers.get(&device).map(|p| p.conn.stable_id()) == Some(conn_id) {
-                    self.remove_peer(&device);
+            Event::Closed {
+                device,
+                conn_id,
+                reset,
+            } => {
+                let Some(peer) = self.peers.get(&device) else {
+                    return;
+                };
+                if peer.conn.stable_id() != conn_id {
+                    return;
+                }
+                // A stateless reset means the peer lost the connection's state: it restarted
+                // (on the same address, with the same key; see `quic::endpoint_config`). It is
+                // back already, so it is dialed again now rather than at its next identify.
+                let addr = peer.conn.remote_address();
+                self.remove_peer(&device);
+                if reset {
+                    self.counters
+                        .peer_resets
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(peer = %device.short(), %addr, "peer restarted (data-plane connection reset); reconnecting");
+                    self.dial_data(device, addr);
                 }
             }
             Event::Chunk {
@@ -812,8 +838,16 @@ impl Driver {
                 _ = reader => {}
                 _ = c.closed() => {}
             }
+            // Read before closing: closing replaces the reason with `LocallyClosed`.
+            let reset = matches!(c.close_reason(), Some(quinn::ConnectionError::Reset));
             c.close(0u32.into(), b"control stream ended");
-            let _ = events.send(Event::Closed { device, conn_id }).await;
+            let _ = events
+                .send(Event::Closed {
+                    device,
+                    conn_id,
+                    reset,
+                })
+                .await;
         });
         self.peers.insert(
             device,

@@ -95,6 +95,17 @@ impl DeviceKey {
         Keypair::ed25519_from_bytes(&mut seed).expect("any 32 bytes are an ed25519 seed")
     }
 
+    /// A 32-byte secret derived from the key for one purpose (`label`), stable across restarts:
+    /// SHA-256 of the label, a zero byte and the secret seed.
+    pub fn derive_secret(&self, label: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(label.as_bytes());
+        h.update([0u8]);
+        h.update(self.secret);
+        h.finalize().into()
+    }
+
     /// The libp2p peer id of this device.
     pub fn peer_id(&self) -> PeerId {
         self.keypair().public().to_peer_id()

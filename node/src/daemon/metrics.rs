@@ -68,6 +68,8 @@ pub struct Counters {
     pub gossip_ignored: AtomicU64,
     /// Peers the core dropped (too slow, too many failures).
     pub peers_dropped: AtomicU64,
+    /// Data-plane connections a peer reset because it restarted and lost their state.
+    pub peer_resets: AtomicU64,
 }
 
 impl Counters {
@@ -187,7 +189,13 @@ pub fn render(counters: &Counters, gauges: &Gauges) -> String {
             counters.bytes_out(class)
         );
     }
-    let lines: [(&str, &str, &str, Option<u64>); 11] = [
+    let lines: [(&str, &str, &str, Option<u64>); 12] = [
+        (
+            "shoal_peer_resets_total",
+            "counter",
+            "Data-plane connections reset by a peer that restarted (each is dialed again).",
+            Some(counters.peer_resets.load(Ordering::Relaxed)),
+        ),
         (
             "shoal_peers_dropped_total",
             "counter",

@@ -12,6 +12,13 @@
 //! over flow-control windows per stream; the data plane wants quinn's windows tuned for bulk
 //! transfer and many concurrent streams (see [`transport_config`]), measured with
 //! `examples/transfer_bench.rs`.
+//!
+//! The endpoint's stateless-reset key and the key its connection ids are made with are derived
+//! from the device key ([`endpoint_config`]), so they are the same after a restart: when a device
+//! dies without closing its connections (killed, power lost) and comes back on the same address,
+//! the first packet a peer sends on a dead connection carries a connection id the new endpoint
+//! recognises as its own, it answers with a stateless reset the peer accepts, and the peer drops
+//! the connection at once (and dials again) instead of waiting for the idle timeout.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};
@@ -132,11 +139,40 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// The label of the stateless-reset key's derivation from the device key.
+const RESET_KEY_LABEL: &str = "shoal data plane: QUIC stateless reset key v1";
+/// The label of the connection-id key's derivation from the device key.
+const CID_KEY_LABEL: &str = "shoal data plane: QUIC connection id key v1";
+
+/// The endpoint's configuration, the same in every life of the device: the stateless-reset key
+/// is HMAC-SHA256 under a secret derived from the device key, and connection ids are quinn's
+/// hashed ids under a key derived from it too. A restarted daemon so recognises the connection
+/// ids of its previous life (quinn answers no other with a reset) and resets those connections
+/// with tokens its peers accept.
+pub fn endpoint_config(key: &DeviceKey) -> quinn::EndpointConfig {
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key.derive_secret(RESET_KEY_LABEL));
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&key.derive_secret(CID_KEY_LABEL)[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(reset));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg
+}
+
 /// A QUIC endpoint bound to `addr` that both serves and dials.
 pub fn endpoint(key: &DeviceKey, addr: SocketAddr) -> Result<quinn::Endpoint, QuicError> {
     install_crypto_provider();
     let cfg = server_config(key)?;
-    quinn::Endpoint::server(cfg, addr).map_err(|source| QuicError::Bind { addr, source })
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })?;
+    let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
+        addr,
+        source: std::io::Error::other("no async runtime found"),
+    })?;
+    quinn::Endpoint::new(endpoint_config(key), Some(cfg), socket, runtime)
+        .map_err(|source| QuicError::Bind { addr, source })
 }
 
 /// The device at the other end of an established connection, from its certificate.
