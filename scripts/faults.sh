@@ -2,8 +2,8 @@
 # Real host faults with the Docker Engine. The builder and six node daemons run as containers of
 # the project's own image (scripts/image.sh) on two private Docker networks, one per site:
 #
-#   site-a (shoal-faults-a): node-1 node-2 node-3      builder on both networks (the uplink)
-#   site-b (shoal-faults-b): node-4 node-5 node-6
+#   site-a (shoal-faults-RUN-a): node-1 node-2 node-3      builder on both networks (the uplink)
+#   site-b (shoal-faults-RUN-b): node-4 node-5 node-6
 #
 # Nodes run the stage-only runtime (no Docker socket in them): a release is "applied" once every
 # chunk reads back from the store and verifies again, and reported healthy, so waves advance.
@@ -13,32 +13,41 @@
 # Scenarios, each ending with every node on the expected release (applied and committed, every
 # chunk of it stored) and printing PASS or FAIL with the reason:
 #   partition  site-b's uplink is cut (docker network disconnect) during a rollout, then healed
-#   builder    the builder is killed mid-rollout: the release still spreads among peers (a node
-#              started while it is down stages it), waves do not advance; restarted, it finishes
+#   builder    the builder is killed mid-rollout (its first wave bakes 60 s, so the rollout is
+#              in it): the release still spreads among peers (a node started while it is down
+#              stages it), waves do not advance; restarted, it finishes
 #   kill       nodes are SIGKILLed mid-transfer and restarted: they resume and finish
 #   restart    the whole fleet (builder and nodes) restarts: nothing is fetched or lost
 #
+# After each scenario, whatever a failure left behind (a stopped container, the builder off a
+# network, the long first wave) is undone and the fleet settles on the newest release, so one
+# failed scenario does not fail the ones after it.
+#
 # Usage: scripts/faults.sh [scenario...]   (default: all four, in that order)
 # Env: SHOAL_BUILDER_EXE, SHOAL_NODE_EXE, CARGO_TARGET_DIR (see scripts/image.sh);
-#      SHOAL_FAULTS_SUBNET (default 10.213; the sites get .1.0/24 and .2.0/24);
+#      SHOAL_FAULTS_RUN (this run's id in every Docker object's name; default: random);
+#      SHOAL_FAULTS_SUBNET (10.x: the sites get 10.x.1.0/24 and 10.x.2.0/24; default: the first
+#      free of 10.213 to 10.244, so concurrent runs do not collide);
 #      SHOAL_FAULTS_BLOB_MB (random megabytes per release, default 24);
 #      SHOAL_FAULTS_LOGS (a directory to keep every container's log in).
 # Exit status: 0 when every scenario passed, 1 when one failed, 2 when it could not start.
-# Every Docker object is named shoal-faults-* and removed at the end.
+# Every Docker object is named shoal-faults-RUN-* (the app's images shoal-build/shoal-faults-RUN-*)
+# and removed at the end, also when a scenario fails or the run is interrupted.
 set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
-P=shoal-faults
+RUN=${SHOAL_FAULTS_RUN:-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}
+[[ $RUN =~ ^[a-z0-9]{1,12}$ ]] || { echo "SHOAL_FAULTS_RUN must be 1 to 12 of [a-z0-9]" >&2; exit 2; }
+P=shoal-faults-$RUN
 IMAGE=$P-image:latest
 NET_A=$P-a
 NET_B=$P-b
-SUB=${SHOAL_FAULTS_SUBNET:-10.213}
+SUB=
 BLOB_MB=${SHOAL_FAULTS_BLOB_MB:-24}
 FLEET=$P
 NODES=(1 2 3 4 5 6)
 CFG=/var/lib/shoal/shoal.toml
 BUILDER=$P-builder
-API="http://$SUB.1.2:7480"
 T0=$(date +%s)
 
 scenarios=("$@")
@@ -52,9 +61,9 @@ for tool in docker git curl jq xxd; do
 done
 docker info >/dev/null 2>&1 || die "no Docker Engine answers"
 
-# Another run (or a killed one) owns shoal-faults-* objects: never remove them from here.
+# Another run with this id (or a killed one) owns these objects: never remove them from here.
 left=$(docker ps -aq --filter "name=^$P-"; docker network ls -q --filter "name=^$P-")
-[ -z "$left" ] || die "shoal-faults-* containers or networks exist (another run in progress?); remove them first"
+[ -z "$left" ] || die "$P-* containers or networks exist (another run with this id?); remove them first"
 
 WORK=$(mktemp -d /tmp/shoal-faults.XXXXXX)
 cleanup() {
@@ -72,12 +81,13 @@ cleanup() {
         done
     fi
     docker ps -aq --filter "name=^$P-" | xargs -r docker rm -f >/dev/null 2>&1 || true
-    docker network rm "$NET_A" "$NET_B" >/dev/null 2>&1 || true
+    docker network ls -q --filter "name=^$P-" | xargs -r docker network rm >/dev/null 2>&1 || true
     docker image rm -f "$IMAGE" >/dev/null 2>&1 || true
     # The builder's images of the app (tagged shoal-build/shoal-faults-app, older ones untagged).
     sort -u "$WORK/built" 2>/dev/null | xargs -r docker image rm -f >/dev/null 2>&1 || true
     # The containers wrote as root into the bind mounts.
-    docker run --rm -v "$WORK:/w" busybox:latest rm -rf /w/builder /w/nodes >/dev/null 2>&1 || true
+    docker run --rm --name "$P-clean" -v "$WORK:/w" busybox:latest rm -rf /w/builder /w/nodes \
+        >/dev/null 2>&1 || true
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -191,24 +201,79 @@ publish() {
     api "/api/v1/fleets/$FLEET/releases?limit=1" | jq -r '.releases[0].sequence'
 }
 
+# plan BAKE_FIRST BAKE_REST: the fleet's rollout plan (four waves of 20/20/20/40 %), as JSON.
+plan() {
+    local w='"min_sample": 1, "success_threshold_pct": 100, "error_threshold_pct": 50'
+    echo "{\"waves\": [
+      {\"percent\": 20, $w, \"bake_time_s\": $1}, {\"percent\": 20, $w, \"bake_time_s\": $2},
+      {\"percent\": 20, $w, \"bake_time_s\": $2}, {\"percent\": 40, $w, \"bake_time_s\": $2}],
+      \"progress_deadline_s\": 900}"
+}
+# set_plan BAKE_FIRST BAKE_REST: the plan the next release is built with.
+set_plan() {
+    curl -fsS --max-time 10 -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        -d "{\"plan\": $(plan "$1" "$2")}" "$API/api/v1/fleets/$FLEET/rollout-policy" >/dev/null
+}
+newest() { api "/api/v1/fleets/$FLEET/releases?limit=1" | jq -r '.releases[0].sequence'; }
+
 FAILED=()
 PASSED=()
-pass() { log "PASS $1: $2"; PASSED+=("$1"); }
+TIMES=()
+SCENARIO_T0=0
+pass() {
+    log "PASS $1: $2"
+    PASSED+=("$1")
+    TIMES+=("$1 PASS $(($(date +%s) - SCENARIO_T0))s")
+}
 fail() {
     log "FAIL $1: $2"
     FAILED+=("$1")
+    TIMES+=("$1 FAIL $(($(date +%s) - SCENARIO_T0))s")
     show_nodes
+}
+
+# restore: undoes what a failed scenario may have left (a stopped container, the builder off
+# site-b's network, the long first wave) and waits for every node to run the newest release.
+restore() {
+    local names=("$BUILDER") n seq
+    for n in "${NODES[@]}"; do names+=("$P-node-$n"); done
+    docker start "${names[@]}" >/dev/null 2>&1 || true
+    if ! docker inspect -f '{{json .NetworkSettings.Networks}}' "$BUILDER" |
+        jq -e --arg n "$NET_B" 'has($n)' >/dev/null 2>&1; then
+        docker network connect --ip "$SUB.2.2" "$NET_B" "$BUILDER" || return 1
+    fi
+    until_ok 60 "the builder's API" builder_up || return 1
+    set_plan 4 4 || return 1
+    for n in "${NODES[@]}"; do
+        until_ok 30 "node-$n's control socket" status "$n" || return 1
+    done
+    seq=$(newest) || return 1
+    until_ok 240 "every node on release $seq" all_on "$seq" "${NODES[@]}" || return 1
+    until_ok 60 "rollout of $seq complete" rollout_complete "$seq" || return 1
+    SEQ=$seq
 }
 
 # ------------------------------------------------------------------ set-up
 
-log "image: building $IMAGE from the cargo target's executables"
+log "run $RUN: image: building $IMAGE from the cargo target's executables"
 bash "$root_dir/scripts/image.sh" "$IMAGE" || die "scripts/image.sh failed"
 
-docker network create --subnet "$SUB.1.0/24" "$NET_A" >/dev/null ||
-    die "cannot create network $NET_A on $SUB.1.0/24 (set SHOAL_FAULTS_SUBNET to a free 10.x)"
-docker network create --subnet "$SUB.2.0/24" "$NET_B" >/dev/null ||
-    die "cannot create network $NET_B on $SUB.2.0/24 (set SHOAL_FAULTS_SUBNET to a free 10.x)"
+# Two site networks on the first free pair of subnets (another run may hold some).
+if [ -n "${SHOAL_FAULTS_SUBNET:-}" ]; then candidates=("$SHOAL_FAULTS_SUBNET"); else
+    candidates=(); for i in $(seq 213 244); do candidates+=("10.$i"); done
+fi
+for c in "${candidates[@]}"; do
+    if docker network create --subnet "$c.1.0/24" "$NET_A" >/dev/null 2>&1; then
+        if docker network create --subnet "$c.2.0/24" "$NET_B" >/dev/null 2>&1; then
+            SUB=$c
+            break
+        fi
+        docker network rm "$NET_A" >/dev/null 2>&1 || true
+    fi
+done
+[ -n "$SUB" ] || die "no free pair of subnets among ${candidates[*]} (10.x.1.0/24, 10.x.2.0/24)"
+API="http://$SUB.1.2:7480"
+log "networks $NET_A ($SUB.1.0/24) and $NET_B ($SUB.2.0/24)"
 
 mkdir -p "$WORK/builder" "$WORK/nodes" "$WORK/app/app"
 TOKEN=$(docker run --rm -v "$WORK/builder:/data" "$IMAGE" \
@@ -220,14 +285,8 @@ docker run -d --init --name "$BUILDER" --network "$NET_A" --ip "$SUB.1.2" \
 docker network connect --ip "$SUB.2.2" "$NET_B" "$BUILDER"
 until_ok 60 "the builder's API" builder_up || die "the builder did not answer"
 
-plan='{"waves": [
-  {"percent": 20, "min_sample": 1, "success_threshold_pct": 100, "error_threshold_pct": 50, "bake_time_s": 4},
-  {"percent": 20, "min_sample": 1, "success_threshold_pct": 100, "error_threshold_pct": 50, "bake_time_s": 4},
-  {"percent": 20, "min_sample": 1, "success_threshold_pct": 100, "error_threshold_pct": 50, "bake_time_s": 4},
-  {"percent": 40, "min_sample": 1, "success_threshold_pct": 100, "error_threshold_pct": 50, "bake_time_s": 4}],
-  "progress_deadline_s": 900}'
 curl -fsS --max-time 10 -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    -d "{\"name\": \"$FLEET\", \"arch\": \"amd64\", \"device_type\": \"generic-amd64\", \"rollout\": $plan}" \
+    -d "{\"name\": \"$FLEET\", \"arch\": \"amd64\", \"device_type\": \"generic-amd64\", \"rollout\": $(plan 4 4)}" \
     "$API/api/v1/fleets" >/dev/null || die "creating the fleet failed"
 boot=$(api "/api/v1/fleets/$FLEET/bootstrap") || die "no bootstrap answer"
 ORIGIN=$(jq -r .origin_peer_id <<<"$boot")
@@ -273,14 +332,11 @@ log "release $SEQ published in $(($(date +%s) - t))s (${BLOB_MB} MB blob); rolli
 until_ok 180 "every node on release $SEQ" all_on "$SEQ" "${NODES[@]}" ||
     { show_nodes; die "the first rollout did not reach every node"; }
 log "set-up done: every node on release $SEQ"
-
-TIMES=()
+TIMES+=("setup $(($(date +%s) - T0))s")
 
 # ------------------------------------------------------------------ scenarios
 
 scenario_partition() {
-    local t
-    t=$(date +%s)
     log "partition: cutting site-b off (builder leaves $NET_B)"
     docker network disconnect "$NET_B" "$BUILDER"
     local seq
@@ -310,17 +366,18 @@ scenario_partition() {
         return
     fi
     SEQ=$seq
-    TIMES+=("partition $(($(date +%s) - t))s")
     pass partition "site-b missed release $seq while cut off; after the heal all 6 nodes run it"
 }
 
 scenario_builder() {
-    local t seq
-    t=$(date +%s)
+    local seq
+    # The first wave bakes 60 s: the rollout is in it when the builder stops (a release stages
+    # on both sites in 5 to 20 s), so stopping the builder holds every later wave.
+    set_plan 60 4 || { fail builder "cannot set the rollout plan"; return; }
     # node-6 is off during the push: it can only get the release from peers later.
     docker stop -t 5 "$P-node-6" >/dev/null
     seq=$(publish) || { fail builder "release not published"; return; }
-    log "builder: release $seq published; waiting for one node per site to stage it"
+    log "builder: release $seq published (first wave bakes 60 s); waiting for one node per site to stage it"
     one_per_site() {
         (staged 1 "$seq" || staged 2 "$seq" || staged 3 "$seq") &&
             (staged 4 "$seq" || staged 5 "$seq")
@@ -338,14 +395,12 @@ scenario_builder() {
     log "builder: killed with release $seq in wave $open_wave of 0..$last_wave ($(jq -r .state <<<"$prog"))"
     if [ "$(jq -r .sequence <<<"$prog")" != "$seq" ] || [ "$open_wave" -ge "$last_wave" ]; then
         fail builder "the rollout of $seq was not mid-way when the builder stopped: $(jq -c '{sequence, state, open_wave}' <<<"$prog")"
-        docker start "$BUILDER" >/dev/null
         return
     fi
     docker start "$P-node-6" >/dev/null
     if ! until_ok 120 "release $seq staged by all 6 nodes with the builder down" \
         all_staged "$seq" "${NODES[@]}"; then
         fail builder "with the builder down, release $seq did not spread to every node"
-        docker start "$BUILDER" >/dev/null
         return
     fi
     log "builder: all 6 nodes staged $seq from peers in $((($(date +%s%3N) - stop_ms) / 1000))s (node-6 started after the builder stopped)"
@@ -394,13 +449,11 @@ scenario_builder() {
         return
     fi
     SEQ=$seq
-    TIMES+=("builder $(($(date +%s) - t))s")
     pass builder "release $seq spread to all nodes with the builder down, ${#waiting[@]} waited for their waves; all on $seq after its restart"
 }
 
 scenario_kill() {
-    local t seq victims=(2 5) n
-    t=$(date +%s)
+    local seq victims=(2 5) n
     seq=$(publish) || { fail kill "release not published"; return; }
     log "kill: release $seq published; killing nodes ${victims[*]} mid-transfer"
     declare -A had
@@ -428,12 +481,18 @@ scenario_kill() {
     for n in "${victims[@]}"; do
         if [ "${had[$n]:-}" = "" ] || [ "${had[$n]}" = missed ]; then
             fail kill "node-$n finished (or never started) the transfer before it could be killed mid-way; raise SHOAL_FAULTS_BLOB_MB"
-            for m in "${victims[@]}"; do docker start "$P-node-$m" >/dev/null 2>&1 || true; done
             return
         fi
     done
     sleep 3
+    local restart_ms
+    restart_ms=$(date +%s%3N)
     for n in "${victims[@]}"; do docker start "$P-node-$n" >/dev/null; done
+    if ! until_ok 180 "the killed nodes staging $seq" all_staged "$seq" "${victims[@]}"; then
+        fail kill "the killed nodes did not finish staging release $seq after their restart"
+        return
+    fi
+    log "kill: nodes ${victims[*]} restarted and finished staging $seq in $((($(date +%s%3N) - restart_ms) / 1000))s"
     if ! until_ok 180 "every node on $seq after the kills" all_on "$seq" "${NODES[@]}"; then
         fail kill "after restarting the killed nodes not every node reached release $seq"
         return
@@ -443,13 +502,11 @@ scenario_kill() {
         return
     fi
     SEQ=$seq
-    TIMES+=("kill $(($(date +%s) - t))s")
     pass kill "nodes 2 and 5 killed mid-transfer (${had[2]}, ${had[5]} chunks), restarted, resumed and verified release $seq"
 }
 
 scenario_restart() {
-    local t before after n
-    t=$(date +%s)
+    local before after n
     # The newest release, whatever the scenarios before made of it.
     SEQ=$(api "/api/v1/fleets/$FLEET/releases?limit=1" | jq -r '.releases[0].sequence')
     before=$(api "/api/v1/fleets/$FLEET/releases?limit=50" | jq -c '[.releases[] | {id, sequence, status, commit}]')
@@ -482,15 +539,26 @@ scenario_restart() {
             return
         fi
     done
-    TIMES+=("restart $(($(date +%s) - t))s")
     pass restart "builder and 6 nodes restarted: all back on release $SEQ, no chunk fetched again, $(jq length <<<"$after") releases kept"
 }
 
 for s in "${scenarios[@]}"; do
     case $s in
-    partition | builder | kill | restart) "scenario_$s" ;;
+    partition | builder | kill | restart) ;;
     *) die "unknown scenario $s (partition, builder, kill, restart)" ;;
     esac
+done
+for s in "${scenarios[@]}"; do
+    SCENARIO_T0=$(date +%s)
+    "scenario_$s"
+    t=$(date +%s)
+    if ! restore; then
+        log "could not bring the fleet back together after $s; the scenarios after it cannot run"
+        show_nodes
+        FAILED+=("restore-after-$s")
+        break
+    fi
+    [ "$(($(date +%s) - t))" -le 2 ] || log "restored after $s in $(($(date +%s) - t))s"
 done
 
 log "timings: ${TIMES[*]:-none}; total $(($(date +%s) - T0))s"
