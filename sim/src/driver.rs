@@ -101,6 +101,9 @@ pub(crate) struct Dev {
     /// Chunks the driver verified and stored for this device (its on-disk store).
     pub(crate) stored: Bitfield,
     pub(crate) staged_at: Option<Nanos>,
+    /// When the node first accepted the announcement, verified the manifest and stored a
+    /// chunk (for the report's timeline).
+    pub(crate) milestones: Milestones,
     pub(crate) last_highest: u64,
     pub(crate) last_applied: u64,
     pub(crate) wave: u32,
@@ -111,6 +114,14 @@ pub(crate) struct Dev {
     /// Whether a healthy report of this device was counted in its wave (a device reports its
     /// state again when an origin connects; the builder counts each device once).
     pub(crate) counted_healthy: bool,
+}
+
+/// When a device reached each step before staging (see [`Dev::milestones`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Milestones {
+    pub(crate) announced: Option<Nanos>,
+    pub(crate) manifest: Option<Nanos>,
+    pub(crate) first_chunk: Option<Nanos>,
 }
 
 /// A queued event.
@@ -311,6 +322,11 @@ pub struct Outcome {
     pub rollbacks_by_wave: Vec<u32>,
     /// Request counters: (all chunk requests, to another site, to the origin, origin `Busy`).
     pub requests: (u64, u64, u64, u64),
+    /// Per online honest device that staged: (announced, manifest, first chunk, staged), in
+    /// seconds.
+    pub milestones: Vec<[f64; 4]>,
+    /// Bytes moved over the network in all (cancelled transfers included).
+    pub total_bytes: u64,
 }
 
 pub(crate) fn secs(t: Nanos) -> f64 {
@@ -435,6 +451,7 @@ impl Sim {
     fn outcome(mut self) -> Outcome {
         self.net.settle_all(self.now);
         let mut staged: Vec<f64> = Vec::new();
+        let mut milestones = Vec::new();
         let mut online = 0;
         let mut ok = true;
         let nw = self.sc.rollout.waves.len();
@@ -465,7 +482,12 @@ impl Sim {
             }
             online += 1;
             match d.staged_at {
-                Some(t) if self.converged(d) => staged.push(secs(t)),
+                Some(t) if self.converged(d) => {
+                    staged.push(secs(t));
+                    let m = d.milestones;
+                    let at = |x: Option<Nanos>| secs(x.unwrap_or(t).min(t));
+                    milestones.push([at(m.announced), at(m.manifest), at(m.first_chunk), secs(t)]);
+                }
                 _ => ok = false,
             }
         }
@@ -504,6 +526,8 @@ impl Sim {
                 self.m.origin_requests,
                 self.m.origin_busy,
             ),
+            milestones,
+            total_bytes: c.total.round() as u64,
         }
     }
 }

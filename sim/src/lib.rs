@@ -37,6 +37,7 @@ pub fn run(scenario: &Scenario, seed: u64, scenario_ref: &str) -> Result<Report,
     let out = sim.run()?;
     let b = bound::of(scenario);
     let pct = |p| report::percentile(&out.staged_s, p);
+    let timeline = timeline(scenario, &out);
     Ok(Report {
         scenario: scenario.name.clone(),
         seed,
@@ -90,5 +91,37 @@ pub fn run(scenario: &Scenario, seed: u64, scenario_ref: &str) -> Result<Report,
         peak_rss_bytes: report::peak_rss_bytes(),
         trace_hash: out.trace_hash,
         liveness_ok: out.liveness_ok,
+        timeline,
     })
+}
+
+fn timeline(sc: &Scenario, out: &driver::Outcome) -> report::Timeline {
+    let announced = 0.001;
+    let column = |k: usize| {
+        let mut v: Vec<f64> = out.milestones.iter().map(|m| m[k] - announced).collect();
+        v.sort_by(f64::total_cmp);
+        let p = |q| report::percentile(&v, q).unwrap_or(0.0);
+        [p(0.5), p(0.99), v.last().copied().unwrap_or(0.0)]
+    };
+    let f = sc.release_bytes() as f64;
+    let d = scenario::mbps_to_bytes_per_s(sc.network.device_down_mbps.min(sc.network.lan_mbps));
+    let mut eff: Vec<f64> = out
+        .milestones
+        .iter()
+        .map(|m| f / d / (m[3] - m[2]).max(1e-9))
+        .collect();
+    eff.sort_by(f64::total_cmp);
+    let p = |q| report::percentile(&eff, q).unwrap_or(0.0);
+    let completion = out.staged_s.last().copied().unwrap_or(0.0) - announced;
+    let u_s = scenario::mbps_to_bytes_per_s(sc.network.builder_up_mbps);
+    report::Timeline {
+        announced_s: column(0),
+        manifest_s: column(1),
+        first_chunk_s: column(2),
+        staged_s: column(3),
+        download_efficiency: [p(0.5), p(0.01), eff.first().copied().unwrap_or(0.0)],
+        origin_utilisation: out.builder_egress_bytes as f64 / (u_s * completion).max(1e-9),
+        total_bytes_per_device_release: out.total_bytes as f64
+            / (f * f64::from(sc.fleet.devices)).max(1.0),
+    }
 }

@@ -28,6 +28,29 @@ pub struct BoundTerms {
     pub import: f64,
 }
 
+/// Where the time of a run went: when the devices reached each step (seconds after the
+/// announcement was published; p50 / p99 / max over the devices that staged), and how busy the
+/// links were.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Timeline {
+    /// The node accepted the announcement.
+    pub announced_s: [f64; 3],
+    /// The manifest verified.
+    pub manifest_s: [f64; 3],
+    /// The first chunk stored.
+    pub first_chunk_s: [f64; 3],
+    /// Staged.
+    pub staged_s: [f64; 3],
+    /// Per device, `F / d / (staged - first chunk)`: how close its download came to its line
+    /// rate once chunks flowed (p50, p1, min).
+    pub download_efficiency: [f64; 3],
+    /// Builder egress over `u_s ·` completion.
+    pub origin_utilisation: f64,
+    /// Bytes moved over the network in all (cancelled transfers included), in units of
+    /// `devices · F`.
+    pub total_bytes_per_device_release: f64,
+}
+
 /// The figures of one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -97,6 +120,8 @@ pub struct Report {
     pub trace_hash: String,
     /// Whether every online device converged after the faults healed.
     pub liveness_ok: bool,
+    /// Where the time went.
+    pub timeline: Timeline,
 }
 
 /// Percentile `p` (0..=1) of sorted values, nearest-rank.

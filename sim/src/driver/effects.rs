@@ -915,7 +915,20 @@ impl Sim {
         };
         let highest = node.highest().map_or(0, |h| h.0.0);
         let applied = node.applied().map_or(0, |s| s.0);
-        let have_chunks = node.progress().map_or(0, |p| p.have_chunks);
+        let progress = node.progress();
+        let have_chunks = progress.map_or(0, |p| p.have_chunks);
+        let dev = &mut self.devs[d as usize];
+        let now = self.now;
+        let m = &mut dev.milestones;
+        if let Some(p) = progress {
+            m.announced.get_or_insert(now);
+            if p.total_chunks > 0 {
+                m.manifest.get_or_insert(now);
+            }
+            if have_chunks > 0 {
+                m.first_chunk.get_or_insert(now);
+            }
+        }
         let dev = &self.devs[d as usize];
         let (last_highest, last_applied) = (dev.last_highest, dev.last_applied);
         if highest < last_highest {

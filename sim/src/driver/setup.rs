@@ -120,6 +120,7 @@ impl Sim {
                 seen_gossip: 0,
                 stored: Bitfield::new(nchunks),
                 staged_at: None,
+                milestones: super::Milestones::default(),
                 last_highest: 0,
                 last_applied: 0,
                 wave: waves::wave_of(&plan, &id, FLEET, release.announcement.sequence),
