@@ -166,7 +166,7 @@ impl Arc {
         }
     }
 
-    fn contains(&self, p: u64) -> bool {
+    pub(crate) fn contains(&self, p: u64) -> bool {
         if self.all {
             true
         } else if self.lo < self.hi {

@@ -124,9 +124,9 @@ impl Node {
             p.early_have = None;
             p.early_chunks = Vec::new();
         }
-        if let Some(p) = self.peers.get_mut(&from) {
-            p.has_manifest = true;
-        }
+        // The peer it came from accepted the announcement, which says nothing about the
+        // manifest: a peer says it holds that with its availability (bitfield or HAVE).
+        let _ = from;
         self.cur = Some(cur);
         self.outputs
             .push_back(Output::Event(Event::Announced { sequence: new_seq }));

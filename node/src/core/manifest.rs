@@ -30,16 +30,51 @@ impl Node {
             let p = &self.peers[id];
             !mf.tried.contains(id) && p.backoff_until <= now
         };
-        // Non-origin peers known to hold it first, then other non-origin peers, then the
-        // origin: the builder serves the manifest only when no peer can.
+        // Non-origin peers known to hold it first. A node that is not its site's manifest
+        // importer then waits a little for one of its peers to hold it (the importer fetches
+        // it, and a peer that has it says so with its bitfield); the importer, or a node that
+        // waited long enough, asks the other non-origin peers, then the origin: the builder
+        // serves the manifest only when no peer can. (Asking every peer in turn right after the
+        // announcement, when none has it yet, cost a round trip per peer: a quarter of a
+        // second before the first chunk.)
         let not_origin = |id: &PeerId| self.peers[id].class != Class::Origin;
-        let pick = self
+        let holder = self
             .order
             .iter()
             .find(|id| not_origin(id) && self.peers[*id].has_manifest && eligible(id))
-            .or_else(|| self.order.iter().find(|id| not_origin(id) && eligible(id)))
-            .or_else(|| self.order.iter().find(|id| eligible(id)))
             .copied();
+        let since = mf.since.unwrap_or(now);
+        let wait_until = since.plus_ms(self.config.manifest_wait_ms);
+        let early = holder.is_none() && now < wait_until;
+        let waits = early && !self.manifest_importer();
+        let pick = if waits {
+            None
+        } else if early {
+            // Right after the announcement nobody holds it: the importer goes straight to the
+            // origin (to its other peers only if it cannot).
+            let origin = self.order.iter().find(|id| !not_origin(id) && eligible(id));
+            origin
+                .or_else(|| self.order.iter().find(|id| eligible(id)))
+                .copied()
+        } else {
+            holder
+                .or_else(|| {
+                    self.order
+                        .iter()
+                        .find(|id| not_origin(id) && eligible(id))
+                        .copied()
+                })
+                .or_else(|| self.order.iter().find(|id| eligible(id)).copied())
+        };
+        if let Some(cur) = &mut self.cur {
+            cur.manifest_fetch.since = Some(since);
+            if waits {
+                cur.manifest_fetch.wait_until = Some(wait_until);
+                return;
+            }
+        }
+        let Some(cur) = &self.cur else { return };
+        let mf = &cur.manifest_fetch;
         let Some(peer) = pick else {
             let any_untried = self.order.iter().any(|id| !mf.tried.contains(id));
             if !any_untried && !self.order.is_empty() {

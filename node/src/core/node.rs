@@ -59,6 +59,10 @@ pub struct Config {
     pub fetch_timeout_ms: u64,
     /// Shortest deadline of a manifest fetch, in milliseconds.
     pub manifest_timeout_ms: u64,
+    /// How long a node that is not its site's manifest importer waits for a peer to hold the
+    /// manifest before asking peers that have not said they hold it, and then the origin (see
+    /// [`Node::fetch_manifest`](super::Node)).
+    pub manifest_wait_ms: u64,
     /// A peer serving below this rate is dropped; a fetch's deadline is at least its size at
     /// this rate.
     pub min_rate_bytes_per_s: u64,
@@ -66,7 +70,8 @@ pub struct Config {
     pub backoff_base_ms: u64,
     /// Longest retry delay.
     pub backoff_max_ms: u64,
-    /// How long a peer that answered [`FetchError::Busy`] is left alone (no penalty).
+    /// How long a peer that answered [`FetchError::Busy`] is left alone (no penalty), on
+    /// average: each wait is drawn between half and one and a half times this.
     pub busy_backoff_ms: u64,
     /// A fetch that takes this many times the node's average fetch time (at least
     /// `straggler_min_ms`) is asked of another peer too; the first copy to arrive wins.
@@ -91,7 +96,7 @@ pub struct Config {
     /// it (see [`super::Admission`]).
     pub origin_copies: u32,
     /// On the origin: most times one chunk is served while fewer than half of the upload
-    /// slots are busy (see [`super::Admission`]).
+    /// slots are busy (see [`super::Admission`]); no limit by default.
     pub origin_max_copies: u32,
     /// Verified releases shared with other nodes of this process (the simulator); a fresh cache
     /// by default.
@@ -103,11 +108,12 @@ pub struct Config {
 
 impl Config {
     /// Defaults: 16 GiB quota, 64 peers, 2 fetches per peer (plus one per 10 ms of RTT) and 64
-    /// overall, 5 s minimum deadline (1 s for the manifest), 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
-    /// (100 ms after Busy), stragglers asked elsewhere after 8× the average fetch (250 ms at least),
+    /// overall, 5 s minimum deadline (1 s for the manifest, waited for 250 ms by all but the
+    /// site's manifest importer), 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
+    /// (50 to 150 ms after Busy), stragglers asked elsewhere after 8× the average fetch (250 ms at least),
     /// 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
-    /// after 500 ms, 16 uploads, the origin serves each chunk once (up to 8 times while it has
-    /// spare upload slots).
+    /// after 500 ms, 16 uploads, the origin serves each chunk once (and as often as asked while
+    /// it has spare upload slots).
     pub fn new(key: SigningKey, trust: TrustRoot, arch: impl Into<String>) -> Config {
         Config {
             key,
@@ -120,6 +126,7 @@ impl Config {
             max_in_flight_total: 64,
             fetch_timeout_ms: 5_000,
             manifest_timeout_ms: 1_000,
+            manifest_wait_ms: 250,
             min_rate_bytes_per_s: 64 * 1024,
             backoff_base_ms: 500,
             backoff_max_ms: 30_000,
@@ -133,7 +140,7 @@ impl Config {
             idle_fallback_ms: 500,
             max_uploads: 16,
             origin_copies: 1,
-            origin_max_copies: 8,
+            origin_max_copies: u32::MAX,
             releases: ReleaseCache::default(),
             origin: false,
         }
@@ -196,6 +203,11 @@ pub(super) struct ManifestFetch {
     pub(super) tried: BTreeSet<PeerId>,
     pub(super) retry_at: Option<Instant>,
     pub(super) rounds: u32,
+    /// When this node first looked for the manifest: a node that is not its site's manifest
+    /// importer waits up to [`Config::manifest_wait_ms`] from here for a peer to hold it.
+    pub(super) since: Option<Instant>,
+    /// Until when it waits (a wake-up only: a peer that gets the manifest ends the wait).
+    pub(super) wait_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -463,6 +475,12 @@ impl Node {
             }
             if let Some(r) = cur.manifest_fetch.retry_at {
                 at(r);
+            }
+            if cur.phase == Phase::FetchingManifest
+                && let Some(w) = cur.manifest_fetch.wait_until
+                && w > self.now
+            {
+                at(w);
             }
             if cur.phase == Phase::Fetching
                 && let Some(s) = &cur.sched

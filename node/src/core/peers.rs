@@ -41,9 +41,10 @@ impl Node {
         self.update_share();
     }
 
-    /// Recomputes this node's share of its site's imports (see [`super::fetch::Share`]).
-    pub(super) fn update_share(&mut self) {
-        let Some(cur) = &self.cur else { return };
+    /// The site's import ring for the current release: the ring salt, this node's point, and
+    /// the points of the same-site peers and site members it knows (not banned), sorted.
+    fn site_ring(&self) -> Option<(u64, u64, Vec<u64>)> {
+        let cur = self.cur.as_ref()?;
         let salt = super::fetch::mix64(cur.ann.sequence.0 ^ 0x5348_4f41_4c00_0000);
         let point = |prefix: u64| super::fetch::mix64(prefix ^ salt);
         let me = point(id_prefix(&self.id));
@@ -54,19 +55,6 @@ impl Node {
             .filter(|(_, u)| **u > now)
             .map(|(id, _)| id_prefix(id))
             .collect();
-        let vouched: Vec<u64> = self
-            .cur
-            .as_ref()
-            .and_then(|c| c.sched.as_ref())
-            .map(|s| {
-                s.vouched_local_peers()
-                    .map(|id| point(id_prefix(id)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut vouched = vouched;
-        vouched.sort_unstable();
-        vouched.dedup();
         let mut points: Vec<u64> = self
             .peers
             .iter()
@@ -82,6 +70,39 @@ impl Node {
             .collect();
         points.sort_unstable();
         points.dedup();
+        Some((salt, me, points))
+    }
+
+    /// Whether this node imports the manifest into its site: the manifest's point on the
+    /// site's import ring falls in this node's arc (with the whole site known, exactly one node
+    /// of the site; with partial views, a few).
+    pub(super) fn manifest_importer(&self) -> bool {
+        let Some((salt, me, mut points)) = self.site_ring() else {
+            return true;
+        };
+        let arc = super::fetch::Arc::new(me, &mut points);
+        arc.contains(super::fetch::mix64(salt ^ 0x4d41_4e49_4645_5354))
+    }
+
+    /// Recomputes this node's share of its site's imports (see [`super::fetch::Share`]).
+    pub(super) fn update_share(&mut self) {
+        let Some((salt, me, mut points)) = self.site_ring() else {
+            return;
+        };
+        let point = |prefix: u64| super::fetch::mix64(prefix ^ salt);
+        let vouched: Vec<u64> = self
+            .cur
+            .as_ref()
+            .and_then(|c| c.sched.as_ref())
+            .map(|s| {
+                s.vouched_local_peers()
+                    .map(|id| point(id_prefix(id)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut vouched = vouched;
+        vouched.sort_unstable();
+        vouched.dedup();
         let chunk_salt = super::fetch::mix64(salt);
         let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
         let Some(cur) = &mut self.cur else { return };
@@ -268,6 +289,8 @@ impl Node {
             return;
         };
         p.has_manifest = true;
+        // It holds the manifest now, whatever it answered before.
+        cur.manifest_fetch.tried.remove(&peer);
         match &mut cur.sched {
             None => p.early_have = Some(have),
             Some(s) => {
@@ -287,7 +310,10 @@ impl Node {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        p.has_manifest = true;
+        if !p.has_manifest {
+            p.has_manifest = true;
+            cur.manifest_fetch.tried.remove(&peer);
+        }
         let class = p.class;
         let Some(s) = &mut cur.sched else {
             if index < MAX_EARLY_HAVE_BITS {

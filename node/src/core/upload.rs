@@ -10,11 +10,13 @@
 //! Super-seeding saves the builder's uplink when it is the bottleneck; when it is not, copying
 //! each chunk once leaves the uplink idle while sites wait for a peer elsewhere to hold the
 //! chunk. So while fewer than half of its upload slots are busy, the origin serves further
-//! copies, up to [`super::Config::origin_max_copies`] per chunk: spare capacity goes to the
-//! sites that still lack a chunk (requesters only ask the origin for what no peer they know
-//! holds), and a busy origin falls back to one copy. A declined request gets
-//! [`Admission::Busy`]; the requester backs off briefly and asks a peer, or the origin for
-//! another chunk.
+//! copies, up to [`super::Config::origin_max_copies`] per chunk (no limit by default): spare
+//! capacity goes to the sites that still lack a chunk (requesters only ask the origin for what
+//! no peer they know holds), and a busy origin falls back to one copy. A declined request gets
+//! [`Admission::Busy`]; the requester backs off briefly (a jittered 100 ms) and asks a peer, or
+//! the origin for another chunk. (A cap of 8 copies left the origin of constrained-wan, whose
+//! 20 sites relay over 20 Mbit/s uplinks, idle 86% of the time while it answered `Busy` to
+//! nearly every request: at 200 devices / 64 MiB, 31.3 s with the cap, 14.1 s without.)
 
 use shoal_protocol::ReleaseSeq;
 

@@ -382,3 +382,107 @@ fn a_trickled_manifest_is_asked_elsewhere_after_the_short_manifest_deadline() {
         .expect("the manifest deadline fires");
     assert_eq!(asked(&out), vec![other], "after 1 s, not the fetch timeout");
 }
+
+/// The manifest fetches among `out`, by peer.
+fn manifest_asks(out: &[Output]) -> Vec<PeerId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::FetchManifest { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_sites_manifest_importer_asks_at_once_the_others_wait_for_a_holder() {
+    let (a, b, origin) = (peer(1), peer(2), peer(3));
+    // The same site seen from this node: two same-site peers and the origin. Which of the
+    // three site members imports the manifest depends on the release; try releases until
+    // this node is not the importer once and is it once.
+    let (mut waited, mut imported) = (false, false);
+    for seq in 1..40 {
+        let mut h = Harness::with(|c| c.manifest_wait_ms = 250);
+        h.connect(origin, info(None, 40, true));
+        h.connect(a, info(Some("here"), 1, false));
+        h.connect(b, info(Some("here"), 1, false));
+        let rel = h.release(seq, 4);
+        h.gossip(a, rel.announcement_gossip.clone());
+        let asked = manifest_asks(&h.out);
+        if asked.is_empty() {
+            waited = true;
+            // A peer that now says it holds the manifest is asked at once.
+            let out = h.input(Input::PeerHave {
+                peer: b,
+                sequence: rel.announcement.sequence,
+                have: Bitfield::new(4),
+            });
+            assert_eq!(manifest_asks(&out), vec![b], "release {seq}");
+            // Without any holder, the wait ends after 250 ms and the peers are asked in turn.
+            let mut h = Harness::with(|c| c.manifest_wait_ms = 250);
+            h.connect(origin, info(None, 40, true));
+            h.connect(a, info(Some("here"), 1, false));
+            h.connect(b, info(Some("here"), 1, false));
+            h.gossip(a, rel.announcement_gossip.clone());
+            assert!(manifest_asks(&h.out).is_empty());
+            let out = h.advance(Instant::from_millis(250)).expect("the wait ends");
+            let asked = manifest_asks(&out);
+            assert_eq!(asked.len(), 1);
+            assert_ne!(
+                asked[0], origin,
+                "peers before the origin once the wait is over"
+            );
+        } else {
+            imported = true;
+            assert_eq!(
+                asked,
+                vec![origin],
+                "the importer asks the origin at once, not peers that do not hold it yet"
+            );
+        }
+        if waited && imported {
+            return;
+        }
+    }
+    panic!("waited {waited}, imported {imported}");
+}
+
+#[test]
+fn a_busy_peer_is_asked_again_after_a_jittered_backoff() {
+    let mut h = Harness::with(|c| c.busy_backoff_ms = 100);
+    let origin = peer(3);
+    h.connect(origin, info(None, 1, true));
+    let rel = h.release(1, 1);
+    let seq = rel.announcement.sequence;
+    h.announce_and_serve_manifest(&rel, origin);
+    h.input(Input::PeerHave {
+        peer: origin,
+        sequence: seq,
+        have: Bitfield::full(1),
+    });
+    let mut asked_at = Vec::new();
+    for _ in 0..12 {
+        let mut out = h.out.clone();
+        // Other timers (persistence, idleness) may come first.
+        while fetches(&out).is_empty() {
+            out = h.advance(Instant::from_millis(60_000)).expect("a retry");
+        }
+        assert_eq!(fetches(&out), vec![(origin, 0)]);
+        asked_at.push(h.now.as_millis());
+        h.out.clear();
+        h.input(Input::ChunkFetched {
+            peer: origin,
+            sequence: seq,
+            index: 0,
+            result: Err(FetchError::Busy),
+        });
+    }
+    let gaps: BTreeSet<u64> = asked_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| (50..=150).contains(g)),
+        "half to one and a half times the backoff: {gaps:?}"
+    );
+    assert!(
+        gaps.len() > 3,
+        "not the same wait every time (devices turned away together spread out): {gaps:?}"
+    );
+}

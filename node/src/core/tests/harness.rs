@@ -36,6 +36,9 @@ impl Harness {
         let fleet = TestFleet::new("test-fleet");
         let mut config = fleet.config(1);
         config.site = Some("here".into());
+        // The manifest is asked for at once, as soon as the announcement arrives; the tests
+        // of the wait for the site's manifest importer set it themselves.
+        config.manifest_wait_ms = 0;
         f(&mut config);
         let mut h = Harness {
             fleet,
