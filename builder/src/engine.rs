@@ -3,12 +3,14 @@
 //!
 //! Builds use the Engine's classic builder through bollard, streaming each output line to the
 //! log; a service with build secrets goes through the Engine's BuildKit instead
-//! ([`build_with_secrets`]), the only builder that can mount a secret without committing it. Export reads `GET /images/{name}/get` (the `docker save` stream) through a bounded
-//! channel into a blocking thread that walks the tar: every layer tar is cut with
-//! [`shoal_protocol::chunking::chunk_reader`] straight into the [`Store`] (nothing is written to
-//! disk twice), small entries (the image config, `manifest.json`) are kept in memory, and
-//! `manifest.json` then gives the layer order. Both the legacy (`<id>/layer.tar`) and the OCI
-//! (`blobs/sha256/<hex>`) layouts of `docker save` are understood.
+//! ([`build_with_secrets`]), the only builder that can mount a secret without committing it.
+//! Export reads `GET /images/{name}/get` (the `docker save` stream) through a bounded channel
+//! into a blocking thread that walks the tar with [`save::read_archive`] (the archive reader,
+//! fuzzed on its own): every layer tar is cut with [`shoal_protocol::chunking::chunk_reader`]
+//! straight into the [`Store`] (nothing is written to disk twice), small entries (the image
+//! config, `manifest.json`) are kept in memory, and `manifest.json` then gives the layer order.
+//! Both the legacy (`<id>/layer.tar`) and the OCI (`blobs/sha256/<hex>`) layouts of `docker save`
+//! are understood.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
@@ -17,14 +19,12 @@ use std::sync::Arc;
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use shoal_protocol::chunking::{ChunkParams, chunk_reader};
-use shoal_protocol::{Digest, ImageRef, LayerRef};
+use shoal_protocol::{Digest, ImageRef};
 
 use crate::log::BuildLog;
+use crate::save::{self, SaveError};
 use crate::store::Store;
 
-/// Entries of a `docker save` tar up to this size are kept in memory.
-const SMALL_ENTRY_BYTES: u64 = 256 * 1024;
 /// Export stream pieces in flight between the Engine and the chunking thread.
 const EXPORT_QUEUE: usize = 32;
 
@@ -226,127 +226,6 @@ pub async fn export(
     result.map_err(|e| EngineError::Export(format!("export worker: {e}")))?
 }
 
-/// One entry header of a tar stream.
-struct TarEntry {
-    path: String,
-    kind: u8,
-    size: u64,
-    link: String,
-}
-
-fn octal(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|b| b & 0x80 != 0) {
-        // GNU base-256 for large sizes.
-        let mut v: u64 = u64::from(field[0] & 0x7f);
-        for b in &field[1..] {
-            v = v.checked_mul(256)?.checked_add(u64::from(*b))?;
-        }
-        return Some(v);
-    }
-    let s = std::str::from_utf8(field).ok()?;
-    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(s, 8).ok()
-}
-
-fn cstr(field: &[u8]) -> String {
-    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-fn read_exact_or_eof<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
-    let mut off = 0;
-    while off < buf.len() {
-        match r.read(&mut buf[off..]) {
-            Ok(0) if off == 0 => return Ok(false),
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "truncated tar",
-                ));
-            }
-            Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
-fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<()> {
-    let copied = io::copy(&mut r.by_ref().take(n), &mut io::sink())?;
-    if copied != n {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "truncated tar",
-        ));
-    }
-    Ok(())
-}
-
-/// Reads the next header (handling GNU long names and pax `path`/`linkpath`); `None` at the end.
-fn next_header<R: Read>(r: &mut R) -> io::Result<Option<TarEntry>> {
-    let mut long_name: Option<String> = None;
-    let mut long_link: Option<String> = None;
-    loop {
-        let mut h = [0u8; 512];
-        if !read_exact_or_eof(r, &mut h)? || h.iter().all(|b| *b == 0) {
-            return Ok(None);
-        }
-        let size = octal(&h[124..136]).ok_or_else(|| io::Error::other("bad tar size"))?;
-        let kind = h[156];
-        let padded = size.div_ceil(512) * 512;
-        match kind {
-            b'L' | b'K' | b'x' => {
-                if size > 1024 * 1024 {
-                    return Err(io::Error::other("oversized tar extension header"));
-                }
-                let mut data = vec![0u8; size as usize];
-                r.read_exact(&mut data)?;
-                skip(r, padded - size)?;
-                match kind {
-                    b'L' => long_name = Some(cstr(&data)),
-                    b'K' => long_link = Some(cstr(&data)),
-                    _ => {
-                        for rec in String::from_utf8_lossy(&data).lines() {
-                            if let Some((_, kv)) = rec.split_once(' ')
-                                && let Some((k, v)) = kv.split_once('=')
-                            {
-                                match k {
-                                    "path" => long_name = Some(v.to_string()),
-                                    "linkpath" => long_link = Some(v.to_string()),
-                                    _ => {}
-                                }
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            b'g' => {
-                skip(r, padded)?;
-                continue;
-            }
-            _ => {}
-        }
-        let mut path = cstr(&h[0..100]);
-        if &h[257..262] == b"ustar" {
-            let prefix = cstr(&h[345..500]);
-            if !prefix.is_empty() {
-                path = format!("{prefix}/{path}");
-            }
-        }
-        return Ok(Some(TarEntry {
-            path: long_name.unwrap_or(path),
-            kind,
-            size,
-            link: long_link.unwrap_or_else(|| cstr(&h[157..257])),
-        }));
-    }
-}
-
 /// Threads writing new chunks, so their fsyncs overlap hashing and each other.
 const CHUNK_WRITERS: usize = 4;
 /// Chunks queued for the writers (at most 1 MiB each).
@@ -404,109 +283,23 @@ pub fn read_save_archive<R: Read + Send>(
             });
         }
         // The sink (and with it the sender) is dropped when the walk ends, so the writers finish.
-        walk_archive(
-            reader,
-            ChunkSink {
-                store,
-                tx,
-                queued: std::collections::HashSet::new(),
-            },
-        )
+        let mut sink = ChunkSink {
+            store,
+            tx,
+            queued: std::collections::HashSet::new(),
+        };
+        save::read_archive(reader, |c, bytes| sink.put(c, bytes))
     });
     if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(EngineError::Store(e));
     }
-    let mut exported = walked?;
-    exported.new_bytes = new_bytes.into_inner();
-    Ok(exported)
-}
-
-fn walk_archive<R: Read + Send>(
-    mut reader: R,
-    mut sink: ChunkSink<'_>,
-) -> Result<Exported, EngineError> {
-    let ex = |e: io::Error| EngineError::Export(e.to_string());
-    let mut small: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut layers: HashMap<String, LayerRef> = HashMap::new();
-    let mut links: HashMap<String, String> = HashMap::new();
-    while let Some(entry) = next_header(&mut reader).map_err(ex)? {
-        let path = entry.path.trim_start_matches("./").to_string();
-        let padding = entry.size.div_ceil(512) * 512 - entry.size;
-        match entry.kind {
-            b'0' | 0 | b'7' => {
-                if entry.size <= SMALL_ENTRY_BYTES {
-                    let mut buf = vec![0u8; entry.size as usize];
-                    reader.read_exact(&mut buf).map_err(ex)?;
-                    small.insert(path, buf);
-                } else {
-                    let mut body = (&mut reader).take(entry.size);
-                    let layer = chunk_reader(&mut body, ChunkParams::DEFAULT, |c, bytes| {
-                        sink.put(c, bytes)
-                    })?;
-                    if layer.size != entry.size {
-                        return Err(EngineError::Export(format!("{path}: truncated")));
-                    }
-                    layers.insert(path, layer);
-                }
-                skip(&mut reader, padding).map_err(ex)?;
-            }
-            b'1' | b'2' => {
-                let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                let target = if entry.kind == b'2' {
-                    format!("{dir}/{}", entry.link)
-                } else {
-                    entry.link.clone()
-                };
-                links.insert(path, crate::project::normalize(&target).unwrap_or_default());
-                skip(&mut reader, entry.size + padding).map_err(ex)?;
-            }
-            _ => skip(&mut reader, entry.size + padding).map_err(ex)?,
-        }
-    }
-    let manifest = small
-        .get("manifest.json")
-        .ok_or_else(|| EngineError::Export("no manifest.json in the archive".into()))?;
-    let manifest: serde_json::Value = serde_json::from_slice(manifest)
-        .map_err(|e| EngineError::Export(format!("manifest.json: {e}")))?;
-    let first = manifest
-        .get(0)
-        .ok_or_else(|| EngineError::Export("manifest.json lists no image".into()))?;
-    let config_path = first
-        .get("Config")
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| EngineError::Export("manifest.json has no Config".into()))?;
-    let resolve = |p: &str| links.get(p).cloned().unwrap_or_else(|| p.to_string());
-    let config = small
-        .get(&resolve(config_path))
-        .cloned()
-        .ok_or_else(|| EngineError::Export(format!("config {config_path} missing or too large")))?;
-    let mut out_layers = Vec::new();
-    for l in first
-        .get("Layers")
-        .and_then(|l| l.as_array())
-        .ok_or_else(|| EngineError::Export("manifest.json has no Layers".into()))?
-    {
-        let p = resolve(l.as_str().unwrap_or_default());
-        let layer = if let Some(layer) = layers.get(&p) {
-            layer.clone()
-        } else if let Some(bytes) = small.get(&p) {
-            chunk_reader(bytes.as_slice(), ChunkParams::DEFAULT, |c, b| {
-                sink.put(c, b)
-            })?
-        } else {
-            return Err(EngineError::Export(format!(
-                "layer {p} missing from the archive"
-            )));
-        };
-        out_layers.push(layer);
-    }
+    let image = walked.map_err(|e| match e {
+        SaveError::Chunking(e) => EngineError::Store(e),
+        e => EngineError::Export(e.to_string()),
+    })?;
     Ok(Exported {
-        image: ImageRef {
-            config_digest: Digest::of(&config),
-            config,
-            layers: out_layers,
-        },
-        new_bytes: 0,
+        image,
+        new_bytes: new_bytes.into_inner(),
     })
 }
 

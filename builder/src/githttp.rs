@@ -52,53 +52,10 @@ pub fn configure_repo(repo: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, &path)
 }
 
-/// The token in an `Authorization: Basic` header, if any.
+/// The token in an `Authorization: Basic` (or `Bearer`) header, if any
+/// ([`crate::authheader::token`]).
 pub fn basic_token(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get("authorization")?.to_str().ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(rest.trim().to_string());
-    }
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64_decode(rest.trim())?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, pass) = text.split_once(':').unwrap_or((&text, ""));
-    let token = if pass.is_empty() { user } else { pass };
-    (!token.is_empty()).then(|| token.to_string())
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    if s.len() > 8192 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= val(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
+    crate::authheader::token(headers.get("authorization")?.to_str().ok()?)
 }
 
 /// A 401 asking for Basic credentials.

@@ -17,6 +17,10 @@
 
 #[cfg(feature = "server")]
 pub mod app;
+#[cfg(any(feature = "server", feature = "parse"))]
+pub mod authheader;
+#[cfg(any(feature = "server", feature = "parse"))]
+pub mod buildconfig;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(any(feature = "server", feature = "parse"))]
@@ -55,6 +59,8 @@ pub mod pipeline;
 pub mod project;
 #[cfg(feature = "server")]
 pub mod registry;
+#[cfg(any(feature = "server", feature = "parse"))]
+pub mod save;
 #[cfg(feature = "server")]
 pub mod secrets;
 #[cfg(feature = "server")]

@@ -14,9 +14,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use shoal_protocol::ServiceSettings;
 
+pub use crate::buildconfig::normalize;
+use crate::buildconfig::{self, BuildConfig, CONFIG_FILES, ConfigError, DEFAULT_SECRETS_DIR, join};
 use crate::compose::{self, Build, ComposeError};
 use crate::tree::SourceTree;
 
@@ -110,51 +111,17 @@ pub enum ProjectError {
     BadPath(String),
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct Scoped<T> {
-    #[serde(default)]
-    global: Option<T>,
-    #[serde(default)]
-    services: BTreeMap<String, T>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SecretSpec {
-    source: String,
-    dest: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ProjectConfig {
-    #[serde(default, rename = "build-variables")]
-    build_variables: Option<Scoped<Vec<String>>>,
-    #[serde(default, rename = "build-secrets")]
-    build_secrets: Option<Scoped<Vec<SecretSpec>>>,
-}
-
-/// Normalises a relative path inside the tree (`./a/../b` → `b`); `None` if it leaves the tree.
-pub fn normalize(path: &str) -> Option<String> {
-    let mut out: Vec<&str> = Vec::new();
-    if path.starts_with('/') {
-        return None;
-    }
-    for seg in path.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop()?;
-            }
-            s => out.push(s),
+impl From<ConfigError> for ProjectError {
+    fn from(e: ConfigError) -> ProjectError {
+        match e {
+            ConfigError::Syntax { file, message } => ProjectError::Config { file, message },
+            ConfigError::Variable(kv) => ProjectError::Config {
+                file: "build-variables".into(),
+                message: format!("{kv:?} is not NAME=value"),
+            },
+            ConfigError::SecretSource(s) => ProjectError::BadPath(format!("secret source {s:?}")),
+            ConfigError::SecretDest(d) => ProjectError::BadPath(format!("secret dest {d:?}")),
         }
-    }
-    Some(out.join("/"))
-}
-
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
     }
 }
 
@@ -227,66 +194,27 @@ fn recipe_in(
     })
 }
 
-fn config(tree: &SourceTree) -> Result<(ProjectConfig, &'static str), ProjectError> {
-    for (file, secrets) in [
-        (".shoal/shoal.yml", ".shoal/secrets"),
-        (".balena/balena.yml", ".balena/secrets"),
-    ] {
-        if let Some(text) = tree.text(file) {
-            let c: ProjectConfig =
-                serde_saphyr::from_str(&text).map_err(|e| ProjectError::Config {
-                    file: file.into(),
-                    message: e.to_string(),
-                })?;
-            return Ok((c, secrets));
+fn config(tree: &SourceTree) -> Result<(BuildConfig, &'static str), ProjectError> {
+    for (file, secrets) in CONFIG_FILES {
+        if let Some(bytes) = tree.file(file) {
+            return Ok((buildconfig::parse(file, bytes)?, secrets));
         }
     }
-    Ok((ProjectConfig::default(), ".shoal/secrets"))
-}
-
-fn vars_for(c: &ProjectConfig, service: &str) -> Result<BTreeMap<String, String>, ProjectError> {
-    let mut out = BTreeMap::new();
-    if let Some(v) = &c.build_variables {
-        for kv in v
-            .global
-            .iter()
-            .flatten()
-            .chain(v.services.get(service).into_iter().flatten())
-        {
-            let (k, val) = kv.split_once('=').ok_or_else(|| ProjectError::Config {
-                file: "build-variables".into(),
-                message: format!("{kv:?} is not NAME=value"),
-            })?;
-            out.insert(k.trim().to_string(), val.to_string());
-        }
-    }
-    Ok(out)
+    Ok((BuildConfig::default(), DEFAULT_SECRETS_DIR))
 }
 
 fn secrets_for(
     tree: &SourceTree,
-    c: &ProjectConfig,
+    c: &BuildConfig,
     dir: &str,
     service: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, ProjectError> {
     let mut out = BTreeMap::new();
-    if let Some(s) = &c.build_secrets {
-        for spec in s
-            .global
-            .iter()
-            .flatten()
-            .chain(s.services.get(service).into_iter().flatten())
-        {
-            let src = normalize(&join(dir, &spec.source))
-                .ok_or_else(|| ProjectError::BadPath(format!("secret source {:?}", spec.source)))?;
-            let data = tree.file(&src).ok_or_else(|| {
-                ProjectError::BadPath(format!("secret file {src} is not in the push"))
-            })?;
-            let dest = normalize(&spec.dest)
-                .filter(|d| !d.is_empty())
-                .ok_or_else(|| ProjectError::BadPath(format!("secret dest {:?}", spec.dest)))?;
-            out.insert(dest, data.to_vec());
-        }
+    for m in c.secrets_for(dir, service)? {
+        let data = tree.file(&m.source).ok_or_else(|| {
+            ProjectError::BadPath(format!("secret file {} is not in the push", m.source))
+        })?;
+        out.insert(m.dest, data.to_vec());
     }
     Ok(out)
 }
@@ -302,7 +230,7 @@ pub fn resolve(tree: &SourceTree, t: &Target<'_>) -> Result<Project, ProjectErro
         let mut services = Vec::new();
         for (name, s) in &c.services {
             let settings = s.settings(name)?;
-            let mut build_args = vars_for(&cfg, name)?;
+            let mut build_args = cfg.vars_for(name)?;
             let (context, recipe) = match &s.build {
                 None => (
                     String::new(),
@@ -381,7 +309,7 @@ pub fn resolve(tree: &SourceTree, t: &Target<'_>) -> Result<Project, ProjectErro
             name: "main".into(),
             context: String::new(),
             recipe,
-            build_args: vars_for(&cfg, "main")?,
+            build_args: cfg.vars_for("main")?,
             secrets: secrets_for(tree, &cfg, secrets_dir, "main")?,
             settings: ServiceSettings::default(),
         }],
