@@ -13,7 +13,11 @@
 //! holds the data directory.
 //!
 //! Everything but the rollout controller needs the `server` feature (default); with
-//! `default-features = false` the crate stays pure for the simulator.
+//! `default-features = false` the crate stays pure for the simulator. The `parse` feature adds
+//! only the decoders of untrusted bytes, without git, Docker, SQLite or libp2p (what
+//! `builder/fuzz` links): [`compose`], [`dockerignore`], the build configuration
+//! ([`buildconfig`]), the `docker save` archive reader ([`save`]) and the `Authorization` header
+//! ([`authheader`]).
 
 #[cfg(feature = "server")]
 pub mod app;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use shoal_protocol::chunking::{ChunkParams, chunk_reader};
+use shoal_protocol::chunking::{ChunkParams, chunk_reader, cut_points};
 use shoal_protocol::{ChunkRef, Digest, ImageRef, LayerRef};
 
 use crate::buildconfig::{join, normalize};
@@ -206,6 +206,27 @@ fn next_header<R: Read>(r: &mut R) -> Result<Option<TarEntry>, SaveError> {
     }
 }
 
+/// Cuts a small layer held in memory on this thread: the cuts [`chunk_reader`] makes, without
+/// its reading thread and 8 MiB blocks.
+fn chunk_in_memory(
+    bytes: &[u8],
+    on_chunk: &mut impl FnMut(ChunkRef, &[u8]) -> io::Result<()>,
+) -> io::Result<LayerRef> {
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    for len in cut_points(bytes, ChunkParams::DEFAULT) {
+        let piece = &bytes[offset..offset + len];
+        offset += len;
+        let c = ChunkRef {
+            digest: Digest::of(piece),
+            size: len as u32,
+        };
+        on_chunk(c, piece)?;
+        chunks.push(c);
+    }
+    Ok(LayerRef::from_chunks(chunks))
+}
+
 /// Walks a `docker save` archive from `reader`, handing every chunk of every layer to
 /// `on_chunk` (a chunk can come more than once: the same bytes in two layers, or a layer listed
 /// twice), and returns the image: its config and its layers in `manifest.json`'s order.
@@ -272,8 +293,7 @@ pub fn read_archive<R: Read + Send>(
         let layer = if let Some(layer) = layers.get(&p) {
             layer.clone()
         } else if let Some(bytes) = small.get(&p) {
-            chunk_reader(bytes.as_slice(), ChunkParams::DEFAULT, &mut on_chunk)
-                .map_err(SaveError::Chunking)?
+            chunk_in_memory(bytes, &mut on_chunk).map_err(SaveError::Chunking)?
         } else {
             return Err(SaveError::LayerMissing(p));
         };
@@ -354,6 +374,11 @@ mod tests {
         assert_eq!(img.layers.len(), 2);
         assert_eq!(reassemble(&img.layers[0], &chunks), small);
         assert_eq!(reassemble(&img.layers[1], &chunks), big);
+        // A layer cut in memory is cut as the streaming path cuts it.
+        let mid = layer_bytes(3_000_000, 5);
+        let streamed = chunk_reader(mid.as_slice(), ChunkParams::DEFAULT, |_, _| Ok(())).unwrap();
+        assert!(streamed.chunks.len() > 1);
+        assert_eq!(chunk_in_memory(&mid, &mut |_, _| Ok(())).unwrap(), streamed);
 
         // OCI: blobs, with links from the legacy names (one relative to its directory).
         let oci = archive(&[
@@ -377,7 +402,8 @@ mod tests {
     fn bad_archives_are_typed_errors() {
         use tar::EntryType::Regular;
         let cfg = ("c.json", Regular, "", &b"{}"[..]);
-        let cases: Vec<(Vec<u8>, fn(&SaveError) -> bool)> = vec![
+        type Want = fn(&SaveError) -> bool;
+        let cases: Vec<(Vec<u8>, Want)> = vec![
             (archive(&[cfg]), |e| matches!(e, SaveError::NoManifest)),
             (
                 archive(&[cfg, ("manifest.json", Regular, "", b"[{")]),
