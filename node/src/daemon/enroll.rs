@@ -380,7 +380,9 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
         if size == 0 {
             return Some(out);
         }
-        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
+        // A size line is the server's text: `ffffffffffffffff` must not overflow.
+        let end = size.checked_add(2)?;
+        if raw.len() < end || &raw[size..end] != b"\r\n" {
             return None;
         }
         out.extend_from_slice(&raw[..size]);
@@ -533,6 +535,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            // A chunk size of usize::MAX (and MAX - 1) overflowed `size + 2`: a panic.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffe\r\nab\r\n",
         ] {
             assert!(
                 matches!(parse_response(bad), Err(EnrollError::BadResponse(_))),
