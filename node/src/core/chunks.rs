@@ -222,7 +222,7 @@ impl Node {
                 }
             }
             Err(FetchError::Timeout) => {
-                s.distrust(&peer);
+                s.suspend(&peer, self.now);
                 self.peer_failed(&peer);
             }
             Err(_) => self.peer_failed(&peer),

@@ -58,7 +58,15 @@ struct Avail {
     /// It delivered a verified chunk of this release to this node: its claims now keep this
     /// node from importing those chunks from farther away (see [`Scheduler::vouch`]).
     vouched: bool,
+    /// Its claims are set aside until then (see [`Scheduler::suspend`]): they count for
+    /// nothing and it is not asked.
+    suspended_until: Option<Instant>,
+    /// Suspensions since it last delivered: each one lasts twice as long as the one before.
+    strikes: u8,
 }
+
+/// The first suspension of a peer's claims, in milliseconds (see [`Scheduler::suspend`]).
+pub(crate) const SUSPEND_MS: u64 = 1_000;
 
 /// Which chunks this node imports into its site. Consistent hashing: each node of the site and
 /// each chunk get a point on a ring (salted per release); a node imports the chunks whose points
@@ -297,9 +305,11 @@ impl Scheduler {
     /// `peer` delivered a verified chunk: from now on its claims count as holdings that make
     /// importing from farther away unnecessary. Returns whether that is news.
     pub(crate) fn vouch(&mut self, peer: &PeerId) -> bool {
+        self.resume(peer);
         let Some(a) = self.peer_have.get_mut(peer) else {
             return false;
         };
+        a.strikes = 0;
         if a.vouched {
             return false;
         }
@@ -332,6 +342,7 @@ impl Scheduler {
     /// Replacing a bitfield of the same class counts only the bits that changed, so a driver
     /// may send coalesced bitfields instead of one HAVE per chunk at `O(words + changes)`.
     pub(crate) fn set_peer_have(&mut self, peer: PeerId, class: Class, have: Bitfield) {
+        self.resume(&peer);
         if let Some(old) = self.peer_have.get(&peer)
             && old.class == class
             && old.bits.len() == have.len()
@@ -372,6 +383,7 @@ impl Scheduler {
             }
             return;
         }
+        let strikes = self.peer_have.get(&peer).map_or(0, |a| a.strikes);
         let vouched = self.forget_peer_have(&peer);
         for i in have.ones() {
             self.count(class, vouched, i, true);
@@ -383,6 +395,8 @@ impl Scheduler {
                 bits: have,
                 exhausted: false,
                 vouched,
+                suspended_until: None,
+                strikes,
             },
         );
     }
@@ -391,11 +405,14 @@ impl Scheduler {
     pub(crate) fn peer_has(&mut self, peer: PeerId, class: Class, i: u32) -> bool {
         let len = self.len();
         let needed = self.need.get(i);
+        self.resume(&peer);
         let entry = self.peer_have.entry(peer).or_insert_with(|| Avail {
             class,
             bits: Bitfield::new(len),
             exhausted: false,
             vouched: false,
+            suspended_until: None,
+            strikes: 0,
         });
         if entry.bits.set(i) {
             entry.exhausted &= !needed;
@@ -407,12 +424,66 @@ impl Scheduler {
         }
     }
 
-    /// Forgets what `peer` advertised (it failed to deliver in time, or lacked a chunk it
-    /// advertised): its claims no longer keep this node from importing those chunks
-    /// elsewhere, and it has to deliver again before they do; new HAVEs from it count again
-    /// for picking.
-    /// The origin's claims are kept: it holds every chunk by construction, and a fetch from it
-    /// that timed out (a partition, a busy uplink) says nothing about that.
+    /// Sets `peer`'s claims aside (it failed to deliver in time): they no longer keep this node
+    /// from importing those chunks elsewhere or from asking the origin, it is not asked, and
+    /// it has to deliver again before its claims hold back imports. Unlike forgetting them,
+    /// the claims come back after [`SUSPEND_MS`] (doubled per suspension since it last
+    /// delivered, up to 32 times), or at once when it advertises: a peer that is merely slow
+    /// (a congested link right after a partition heals, a loaded machine) and will never
+    /// advertise again (it is complete) is not lost for good. The origin's claims are never
+    /// set aside.
+    pub(crate) fn suspend(&mut self, peer: &PeerId, now: Instant) {
+        let Some(a) = self.peer_have.get_mut(peer) else {
+            return;
+        };
+        if a.class == Class::Origin || a.suspended_until.is_some() {
+            return;
+        }
+        let (class, vouched) = (a.class, a.vouched);
+        a.vouched = false;
+        a.suspended_until = Some(now.plus_ms(SUSPEND_MS << a.strikes.min(5)));
+        a.strikes = a.strikes.saturating_add(1);
+        let bits: Vec<u32> = a.bits.ones().collect();
+        for i in bits {
+            self.count(class, vouched, i, false);
+        }
+        // Fewer holders: a remote peer or the origin may now be asked for more.
+        self.unexhaust_all();
+    }
+
+    /// Restores `peer`'s suspended claims (unvouched).
+    fn resume(&mut self, peer: &PeerId) {
+        let Some(a) = self.peer_have.get_mut(peer) else {
+            return;
+        };
+        if a.suspended_until.take().is_none() {
+            return;
+        }
+        a.exhausted = false;
+        let class = a.class;
+        let bits: Vec<u32> = a.bits.ones().collect();
+        for i in bits {
+            self.count(class, false, i, true);
+        }
+    }
+
+    /// Restores the claims whose suspension ended at or before `now`.
+    pub(crate) fn wake(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peer_have
+            .iter()
+            .filter(|(_, a)| a.suspended_until.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.resume(&p);
+        }
+    }
+
+    /// Forgets what `peer` advertised (it lacked a chunk it advertised): its claims no longer
+    /// keep this node from importing those chunks elsewhere, and it has to deliver again
+    /// before they do; new HAVEs from it count again for picking.
+    /// The origin's claims are kept: it holds every chunk by construction.
     pub(crate) fn distrust(&mut self, peer: &PeerId) {
         if self
             .peer_have
@@ -426,8 +497,10 @@ impl Scheduler {
     /// Forgets `peer`'s availability; returns whether it was vouched for.
     fn forget_peer_have(&mut self, peer: &PeerId) -> bool {
         if let Some(a) = self.peer_have.remove(peer) {
-            for i in a.bits.ones() {
-                self.count(a.class, a.vouched, i, false);
+            if a.suspended_until.is_none() {
+                for i in a.bits.ones() {
+                    self.count(a.class, a.vouched, i, false);
+                }
             }
             // Fewer holders: a remote peer or the origin may now be asked for more.
             self.unexhaust_all();
@@ -530,7 +603,7 @@ impl Scheduler {
 
     fn pick_scan(&self, peer: &PeerId, rng: &mut Rng, sample: u32) -> Option<u32> {
         let a = self.peer_have.get(peer)?;
-        if a.exhausted {
+        if a.exhausted || a.suspended_until.is_some() {
             return None;
         }
         let (class, words) = (&a.class, a.bits.words());
@@ -548,7 +621,10 @@ impl Scheduler {
             while w != 0 {
                 let i = wi as u32 * 64 + w.trailing_zeros();
                 w &= w - 1;
-                if !self.class_may_serve(*class, i) || self.asked_of(peer, i) {
+                if !self.class_may_serve(*class, i)
+                    || self.asked_of(peer, i)
+                    || self.again_for_vouched(a, i)
+                {
                     continue;
                 }
                 let r = self.count_any[i as usize];
@@ -565,16 +641,33 @@ impl Scheduler {
     }
 
     /// Whether chunk `i` may be asked of one more peer: fewer than `max_copies` copies on time,
-    /// and at most one more than that in all. (Without the overall cap, a loaded machine where
-    /// every fetch straggled asked each chunk of every peer in turn, and eight daemons on
-    /// loopback took minutes instead of seconds.)
+    /// and at most one more than that in all, or in the endgame (every missing chunk is in
+    /// flight) twice that. (Without the overall cap, a loaded machine where every fetch
+    /// straggled asked each chunk of every peer in turn, and eight daemons on loopback took
+    /// minutes instead of seconds. With three copies at most, a node whose last chunk went to
+    /// three tricklers waited for their 5 s deadlines with nothing else to do.)
     fn copies_allowed(&self, i: u32, max_copies: usize) -> bool {
         let (mut on_time, mut all) = (0, 0);
         for f in self.in_flight.iter().filter(|f| f.index == i) {
             all += 1;
             on_time += usize::from(f.on_time());
         }
-        on_time < max_copies && all <= max_copies
+        let cap = if self.nothing_needed() {
+            2 * max_copies
+        } else {
+            max_copies
+        };
+        on_time < max_copies && all <= cap
+    }
+
+    /// Whether chunk `i` straggled and should be asked again only of a peer that delivered
+    /// before: `a` (a same-site peer) never did, and a same-site peer that did holds it. A
+    /// chunk whose first copy went to a trickler then does not go to the next trickler.
+    fn again_for_vouched(&self, a: &Avail, i: u32) -> bool {
+        !a.vouched
+            && a.class == Class::Local
+            && self.again.get(i)
+            && self.vouched_local[i as usize] > 0
     }
 
     /// Whether chunk `i`, needed again while in flight, is in flight from `peer`.
@@ -590,8 +683,9 @@ impl Scheduler {
     /// `max_copies` copies in flight makes its chunk needed again (it stays in flight), so the
     /// next pass asks another peer for it; the first copy to arrive cancels the others. A
     /// trickling peer then delays a chunk by the straggler time instead of the full deadline.
-    /// The straggling peers lose their advertised availability (as on a timeout), so a peer
-    /// that claims everything and trickles stops blocking imports from elsewhere.
+    /// The straggling peers' claims are set aside for a while (as on a timeout, see
+    /// [`Scheduler::suspend`]), so a peer that claims everything and trickles stops blocking
+    /// imports from elsewhere.
     pub(crate) fn straggle(&mut self, now: Instant, max_copies: usize) {
         let mut late = Vec::new();
         for f in &mut self.in_flight {
@@ -601,7 +695,7 @@ impl Scheduler {
             }
         }
         for (peer, _) in &late {
-            self.forget_peer_have(peer);
+            self.suspend(peer, now);
         }
         for (_, i) in late {
             if self.copies_allowed(i, max_copies) && !self.have.get(i) && self.need.set(i) {
@@ -624,12 +718,15 @@ impl Scheduler {
             return None;
         }
         let a = self.peer_have.get(peer)?;
-        if a.class == Class::Origin {
+        if a.class == Class::Origin || a.suspended_until.is_some() {
             return None;
         }
+        // A copy goes to a same-site peer that never delivered only if no one who did has it.
+        let unproven = !a.vouched && a.class == Class::Local;
         self.in_flight.iter().map(|f| f.index).find(|&i| {
             a.bits.get(i)
                 && self.class_may_serve(a.class, i)
+                && !(unproven && self.vouched_local[i as usize] > 0)
                 && !self
                     .in_flight
                     .iter()
@@ -715,9 +812,15 @@ impl Scheduler {
 
     /// The next fetch deadline or straggler time.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let wake = self
+            .peer_have
+            .values()
+            .filter_map(|a| a.suspended_until)
+            .min();
         self.in_flight
             .iter()
             .map(|f| f.deadline.min(f.straggle_at))
+            .chain(wake)
             .min()
     }
 
@@ -832,7 +935,11 @@ mod tests {
         s.straggle(Instant(99), 2);
         assert_eq!(s.pick(&other, &mut rng, 8), None, "not late yet");
         s.straggle(Instant(100), 2);
-        assert_eq!(s.next_deadline(), Some(Instant(5_000)));
+        assert_eq!(
+            s.next_deadline(),
+            Some(Instant(100 + SUSPEND_MS)),
+            "the straggler's claims come back after a while"
+        );
         assert_eq!(
             s.pick(&slow, &mut rng, 8),
             None,
@@ -907,6 +1014,77 @@ mod tests {
         s.straggle(Instant(200), 2);
         // Two copies in flight, both late: neither counts, so a third peer is asked.
         assert_eq!(s.pick(&peers[2], &mut rng, 8), Some(0));
+    }
+
+    #[test]
+    fn a_stragglers_claims_are_set_aside_and_come_back_but_never_the_origins() {
+        let mut rng = Rng::new(7);
+        let mut s = Scheduler::new(Bitfield::new(2));
+        s.set_share(whole_share());
+        let (slow, origin) = (peer(1), peer(9));
+        s.set_peer_have(slow, Class::Remote, Bitfield::full(2));
+        s.set_peer_have(origin, Class::Origin, Bitfield::full(2));
+        s.start(slow, 0, Instant(5_000), Instant(100));
+        s.start(origin, 1, Instant(5_000), Instant(100));
+        s.straggle(Instant(100), 2);
+        assert_eq!(s.holders(0), 0, "set aside: it holds nothing up");
+        assert_eq!(s.pick(&slow, &mut rng, 8), None, "and it is not asked");
+        assert_eq!(
+            s.pick(&origin, &mut rng, 8),
+            Some(0),
+            "the origin keeps its claims"
+        );
+        s.start(origin, 0, Instant(5_000), Instant(5_000));
+        s.finish(&origin, 0);
+        s.wake(Instant(100 + SUSPEND_MS - 1));
+        assert_eq!(s.holders(0), 0);
+        s.wake(Instant(100 + SUSPEND_MS));
+        assert_eq!(s.holders(0), 1, "back after the suspension");
+        assert!(s.pick(&slow, &mut rng, 8).is_some(), "and asked again");
+        // A second suspension lasts twice as long; a HAVE ends it at once.
+        s.suspend(&slow, Instant(2_000));
+        assert_eq!(s.next_deadline(), Some(Instant(2_000 + 2 * SUSPEND_MS)));
+        s.peer_has(slow, Class::Remote, 1);
+        assert_eq!(s.holders(0), 1);
+    }
+
+    #[test]
+    fn in_the_endgame_a_chunk_whose_copies_all_straggle_goes_past_three_copies() {
+        let mut rng = Rng::new(8);
+        let mut s = Scheduler::new(Bitfield::new(1));
+        let peers = [peer(1), peer(2), peer(3), peer(4)];
+        for p in peers {
+            s.set_peer_have(p, Class::Local, Bitfield::full(1));
+        }
+        for (k, p) in peers[..3].iter().enumerate() {
+            let t = 100 * (k as u64 + 1);
+            assert_eq!(s.pick(p, &mut rng, 8), Some(0));
+            s.start(*p, 0, Instant(5_000), Instant(t));
+            s.straggle(Instant(t), 2);
+        }
+        assert_eq!(
+            s.pick(&peers[3], &mut rng, 8),
+            Some(0),
+            "three tricklers do not hold the last chunk until their deadlines"
+        );
+    }
+
+    #[test]
+    fn a_straggling_chunk_goes_to_a_same_site_peer_that_delivered_before() {
+        let mut rng = Rng::new(9);
+        let mut s = Scheduler::new(Bitfield::new(2));
+        let (slow, unproven, proven) = (peer(1), peer(2), peer(3));
+        for p in [slow, unproven, proven] {
+            s.set_peer_have(p, Class::Local, Bitfield::full(2));
+        }
+        s.start(proven, 1, Instant(5_000), Instant(5_000));
+        s.finish(&proven, 1);
+        s.store(1);
+        assert!(s.vouch(&proven));
+        s.start(slow, 0, Instant(5_000), Instant(100));
+        s.straggle(Instant(100), 2);
+        assert_eq!(s.pick(&unproven, &mut rng, 8), None);
+        assert_eq!(s.pick(&proven, &mut rng, 8), Some(0));
     }
 
     #[test]

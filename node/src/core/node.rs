@@ -565,6 +565,7 @@ impl Node {
                 .sched
                 .as_mut()
                 .map(|s| {
+                    s.wake(now);
                     s.straggle(now, ENDGAME_COPIES);
                     s.expire(now)
                 })
@@ -575,10 +576,10 @@ impl Node {
                     sequence: seq,
                     index: f.index,
                 });
-                // A peer that does not deliver in time loses its advertised availability, so a
-                // trickling peer's claims stop blocking imports from elsewhere.
+                // A peer that does not deliver in time has its claims set aside for a while, so
+                // a trickling peer's claims stop blocking imports from elsewhere.
                 if let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) {
-                    s.distrust(&f.peer);
+                    s.suspend(&f.peer, now);
                 }
                 self.peer_failed(&f.peer);
             }

@@ -165,6 +165,17 @@ impl Node {
             return;
         }
         let origin = info.origin;
+        if class != Class::Local
+            && !self.peers.values().any(|p| p.class != Class::Local)
+            && let Some(cur) = &mut self.cur
+        {
+            // The first way out of the site after none (a partition healed, the device came
+            // back online): nothing could be imported meanwhile, so the idle fallback starts
+            // over. Otherwise every node of a site that was cut off would import everything
+            // the site lacks at once, each chunk once per node over the one WAN link.
+            cur.last_import = self.now;
+            cur.last_progress = self.now;
+        }
         self.peers.insert(
             peer,
             Peer {
