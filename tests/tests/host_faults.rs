@@ -11,7 +11,7 @@
 //! scenario) goes straight to the terminal.
 //!
 //! Ignored until the stall named in its `#[ignore]` is fixed: CI must not fail at random. Of
-//! seven runs on 2026-11-26 six passed (230 to 416 s; the first before the reset fix); the
+//! eight runs on 2026-11-26 seven passed (204 to 416 s; the first before the reset fix); the
 //! fourth stalled (docs/SECURITY.md, host faults).
 //!
 //! Every Docker object of the run carries the run's id (`shoal-faults-<id>-*`, the app's images
@@ -127,7 +127,7 @@ impl Drop for RunObjects {
 }
 
 #[test]
-#[ignore = "stalls intermittently (1 of 7 runs on 2026-11-26): after the kill scenario's SIGKILLs \
+#[ignore = "stalls intermittently (1 of 8 runs on 2026-11-26): after the kill scenario's SIGKILLs \
             the three site-b nodes stopped fetching at 22 of 85 chunks, the origin connected and \
             nothing in flight, for minutes (cause not found yet; docs/SECURITY.md, host faults); \
             run with `cargo test -p shoal-tests --test host_faults -- --ignored`"]
