@@ -430,13 +430,14 @@ impl Scheduler {
     /// the claims come back after [`SUSPEND_MS`] (doubled per suspension since it last
     /// delivered, up to 32 times), or at once when it advertises: a peer that is merely slow
     /// (a congested link right after a partition heals, a loaded machine) and will never
-    /// advertise again (it is complete) is not lost for good. The origin's claims are never
-    /// set aside.
+    /// advertise again (it is complete) is not lost for good. The origin's claims too: it
+    /// never advertises again either, and keeping them through a straggle sent more requests
+    /// to a busy origin (no faults, 500 devices: 1.71 s instead of 1.66 s).
     pub(crate) fn suspend(&mut self, peer: &PeerId, now: Instant) {
         let Some(a) = self.peer_have.get_mut(peer) else {
             return;
         };
-        if a.class == Class::Origin || a.suspended_until.is_some() {
+        if a.suspended_until.is_some() {
             return;
         }
         let (class, vouched) = (a.class, a.vouched);
@@ -1017,7 +1018,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stragglers_claims_are_set_aside_and_come_back_but_never_the_origins() {
+    fn a_stragglers_claims_are_set_aside_and_come_back() {
         let mut rng = Rng::new(7);
         let mut s = Scheduler::new(Bitfield::new(2));
         s.set_share(whole_share());
@@ -1025,17 +1026,13 @@ mod tests {
         s.set_peer_have(slow, Class::Remote, Bitfield::full(2));
         s.set_peer_have(origin, Class::Origin, Bitfield::full(2));
         s.start(slow, 0, Instant(5_000), Instant(100));
-        s.start(origin, 1, Instant(5_000), Instant(100));
         s.straggle(Instant(100), 2);
         assert_eq!(s.holders(0), 0, "set aside: it holds nothing up");
         assert_eq!(s.pick(&slow, &mut rng, 8), None, "and it is not asked");
-        assert_eq!(
-            s.pick(&origin, &mut rng, 8),
-            Some(0),
-            "the origin keeps its claims"
+        assert!(
+            s.pick(&origin, &mut rng, 8).is_some(),
+            "no other holder: the origin is asked"
         );
-        s.start(origin, 0, Instant(5_000), Instant(5_000));
-        s.finish(&origin, 0);
         s.wake(Instant(100 + SUSPEND_MS - 1));
         assert_eq!(s.holders(0), 0);
         s.wake(Instant(100 + SUSPEND_MS));
@@ -1043,9 +1040,15 @@ mod tests {
         assert!(s.pick(&slow, &mut rng, 8).is_some(), "and asked again");
         // A second suspension lasts twice as long; a HAVE ends it at once.
         s.suspend(&slow, Instant(2_000));
-        assert_eq!(s.next_deadline(), Some(Instant(2_000 + 2 * SUSPEND_MS)));
+        assert_eq!(s.holders(0), 0);
+        s.wake(Instant(2_000 + 2 * SUSPEND_MS - 1));
+        assert_eq!(s.holders(0), 0, "twice as long the second time");
         s.peer_has(slow, Class::Remote, 1);
-        assert_eq!(s.holders(0), 1);
+        assert_eq!(s.holders(0), 1, "a HAVE ends it at once");
+        // The origin's claims are set aside too, and come back: it never advertises again.
+        s.suspend(&origin, Instant(3_000));
+        assert_eq!(s.pick(&origin, &mut rng, 8), None);
+        assert_eq!(s.next_deadline(), Some(Instant(3_000 + SUSPEND_MS)));
     }
 
     #[test]
