@@ -69,21 +69,50 @@ impl Node {
             self.config.max_in_flight_total,
             self.config.rarest_sample,
         );
+        if !self.cur.as_ref().is_some_and(|c| {
+            c.phase == Phase::Fetching
+                && c.sched
+                    .as_ref()
+                    .is_some_and(|s| (s.in_flight.len() as u32) < total)
+        }) {
+            return;
+        }
+        // Each peer's cap, or `None` while it is in backoff: neither changes during the pass,
+        // and looking them up once per peer instead of twice per round spares most of the
+        // pass's cache misses.
+        let mut caps = std::mem::take(&mut self.order_caps);
+        caps.clear();
+        caps.extend(self.order.iter().map(|id| {
+            let p = &self.peers[id];
+            (p.backoff_until <= now).then(|| per_peer_cap(per_peer, p))
+        }));
+        let go_on = self.fill_slots(&caps, total, sample);
+        self.order_caps = caps;
+        if go_on {
+            self.endgame();
+        }
+    }
+
+    /// Rounds over the peers until none takes another fetch; false if fetching cannot go on
+    /// (no slot left overall, or not fetching).
+    fn fill_slots(&mut self, caps: &[Option<u32>], total: u32, sample: u32) -> bool {
         loop {
             let mut progressed = false;
-            for k in 0..self.order.len() {
-                let Some(cur) = &mut self.cur else { return };
+            for (k, cap) in caps.iter().enumerate() {
+                let Some(cur) = &mut self.cur else {
+                    return false;
+                };
                 if cur.phase != Phase::Fetching {
-                    return;
+                    return false;
                 }
-                let Some(s) = &mut cur.sched else { return };
+                let Some(s) = &mut cur.sched else {
+                    return false;
+                };
                 if s.in_flight.len() as u32 >= total {
-                    return;
+                    return false;
                 }
                 let peer = self.order[k];
-                if self.peers[&peer].backoff_until > now
-                    || s.in_flight_of(&peer) >= per_peer_cap(per_peer, &self.peers[&peer])
-                {
+                if cap.is_none_or(|c| s.in_flight_of(&peer) >= c) {
                     continue;
                 }
                 if let Some(i) = s.pick(&peer, &mut self.rng, sample) {
@@ -92,10 +121,9 @@ impl Node {
                 }
             }
             if !progressed {
-                break;
+                return true;
             }
         }
-        self.endgame();
     }
 
     /// When every missing chunk is in flight, free slots fetch the oldest ones again from other
@@ -216,10 +244,8 @@ impl Node {
                 // 64 MiB took 1.109 s instead of 0.938 s.)
                 let base = self.config.busy_backoff_ms;
                 let wait = base / 2 + self.rng.below(base + 1);
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.backoff_until = self.now.plus_ms(wait);
-                    self.backoff_horizon = self.backoff_horizon.max(p.backoff_until);
-                }
+                let until = self.now.plus_ms(wait);
+                self.set_backoff(&peer, until);
             }
             Err(FetchError::Timeout) => {
                 s.suspend(&peer, self.now);

@@ -354,7 +354,8 @@ impl Scheduler {
             for (wi, (&o, &n)) in old_words.iter().zip(have.words()).enumerate() {
                 let (mut added, mut removed) = (n & !o, o & !n);
                 gained_needed |= added & self.need.words()[wi] != 0;
-                lost |= removed != 0;
+                // Claims on held chunks change no pick (and a device does not record them).
+                lost |= removed & !self.have.words()[wi] != 0;
                 while added != 0 {
                     self.count(
                         class,
@@ -399,6 +400,11 @@ impl Scheduler {
                 strikes,
             },
         );
+    }
+
+    /// Whether `peer`'s availability is known (it advertised something since it connected).
+    pub(crate) fn knows(&self, peer: &PeerId) -> bool {
+        self.peer_have.contains_key(peer)
     }
 
     /// `peer` has chunk `i` (a HAVE). Returns whether that was news.

@@ -249,6 +249,8 @@ pub struct Node {
     pub(super) peers: super::peermap::PeerMap<Peer>,
     /// Peers in preference order: class, RTT, id.
     pub(super) order: Vec<PeerId>,
+    /// Scratch of [`Node::schedule`]: each peer's fetch cap in `order`, `None` in backoff.
+    pub(super) order_caps: Vec<Option<u32>>,
     pub(super) banned: BTreeMap<PeerId, Instant>,
     /// A verified wave control for a release above the current one, kept until it is announced.
     pub(super) pending_control: Option<(WaveControl, Vec<u8>)>,
@@ -263,6 +265,11 @@ pub struct Node {
     /// The latest `backoff_until` ever set: before it, [`Node::poll_timeout`] looks for the
     /// next peer to come out of backoff; after it, no peer is in backoff.
     pub(super) backoff_horizon: Instant,
+    /// The earliest `backoff_until` later than the time it was found (inner `None`: no peer
+    /// was in backoff then); outer `None`: not known (a peer left, or the peer holding it got
+    /// another backoff). Spares [`Node::poll_timeout`] a scan of every peer on each call while
+    /// a backoff is running; see [`Node::next_backoff_after`].
+    pub(super) next_backoff: std::cell::Cell<Option<Option<Instant>>>,
     /// Rotation envelopes accepted after the configured trust root, oldest first.
     pub(super) trust_chain: Vec<Vec<u8>>,
     /// The wall clock never reads below this (the last snapshot's time on resume).
@@ -295,6 +302,7 @@ impl Node {
             cur: None,
             peers: super::peermap::PeerMap::default(),
             order: Vec::new(),
+            order_caps: Vec::new(),
             banned: BTreeMap::new(),
             pending_control: None,
             persist_due: None,
@@ -302,6 +310,7 @@ impl Node {
             uploads: 0,
             site_members: Vec::new(),
             backoff_horizon: Instant::ZERO,
+            next_backoff: std::cell::Cell::new(None),
             trust_chain: Vec::new(),
             wall_floor: UnixTime(0),
             fetch_ms_avg: None,
@@ -425,6 +434,24 @@ impl Node {
         })
     }
 
+    /// Whether [`Input::PeerHaveChunk`] from `peer` for chunk `index` of `sequence` would only
+    /// move the node's clock: a device that holds the chunk decides nothing from who else
+    /// holds it (picking, rarity, the import rules and the idle fallback only look at chunks
+    /// it needs, and a peer's claims on held chunks never make it pick again), so once the
+    /// peer's availability is known such a HAVE is dropped. About half of all HAVEs are: on
+    /// every link, the second of the two holders to get a chunk tells the first. The origin
+    /// counts holders of every chunk (super-seeding) and keeps them all. A driver may skip
+    /// its output and timer handling after such an input.
+    pub fn ignores_have(&self, peer: &PeerId, sequence: ReleaseSeq, index: u32) -> bool {
+        !self.config.origin
+            && self.cur.as_ref().is_some_and(|c| {
+                c.ann.sequence == sequence
+                    && c.sched
+                        .as_ref()
+                        .is_some_and(|s| s.have.get(index) && s.knows(peer))
+            })
+    }
+
     /// The stored-chunk bitfield of the current release.
     pub fn have(&self) -> Option<&Bitfield> {
         Some(&self.cur.as_ref()?.sched.as_ref()?.have)
@@ -495,14 +522,30 @@ impl Node {
             }
             if matches!(cur.phase, Phase::Fetching | Phase::FetchingManifest)
                 && self.backoff_horizon > self.now
+                && let Some(b) = self.next_backoff_after(self.now)
             {
-                for p in self.peers.values() {
-                    if p.backoff_until > self.now {
-                        at(p.backoff_until);
-                    }
-                }
+                at(b);
             }
         }
+        t
+    }
+
+    /// The earliest `backoff_until` of a peer later than `now`. Times only go forward and every
+    /// change of a backoff goes through [`Node::set_backoff`] (or removes the peer), so a cached
+    /// earliest that is still ahead of `now` is the answer; otherwise the peers are scanned.
+    fn next_backoff_after(&self, now: Instant) -> Option<Instant> {
+        match self.next_backoff.get() {
+            Some(None) => return None,
+            Some(Some(t)) if t > now => return Some(t),
+            _ => {}
+        }
+        let t = self
+            .peers
+            .values()
+            .map(|p| p.backoff_until)
+            .filter(|b| *b > now)
+            .min();
+        self.next_backoff.set(Some(t));
         t
     }
 

@@ -30,14 +30,21 @@ impl Node {
         }
     }
 
-    pub(super) fn reorder(&mut self) {
-        let mut order: Vec<(Class, u32, PeerId)> = self
-            .peers
-            .iter()
-            .map(|(id, p)| (p.class, p.info.rtt_ms, *id))
-            .collect();
-        order.sort();
-        self.order = order.into_iter().map(|(_, _, id)| id).collect();
+    /// Puts `peer` (connected, its class and RTT set; `known`: already listed) in its place in [`Node::order`]: the
+    /// order is by (class, RTT, id), and ids are unique, so a binary search finds the one place
+    /// a full sort would give it (a full sort per connection cost the origin, a peer of every
+    /// device, O(n² log n) over a fleet).
+    pub(super) fn reorder(&mut self, peer: PeerId, known: bool) {
+        if known {
+            self.order.retain(|p| *p != peer);
+        }
+        let key = |id: &PeerId| {
+            let p = &self.peers[id];
+            (p.class, p.info.rtt_ms, *id)
+        };
+        let k = key(&peer);
+        let at = self.order.partition_point(|id| key(id) < k);
+        self.order.insert(at, peer);
         self.update_share();
     }
 
@@ -154,7 +161,7 @@ impl Node {
             if let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) {
                 s.reclass_peer(peer, class);
             }
-            self.reorder();
+            self.reorder(peer, true);
             return;
         }
         if self.peers.len() >= self.config.max_peers {
@@ -188,7 +195,7 @@ impl Node {
                 early_chunks: Vec::new(),
             },
         );
-        self.reorder();
+        self.reorder(peer, false);
         let trust: Vec<Vec<u8>> = self.trust_sync().collect();
         if self.cur.is_none() && !trust.is_empty() {
             self.outputs.push_back(Output::SyncGossip {
@@ -226,6 +233,7 @@ impl Node {
         if self.peers.remove(peer).is_none() {
             return;
         }
+        self.next_backoff.set(None);
         self.order.retain(|p| p != peer);
         if let Some(cur) = &mut self.cur {
             if let Some(s) = &mut cur.sched {
@@ -285,8 +293,25 @@ impl Node {
             return;
         }
         let delay = base.saturating_mul(1 << (p.failures - 1).min(20)).min(max);
-        p.backoff_until = now.plus_ms(delay);
-        self.backoff_horizon = self.backoff_horizon.max(p.backoff_until);
+        self.set_backoff(peer, now.plus_ms(delay));
+    }
+
+    /// Leaves `peer` alone until `until`, keeping [`Node::poll_timeout`]'s cache of the next
+    /// backoff to end exact.
+    pub(super) fn set_backoff(&mut self, peer: &PeerId, until: Instant) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let old = std::mem::replace(&mut p.backoff_until, until);
+        self.backoff_horizon = self.backoff_horizon.max(until);
+        let next = match self.next_backoff.get() {
+            // This peer may have held the earliest: not known any more.
+            Some(Some(t)) if t == old => None,
+            Some(Some(t)) => Some(Some(t.min(until))),
+            Some(None) => Some(Some(until)),
+            None => None,
+        };
+        self.next_backoff.set(next);
     }
 
     // ----- availability -----
@@ -314,6 +339,9 @@ impl Node {
     }
 
     pub(super) fn on_peer_have_chunk(&mut self, peer: PeerId, sequence: ReleaseSeq, index: u32) {
+        if self.ignores_have(&peer, sequence, index) {
+            return;
+        }
         let Some(cur) = &mut self.cur else { return };
         if cur.ann.sequence != sequence {
             return;

@@ -616,7 +616,11 @@ impl Sim {
         let Some(node) = self.devs[to as usize].node.as_mut() else {
             return;
         };
+        // A HAVE the core ignores (`Node::ignores_have`) only moves its clock: no output, no
+        // state a check or a timer depends on, so a batch of only those needs no drain.
+        let mut news = false;
         for &index in batch {
+            news |= !node.ignores_have(&peer, sequence, index);
             node.handle(
                 now,
                 Input::PeerHaveChunk {
@@ -626,7 +630,9 @@ impl Sim {
                 },
             );
         }
-        self.drain(to);
+        if news {
+            self.drain(to);
+        }
     }
 
     fn forward_gossip(&mut self, d: u32, msg: u16) {

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use super::harness::{Harness, fetches, info, peer};
 use crate::core::{Bitfield, DropReason, FetchError, Input, Instant, Output, PeerId};
+use shoal_protocol::ReleaseSeq;
 
 fn bits(len: u32, ones: &[u32]) -> Bitfield {
     let mut b = Bitfield::new(len);
@@ -500,4 +501,146 @@ fn a_node_cut_off_from_outside_its_site_imports_only_its_share_when_reconnected(
         asked > 0 && asked < 64,
         "its own arc of the site's imports, not all 64 chunks: {asked}"
     );
+}
+
+#[test]
+fn a_have_of_a_held_chunk_from_a_known_peer_is_ignored_and_others_are_not() {
+    let mut h = Harness::new();
+    let (a, b) = (peer(1), peer(2));
+    h.connect(a, info(Some("here"), 1, false));
+    let rel = h.release(1, 4);
+    let seq = rel.announcement.sequence;
+    h.announce_and_serve_manifest(&rel, a);
+    let out = h.input(Input::PeerHaveChunk {
+        peer: a,
+        sequence: seq,
+        index: 0,
+    });
+    assert_eq!(fetches(&out), vec![(a, 0)]);
+    assert!(
+        !h.node.ignores_have(&a, seq, 1),
+        "a chunk the node needs is news"
+    );
+    h.ok(a, &rel, 0);
+    assert!(h.node.has_chunk(seq, 0));
+    assert!(
+        h.node.ignores_have(&a, seq, 0),
+        "held, and a's claims are known"
+    );
+    assert!(
+        !h.node.ignores_have(&a, ReleaseSeq(seq.0 + 1), 0),
+        "another release"
+    );
+    h.connect(b, info(Some("here"), 1, false));
+    assert!(
+        !h.node.ignores_have(&b, seq, 0),
+        "a peer's first claim is recorded even for a held chunk"
+    );
+    h.input(Input::PeerHaveChunk {
+        peer: b,
+        sequence: seq,
+        index: 0,
+    });
+    assert!(h.node.ignores_have(&b, seq, 0));
+    // A claim it ignores leaves b to be asked for what it needs when it has it.
+    let out = h.input(Input::PeerHaveChunk {
+        peer: b,
+        sequence: seq,
+        index: 2,
+    });
+    assert_eq!(fetches(&out), vec![(b, 2)]);
+}
+
+#[test]
+fn the_next_timeout_follows_backoffs_as_they_are_set_replaced_and_dropped() {
+    let mut h = Harness::with(|c| {
+        c.busy_backoff_ms = 100;
+        c.fetch_timeout_ms = 60_000;
+    });
+    let (a, b) = (peer(1), peer(2));
+    h.connect(a, info(Some("here"), 1, false));
+    h.connect(b, info(Some("here"), 1, false));
+    let rel = h.release(1, 8);
+    let seq = rel.announcement.sequence;
+    h.announce_and_serve_manifest(&rel, a);
+    for p in [a, b] {
+        h.input(Input::PeerHave {
+            peer: p,
+            sequence: seq,
+            have: Bitfield::full(8),
+        });
+    }
+    let asked = fetches(&h.out);
+    let of = |p: PeerId| {
+        asked
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, i)| *i)
+            .collect::<Vec<_>>()
+    };
+    let (fa, fb) = (of(a), of(b));
+    assert!(fa.len() >= 2 && !fb.is_empty(), "{fa:?} {fb:?}");
+    // The earliest backoff still running, found by scanning every peer: what the cache must
+    // give. Other timers (deadlines after 60 s, idleness after 1 s) come later.
+    let scan = |h: &Harness| {
+        h.node
+            .peers
+            .values()
+            .map(|p| p.backoff_until)
+            .filter(|t| *t > h.now)
+            .min()
+    };
+    let busy = |h: &mut Harness, p: PeerId, index: u32| {
+        h.input(Input::ChunkFetched {
+            peer: p,
+            sequence: seq,
+            index,
+            result: Err(FetchError::Busy),
+        });
+    };
+    let t0 = h.now.as_millis();
+    busy(&mut h, a, fa[0]);
+    assert!(scan(&h).is_some());
+    assert_eq!(h.node.poll_timeout(), scan(&h));
+    h.now = Instant::from_millis(t0 + 40);
+    busy(&mut h, b, fb[0]);
+    assert_eq!(h.node.poll_timeout(), scan(&h));
+    // a, which may hold the earliest end, is in backoff again.
+    h.now = Instant::from_millis(t0 + 45);
+    busy(&mut h, a, fa[1]);
+    assert_eq!(h.node.poll_timeout(), scan(&h));
+    // b leaves.
+    h.input(Input::PeerDisconnected { peer: b });
+    assert_eq!(h.node.poll_timeout(), scan(&h));
+    // Past every backoff: none is left.
+    h.now = Instant::from_millis(t0 + 400);
+    h.input(Input::PeerDisconnected { peer: peer(9) });
+    assert_eq!(scan(&h), None);
+    assert!(
+        h.node
+            .poll_timeout()
+            .is_none_or(|t| t > Instant::from_millis(t0 + 400)),
+        "no backoff left"
+    );
+}
+
+#[test]
+fn peers_are_kept_in_order_of_class_rtt_and_id_as_they_connect() {
+    let mut h = Harness::new();
+    let rtts = [30u32, 5, 30, 1, 12, 5, 7, 30];
+    for (k, rtt) in rtts.iter().enumerate() {
+        let site = if k % 3 == 0 { "elsewhere" } else { "here" };
+        h.connect(peer(k as u64), info(Some(site), *rtt, false));
+    }
+    // A peer whose RTT changed on reconnection moves.
+    h.connect(peer(1), info(Some("here"), 40, false));
+    let mut expected: Vec<(bool, u32, PeerId)> = (0..rtts.len())
+        .map(|k| {
+            let rtt = if k == 1 { 40 } else { rtts[k] };
+            (k % 3 == 0, rtt, peer(k as u64))
+        })
+        .collect();
+    expected.sort();
+    let expected: Vec<PeerId> = expected.into_iter().map(|(_, _, p)| p).collect();
+    assert_eq!(h.node.order, expected);
 }
