@@ -402,9 +402,12 @@ impl Scheduler {
         );
     }
 
-    /// Whether `peer`'s availability is known (it advertised something since it connected).
+    /// Whether `peer`'s availability is known (it advertised something since it connected)
+    /// and its claims are not suspended (a HAVE brings them back, see [`Scheduler::suspend`]).
     pub(crate) fn knows(&self, peer: &PeerId) -> bool {
-        self.peer_have.contains_key(peer)
+        self.peer_have
+            .get(peer)
+            .is_some_and(|a| a.suspended_until.is_none())
     }
 
     /// `peer` has chunk `i` (a HAVE). Returns whether that was news.
