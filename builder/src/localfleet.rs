@@ -12,14 +12,16 @@
 
 pub mod demo;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_node::daemon::enroll::{EnrollState, Enrollment};
 use shoal_node::daemon::identity::DeviceKey;
+use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
 use shoal_node::daemon::{BoxFuture, Handle, Runtime};
 use shoal_protocol::{DeviceId, Envelope, RolloutPlan, TrustRoot, Wave, encoding};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +34,32 @@ pub const FLEET: &str = "local";
 /// Makes a device's runtime: (fleet, device, device data directory).
 pub type RuntimeFactory =
     Arc<dyn Fn(&str, DeviceId, &Path) -> BoxFuture<Result<Arc<dyn Runtime>, String>> + Send + Sync>;
+
+/// The Docker runtimes a [`docker_runtimes`] factory made, by device.
+pub type DockerRuntimes = Arc<Mutex<BTreeMap<DeviceId, DockerRuntime>>>;
+
+/// A [`RuntimeFactory`] that connects each device's Docker Engine runtime with the
+/// configuration `config(device)` returns, and the runtimes it made (to list or purge them).
+pub fn docker_runtimes(
+    config: impl Fn(DeviceId) -> RuntimeConfig + Send + Sync + 'static,
+) -> (RuntimeFactory, DockerRuntimes) {
+    let runtimes = DockerRuntimes::default();
+    let made = runtimes.clone();
+    let factory: RuntimeFactory = Arc::new(move |fleet, device, dir| {
+        let cfg = config(device);
+        let (fleet, dir, made) = (fleet.to_string(), dir.to_path_buf(), made.clone());
+        Box::pin(async move {
+            let rt = DockerRuntime::connect(cfg, &fleet, device, &dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            made.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(device, rt.clone());
+            Ok(Arc::new(rt) as Arc<dyn Runtime>)
+        })
+    });
+    (factory, runtimes)
+}
 
 /// Why the local fleet failed.
 #[derive(Debug, thiserror::Error)]

@@ -346,7 +346,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
     use shoal_builder::localfleet::{self, demo};
     use shoal_node::daemon::identity::DeviceKey;
-    use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
+    use shoal_node::daemon::runtime::RuntimeConfig;
 
     if let Err(e) = shoal_builder::engine::connect().await {
         eprintln!("shoal-builder local-fleet: no Docker Engine reachable: {e}");
@@ -361,30 +361,19 @@ async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
     anyhow::ensure!(script.success(), "making the busybox base image failed");
 
     let prefix = format!("shoal-local-{}", std::process::id());
-    let runtimes: Arc<std::sync::Mutex<Vec<DockerRuntime>>> = Arc::default();
-    let made = runtimes.clone();
     let runtime_prefix = prefix.clone();
-    let factory: localfleet::RuntimeFactory = Arc::new(move |fleet, device, dir| {
-        let cfg = RuntimeConfig {
-            prefix: runtime_prefix.clone(),
-            health_window_ms: 3_000,
-            stop_timeout_s: 2,
-            ..RuntimeConfig::default()
-        };
-        let (fleet, dir, made) = (fleet.to_string(), dir.to_path_buf(), made.clone());
-        Box::pin(async move {
-            let rt = DockerRuntime::connect(cfg, &fleet, device, &dir)
-                .await
-                .map_err(|e| e.to_string())?;
-            made.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(rt.clone());
-            Ok(Arc::new(rt) as Arc<dyn shoal_node::daemon::Runtime>)
-        })
+    let (factory, runtimes) = localfleet::docker_runtimes(move |_| RuntimeConfig {
+        prefix: runtime_prefix.clone(),
+        health_window_ms: 3_000,
+        stop_timeout_s: 2,
+        ..RuntimeConfig::default()
     });
     let listed = runtimes.clone();
     let containers: demo::ContainersFn = Arc::new(move || {
-        let rts = listed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rts: Vec<_> = (listed.lock().unwrap_or_else(|p| p.into_inner()))
+            .values()
+            .cloned()
+            .collect();
         Box::pin(async move {
             let mut out = Vec::new();
             for rt in rts {
@@ -410,7 +399,10 @@ async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
         exit,
     })
     .await;
-    let rts = runtimes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let rts: Vec<_> = (runtimes.lock().unwrap_or_else(|p| p.into_inner()))
+        .values()
+        .cloned()
+        .collect();
     for rt in rts {
         let _ = rt.purge().await;
     }

@@ -8,18 +8,16 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_builder::live::Progress;
-use shoal_builder::localfleet::{self, FLEET, LocalFleet, Options, RuntimeFactory};
+use shoal_builder::localfleet::{self, FLEET, LocalFleet, Options};
+use shoal_node::daemon::Status;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::spec::LABEL_NODE;
 use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
-use shoal_node::daemon::{Runtime, Status};
 use shoal_protocol::waves::wave_of;
 use shoal_protocol::{DeviceId, ReleaseSeq, RolloutPlan, Wave};
 
@@ -111,7 +109,7 @@ impl Drop for Cleanup {
 struct Fleet {
     fleet: LocalFleet,
     keys: Vec<DeviceId>,
-    runtimes: Arc<Mutex<BTreeMap<DeviceId, DockerRuntime>>>,
+    runtimes: localfleet::DockerRuntimes,
     project: PathBuf,
     plan: RolloutPlan,
 }
@@ -247,26 +245,14 @@ async fn local_fleet_rolls_out_in_waves_rolls_back_a_failing_release_and_honours
     };
     let lock_dir = tempfile::tempdir().unwrap();
     let lock_file = lock_dir.path().join("updates.lock");
-    let runtimes: Arc<Mutex<BTreeMap<DeviceId, DockerRuntime>>> = Arc::default();
-    let made = runtimes.clone();
     let (lock_id, lock_path) = (ids[lock_dev], lock_file.clone());
-    let factory: RuntimeFactory = Arc::new(move |fleet, device, dir| {
-        let cfg = RuntimeConfig {
-            prefix: prefix.clone(),
-            update_lock: (device == lock_id).then(|| lock_path.clone()),
-            health_window_ms: 2_000,
-            health_timeout_ms: 60_000,
-            stop_timeout_s: 1,
-            ..RuntimeConfig::default()
-        };
-        let (fleet, dir, made) = (fleet.to_string(), dir.to_path_buf(), made.clone());
-        Box::pin(async move {
-            let rt = DockerRuntime::connect(cfg, &fleet, device, &dir)
-                .await
-                .map_err(|e| e.to_string())?;
-            made.lock().unwrap().insert(device, rt.clone());
-            Ok(Arc::new(rt) as Arc<dyn Runtime>)
-        })
+    let (factory, runtimes) = localfleet::docker_runtimes(move |device| RuntimeConfig {
+        prefix: prefix.clone(),
+        update_lock: (device == lock_id).then(|| lock_path.clone()),
+        health_window_ms: 2_000,
+        health_timeout_ms: 60_000,
+        stop_timeout_s: 1,
+        ..RuntimeConfig::default()
     });
     let fleet = LocalFleet::start(Options {
         builder_exe: PathBuf::from(support::BIN),
