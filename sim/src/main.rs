@@ -32,22 +32,31 @@ struct RunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Number of devices (spread round-robin over the sites).
     #[arg(long)]
     devices: Option<u32>,
+    /// Number of sites.
     #[arg(long)]
     sites: Option<u32>,
+    /// Release size in MiB.
     #[arg(long)]
     release_mib: Option<f64>,
+    /// The builder's uplink, Mbit/s.
     #[arg(long)]
     builder_up_mbps: Option<f64>,
+    /// Each site's WAN downlink, Mbit/s.
     #[arg(long)]
     wan_down_mbps: Option<f64>,
+    /// Each site's WAN uplink, Mbit/s.
     #[arg(long)]
     wan_up_mbps: Option<f64>,
+    /// A site's LAN port speed, Mbit/s (caps each device's up and down).
     #[arg(long)]
     lan_mbps: Option<f64>,
+    /// Each device's upload, Mbit/s.
     #[arg(long)]
     device_up_mbps: Option<f64>,
+    /// Each device's download, Mbit/s.
     #[arg(long)]
     device_down_mbps: Option<f64>,
     /// Share of byzantine devices (0..=1).
