@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::{Builder, local};
+use shoal_node::testing::pseudo_random;
 use shoal_node::testing::{CHUNKS_PER_LAYER, TEST_ARCH, TestFleet};
 use shoal_protocol::{
     ChunkParams, ChunkRef, Digest, Envelope, LayerRef, RolloutPlan, UnixTime, chunking, encoding,
@@ -64,19 +65,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(args)
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut x = seed | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn rss_mib(pid: u32) -> f64 {

@@ -26,6 +26,7 @@ use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::quic::{connect, endpoint};
 use shoal_node::daemon::store::Store;
 use shoal_node::daemon::transfer::{self, Counters};
+use shoal_node::testing::pseudo_random;
 use shoal_protocol::{ChunkParams, ChunkRef, chunking};
 use tokio::sync::Semaphore;
 
@@ -69,19 +70,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(args)
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut x = seed | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Imports `mib` MiB into `store`, 64 MiB at a time; returns the chunk list.

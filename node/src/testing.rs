@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shoal_protocol::{
-    Announcement, ChunkRef, Digest, Envelope, ImageRef, LayerRef, ReleaseManifest, ReleaseSeq,
-    RolloutPlan, Service, ServiceSettings, SigningKey, TrustRoot, UnixTime, WaveAction,
-    WaveControl, encoding,
+    Announcement, ChunkParams, ChunkRef, Digest, Envelope, ImageRef, LayerRef, ReleaseManifest,
+    ReleaseSeq, RolloutPlan, Service, ServiceSettings, SigningKey, TrustRoot, UnixTime, WaveAction,
+    WaveControl, chunking, encoding,
 };
 
 use crate::core::{Config, GossipMessage};
@@ -64,6 +64,62 @@ pub fn synthetic_chunks(first: u64, count: u32, size: u32) -> Vec<ChunkRef> {
         .collect()
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift64): incompressible test payloads that are
+/// the same on every run.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A signed release over real bytes: what a daemon test seeds into an origin.
+#[derive(Debug, Clone)]
+pub struct TestPayload {
+    /// The signed release.
+    pub release: TestRelease,
+    /// Its chunks, in order, with their bytes.
+    pub blobs: Vec<(ChunkRef, Vec<u8>)>,
+}
+
+impl TestPayload {
+    /// The release's size in bytes (the sum of its chunks).
+    pub fn bytes(&self) -> u64 {
+        self.release.announcement.release_bytes
+    }
+
+    /// The signed announcement envelope (the gossip message without its kind byte), as
+    /// [`crate::daemon::Handle::seed`] takes it.
+    pub fn announcement_envelope(&self) -> Vec<u8> {
+        self.release.announcement_gossip[1..].to_vec()
+    }
+
+    /// Puts every chunk and the manifest into `origin`'s store and seeds the release.
+    #[cfg(feature = "daemon")]
+    pub async fn seed(
+        &self,
+        origin: &crate::daemon::Handle,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        for (_, bytes) in &self.blobs {
+            origin.store().put_bytes(bytes)?;
+        }
+        origin.store().put_bytes(&self.release.manifest_bytes)?;
+        origin
+            .seed(
+                self.announcement_envelope(),
+                self.release.manifest_bytes.clone(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 /// The key of test device `n`.
 pub fn device_key(n: u64) -> SigningKey {
     let mut secret = [0u8; 32];
@@ -107,6 +163,35 @@ impl TestFleet {
             .map(|c| LayerRef::from_chunks(c.to_vec()))
             .collect();
         self.release_from_layers(sequence, layers, plan, TEST_EPOCH.plus_secs(86_400))
+    }
+
+    /// Release `sequence` over `len` pseudo-random bytes from `seed`, cut into content-defined
+    /// chunks ([`ChunkParams::DEFAULT`]) and layers of [`CHUNKS_PER_LAYER`], all at once,
+    /// expiring a day after [`TEST_EPOCH`].
+    pub fn random_release(&self, sequence: u64, len: usize, seed: u64) -> TestPayload {
+        let data = pseudo_random(len, seed);
+        let mut blobs = Vec::new();
+        let mut start = 0;
+        for n in chunking::cut_points(&data, ChunkParams::DEFAULT) {
+            let bytes = data[start..start + n].to_vec();
+            let chunk = ChunkRef {
+                digest: Digest::of(&bytes),
+                size: n as u32,
+            };
+            blobs.push((chunk, bytes));
+            start += n;
+        }
+        let layers = blobs
+            .chunks(CHUNKS_PER_LAYER)
+            .map(|c| LayerRef::from_chunks(c.iter().map(|(r, _)| *r).collect()))
+            .collect();
+        let release = self.release_from_layers(
+            sequence,
+            layers,
+            RolloutPlan::all_at_once(),
+            TEST_EPOCH.plus_secs(86_400),
+        );
+        TestPayload { release, blobs }
     }
 
     /// A release of one service, `main`, with these layers.

@@ -14,11 +14,8 @@ use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Builder, Handle, WallClock};
-use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestRelease};
-use shoal_protocol::{
-    Announcement, ChunkParams, ChunkRef, Digest, Envelope, LayerRef, ReleaseSeq, RolloutPlan,
-    UnixTime, chunking, encoding,
-};
+use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestPayload};
+use shoal_protocol::{Announcement, Digest, Envelope, ReleaseSeq, UnixTime, encoding};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -33,63 +30,6 @@ fn logs() {
 fn clock() -> WallClock {
     let start = std::time::Instant::now();
     Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut x = seed | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A signed release over `mib` MiB of random bytes, and the chunks' bytes.
-struct Payload {
-    release: TestRelease,
-    blobs: Vec<(ChunkRef, Vec<u8>)>,
-}
-
-impl Payload {
-    fn new(fleet: &TestFleet, sequence: u64, mib: usize, seed: u64) -> Payload {
-        let data = pseudo_random(mib << 20, seed);
-        let mut blobs = Vec::new();
-        let mut start = 0;
-        for len in chunking::cut_points(&data, ChunkParams::DEFAULT) {
-            let bytes = data[start..start + len].to_vec();
-            blobs.push((
-                ChunkRef {
-                    digest: Digest::of(&bytes),
-                    size: len as u32,
-                },
-                bytes,
-            ));
-            start += len;
-        }
-        let layers = blobs
-            .chunks(shoal_node::testing::CHUNKS_PER_LAYER)
-            .map(|c| LayerRef::from_chunks(c.iter().map(|(r, _)| *r).collect()))
-            .collect();
-        let release = fleet.release_from_layers(
-            sequence,
-            layers,
-            RolloutPlan::all_at_once(),
-            TEST_EPOCH.plus_secs(86_400),
-        );
-        Payload { release, blobs }
-    }
-
-    fn bytes(&self) -> u64 {
-        self.release.announcement.release_bytes
-    }
-
-    fn announcement_envelope(&self) -> Vec<u8> {
-        self.release.announcement_gossip[1..].to_vec()
-    }
 }
 
 struct Fleet {
@@ -117,14 +57,14 @@ impl Fleet {
             .wall_clock(self.clock.clone())
     }
 
-    async fn origin(&mut self, payload: &Payload) -> Handle {
+    async fn origin(&mut self, payload: &TestPayload) -> Handle {
         let origin = self
             .builder(DeviceKey::generate(), "origin")
             .origin(true)
             .start()
             .await
             .unwrap();
-        seed(&origin, payload).await;
+        payload.seed(&origin).await.unwrap();
         origin
     }
 
@@ -141,24 +81,6 @@ impl Fleet {
     }
 }
 
-/// Imports the release's blobs into the origin's store and seeds it.
-async fn seed(origin: &Handle, payload: &Payload) {
-    for (_, bytes) in &payload.blobs {
-        origin.store().put_bytes(bytes).unwrap();
-    }
-    origin
-        .store()
-        .put_bytes(&payload.release.manifest_bytes)
-        .unwrap();
-    origin
-        .seed(
-            payload.announcement_envelope(),
-            payload.release.manifest_bytes.clone(),
-        )
-        .await
-        .unwrap();
-}
-
 async fn staged(h: &Handle, seq: u64) {
     let (status, ok) = h.wait_for(WAIT, |s| s.has_staged(seq)).await;
     assert!(
@@ -169,7 +91,7 @@ async fn staged(h: &Handle, seq: u64) {
 }
 
 /// Every chunk of the release reads back from the store and verifies.
-fn assert_store_complete(store: &Store, payload: &Payload) {
+fn assert_store_complete(store: &Store, payload: &TestPayload) {
     for (chunk, bytes) in &payload.blobs {
         let got = store.read(&chunk.digest).unwrap();
         assert_eq!(got.as_deref(), Some(&bytes[..]), "chunk {}", chunk.digest);
@@ -179,7 +101,7 @@ fn assert_store_complete(store: &Store, payload: &Payload) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_daemons_stage_a_release_and_the_origin_sends_it_about_once() {
     let mut fleet = Fleet::new("fanout");
-    let payload = Payload::new(&fleet.fleet, 1, 32, 1);
+    let payload = fleet.fleet.random_release(1, 32 << 20, 1);
     let origin = fleet
         .builder(DeviceKey::generate(), "origin")
         .origin(true)
@@ -199,7 +121,7 @@ async fn eight_daemons_stage_a_release_and_the_origin_sends_it_about_once() {
         assert!(ok, "device not connected to every peer: {s:#?}");
     }
     let mut reports = origin.subscribe_reports();
-    seed(&origin, &payload).await;
+    payload.seed(&origin).await.unwrap();
     for d in &devices {
         staged(d, 1).await;
         assert_store_complete(d.store(), &payload);
@@ -256,7 +178,7 @@ impl BlobSource for Corrupting {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byzantine_daemon_is_banned_and_no_corrupt_chunk_is_stored() {
     let mut fleet = Fleet::new("byz");
-    let payload = Payload::new(&fleet.fleet, 1, 16, 21);
+    let payload = fleet.fleet.random_release(1, 16 << 20, 21);
     let origin = fleet.origin(&payload).await;
     // An honest device that serves slowly, so the byzantine one is connected while the devices
     // are still fetching.
@@ -336,7 +258,7 @@ impl BlobSource for Slow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_mid_transfer_resumes_without_refetching() {
     let mut fleet = Fleet::new("resume");
-    let payload = Payload::new(&fleet.fleet, 1, 16, 31);
+    let payload = fleet.fleet.random_release(1, 16 << 20, 31);
     // An origin serving slowly, so the transfer can be interrupted.
     let served: Arc<Mutex<Vec<Digest>>> = Arc::default();
     let log = served.clone();
@@ -347,7 +269,7 @@ async fn a_daemon_killed_mid_transfer_resumes_without_refetching() {
         .start()
         .await
         .unwrap();
-    seed(&origin, &payload).await;
+    payload.seed(&origin).await.unwrap();
 
     let key = DeviceKey::generate();
     let boot = vec![origin.listen_addrs()[0].clone()];
@@ -399,7 +321,7 @@ async fn a_daemon_killed_mid_transfer_resumes_without_refetching() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_catches_up() {
     let mut fleet = Fleet::new("late");
-    let payload = Payload::new(&fleet.fleet, 1, 16, 41);
+    let payload = fleet.fleet.random_release(1, 16 << 20, 41);
     let origin = fleet.origin(&payload).await;
     let a = fleet.device("a", &[&origin]).await;
     let b = fleet.device("b", &[&origin]).await;
@@ -414,7 +336,7 @@ async fn a_late_joiner_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_expired_and_replayed_announcements_are_refused_and_not_forwarded() {
     let mut fleet = Fleet::new("forge");
-    let old = Payload::new(&fleet.fleet, 2, 1, 51);
+    let old = fleet.fleet.random_release(2, 1 << 20, 51);
     let origin = fleet.origin(&old).await;
     // attacker -> relay -> watcher: the watcher hears gossip only through the relay.
     let relay = fleet
@@ -497,7 +419,7 @@ async fn forged_expired_and_replayed_announcements_are_refused_and_not_forwarded
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_over_the_quota_is_refused_up_front() {
     let mut fleet = Fleet::new("quota");
-    let payload = Payload::new(&fleet.fleet, 1, 8, 61);
+    let payload = fleet.fleet.random_release(1, 8 << 20, 61);
     let origin = fleet.origin(&payload).await;
     let small = fleet
         .builder(DeviceKey::generate(), "small")
@@ -518,7 +440,7 @@ async fn a_release_over_the_quota_is_refused_up_front() {
 async fn the_metrics_endpoint_shows_peers_release_and_bytes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut fleet = Fleet::new("metrics");
-    let payload = Payload::new(&fleet.fleet, 1, 4, 71);
+    let payload = fleet.fleet.random_release(1, 4 << 20, 71);
     let origin = fleet.origin(&payload).await;
     let dev = fleet
         .builder(DeviceKey::generate(), "dev")
@@ -560,8 +482,8 @@ async fn the_metrics_endpoint_shows_peers_release_and_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_activate_when_their_wave_opens_and_old_ones_are_evicted() {
     let mut fleet = Fleet::new("evict");
-    let payloads: Vec<Payload> = (1..=3)
-        .map(|seq| Payload::new(&fleet.fleet, seq, 2, 80 + 2 * seq + 1))
+    let payloads: Vec<TestPayload> = (1..=3)
+        .map(|seq| fleet.fleet.random_release(seq, 2 << 20, 80 + 2 * seq + 1))
         .collect();
     let origin = fleet
         .builder(DeviceKey::generate(), "origin")
@@ -572,7 +494,7 @@ async fn releases_activate_when_their_wave_opens_and_old_ones_are_evicted() {
     let dev = fleet.device("dev", &[&origin]).await;
     for (i, p) in payloads.iter().enumerate() {
         let seq = i as u64 + 1;
-        seed(&origin, p).await;
+        p.seed(&origin).await.unwrap();
         staged(&dev, seq).await;
         let open =
             fleet
@@ -600,7 +522,7 @@ async fn releases_activate_when_their_wave_opens_and_old_ones_are_evicted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_changed_on_disk_after_staging_is_caught_before_activation() {
     let mut fleet = Fleet::new("tamper");
-    let payload = Payload::new(&fleet.fleet, 1, 2, 97);
+    let payload = fleet.fleet.random_release(1, 2 << 20, 97);
     let origin = fleet.origin(&payload).await;
     let dev = fleet.device("dev", &[&origin]).await;
     staged(&dev, 1).await;

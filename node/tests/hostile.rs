@@ -10,9 +10,9 @@ use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::metrics::PeerClass;
 use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
-use shoal_node::daemon::{Builder, Handle, WallClock};
-use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestRelease};
-use shoal_protocol::{ChunkParams, ChunkRef, Digest, LayerRef, RolloutPlan, chunking};
+use shoal_node::daemon::{Builder, WallClock};
+use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
+use shoal_protocol::Digest;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -26,71 +26,6 @@ fn logs() {
 fn clock() -> WallClock {
     let start = std::time::Instant::now();
     Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut x = seed | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A signed release over `kib` KiB of random bytes, and the chunks' bytes.
-struct Payload {
-    release: TestRelease,
-    blobs: Vec<Vec<u8>>,
-}
-
-impl Payload {
-    fn new(fleet: &TestFleet, sequence: u64, kib: usize, seed: u64) -> Payload {
-        let data = pseudo_random(kib << 10, seed);
-        let mut blobs = Vec::new();
-        let mut refs = Vec::new();
-        let mut start = 0;
-        for len in chunking::cut_points(&data, ChunkParams::DEFAULT) {
-            let bytes = data[start..start + len].to_vec();
-            refs.push(ChunkRef {
-                digest: Digest::of(&bytes),
-                size: len as u32,
-            });
-            blobs.push(bytes);
-            start += len;
-        }
-        let release = fleet.release_from_layers(
-            sequence,
-            vec![LayerRef::from_chunks(refs)],
-            RolloutPlan::all_at_once(),
-            TEST_EPOCH.plus_secs(86_400),
-        );
-        Payload { release, blobs }
-    }
-
-    fn announcement_envelope(&self) -> Vec<u8> {
-        self.release.announcement_gossip[1..].to_vec()
-    }
-}
-
-async fn seed(origin: &Handle, payload: &Payload) {
-    for bytes in &payload.blobs {
-        origin.store().put_bytes(bytes).unwrap();
-    }
-    origin
-        .store()
-        .put_bytes(&payload.release.manifest_bytes)
-        .unwrap();
-    origin
-        .seed(
-            payload.announcement_envelope(),
-            payload.release.manifest_bytes.clone(),
-        )
-        .await
-        .unwrap();
 }
 
 fn builder(fleet: &TestFleet, dir: &std::path::Path, name: &str, clock: &WallClock) -> Builder {
@@ -131,7 +66,7 @@ fn a_flood_of_invalid_announcements_keeps_cpu_bounded_and_the_honest_one_arrives
     let fleet = TestFleet::new("flood");
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let payload = Payload::new(&fleet, 1, 2048, 5);
+    let payload = fleet.random_release(1, 2 << 20, 5);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("others")
@@ -198,7 +133,7 @@ fn a_flood_of_invalid_announcements_keeps_cpu_bounded_and_the_honest_one_arrives
             }
             // A third of the way in, the builder's origin announces the real release.
             if t == FLOOD_TICKS / 3 {
-                seed(&origin, &payload).await;
+                payload.seed(&origin).await.unwrap();
             }
         }
         let flood_ms = start.elapsed().as_millis() as u64;
@@ -266,13 +201,13 @@ async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
     let fleet = TestFleet::new("trickle");
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
-    let payload = Payload::new(&fleet, 1, 1024, 9);
+    let payload = fleet.random_release(1, 1 << 20, 9);
     let origin = builder(&fleet, dir.path(), "origin", &clock)
         .origin(true)
         .start()
         .await
         .unwrap();
-    seed(&origin, &payload).await;
+    payload.seed(&origin).await.unwrap();
     // The trickler stages honestly from the origin, then serves chunks at 1 B/s.
     let asked = Arc::new(AtomicU64::new(0));
     let manifests = Arc::new(AtomicU64::new(0));
@@ -314,7 +249,7 @@ async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
     let (s, ok) = victim.wait_for(WAIT, |s| s.has_staged(1)).await;
     assert!(ok, "the victim did not stage past the trickler: {s:#?}");
     // Every chunk arrived, verified, from another peer.
-    for bytes in &payload.blobs {
+    for (_, bytes) in &payload.blobs {
         assert_eq!(
             victim.store().read(&Digest::of(bytes)).unwrap().as_deref(),
             Some(&bytes[..])

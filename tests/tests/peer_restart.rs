@@ -14,55 +14,9 @@ use std::time::Duration;
 
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::{Builder, Handle, Status, local};
-use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestRelease};
-use shoal_protocol::{ChunkParams, ChunkRef, Digest, Envelope, LayerRef, RolloutPlan, chunking};
+use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
+use shoal_protocol::Envelope;
 use support::{WAIT, clock, logs};
-
-/// A release over `len` pseudo-random bytes, and its chunks' bytes.
-fn release(fleet: &TestFleet, sequence: u64, len: usize) -> (TestRelease, Vec<Vec<u8>>) {
-    let mut data = Vec::with_capacity(len + 8);
-    let mut x = sequence.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while data.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
-    let mut blobs = Vec::new();
-    let mut refs = Vec::new();
-    let mut start = 0;
-    for n in chunking::cut_points(&data, ChunkParams::DEFAULT) {
-        let bytes = data[start..start + n].to_vec();
-        refs.push(ChunkRef {
-            digest: Digest::of(&bytes),
-            size: n as u32,
-        });
-        blobs.push(bytes);
-        start += n;
-    }
-    let release = fleet.release_from_layers(
-        sequence,
-        vec![LayerRef::from_chunks(refs)],
-        RolloutPlan::all_at_once(),
-        TEST_EPOCH.plus_secs(86_400),
-    );
-    (release, blobs)
-}
-
-async fn seed(origin: &Handle, release: &TestRelease, blobs: &[Vec<u8>]) {
-    for b in blobs {
-        origin.store().put_bytes(b).unwrap();
-    }
-    origin.store().put_bytes(&release.manifest_bytes).unwrap();
-    origin
-        .seed(
-            release.announcement_gossip[1..].to_vec(),
-            release.manifest_bytes.clone(),
-        )
-        .await
-        .unwrap();
-}
 
 /// The node process, killed when dropped.
 struct NodeProcess {
@@ -184,8 +138,8 @@ async fn a_node_killed_and_restarted_is_reconnected_at_once_and_gets_the_next_re
         .start()
         .await
         .unwrap();
-    let (r1, blobs1) = release(&fleet, 1, 2 << 20);
-    seed(&origin, &r1, &blobs1).await;
+    let r1 = fleet.random_release(1, 2 << 20, 1);
+    r1.seed(&origin).await.unwrap();
 
     let mut node = NodeProcess {
         config: write_config(&node_dir, &fleet, free_udp_port(), &origin),
@@ -223,8 +177,8 @@ async fn a_node_killed_and_restarted_is_reconnected_at_once_and_gets_the_next_re
         origin.status()
     );
 
-    let (r2, blobs2) = release(&fleet, 2, 2 << 20);
-    seed(&origin, &r2, &blobs2).await;
+    let r2 = fleet.random_release(2, 2 << 20, 2);
+    r2.seed(&origin).await.unwrap();
     let (s, ok) = node.wait(|s| s.has_staged(2)).await;
     assert!(
         ok,

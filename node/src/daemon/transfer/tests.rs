@@ -6,18 +6,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::daemon::identity::DeviceKey;
 use crate::daemon::quic::{QuicError, connect, endpoint};
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::testing::pseudo_random;
 
 /// Serves the store's blobs with every frame replaced by a frame of other bytes.
 struct Corrupting(Arc<Store>);
