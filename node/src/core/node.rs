@@ -110,7 +110,7 @@ impl Config {
     /// Defaults: 16 GiB quota, 64 peers, 2 fetches per peer (plus one per 10 ms of RTT) and 64
     /// overall, 5 s minimum deadline (1 s for the manifest, waited for 250 ms by all but the
     /// site's manifest importer), 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
-    /// (50 to 150 ms after Busy), stragglers asked elsewhere after 8× the average fetch (250 ms at least),
+    /// (15 to 45 ms after Busy), stragglers asked elsewhere after 8× the average fetch (250 ms at least),
     /// 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
     /// after 500 ms, 16 uploads, the origin serves each chunk once (and as often as asked while
     /// it has spare upload slots).
@@ -130,7 +130,7 @@ impl Config {
             min_rate_bytes_per_s: 64 * 1024,
             backoff_base_ms: 500,
             backoff_max_ms: 30_000,
-            busy_backoff_ms: 100,
+            busy_backoff_ms: 30,
             straggler_factor: 8,
             straggler_min_ms: 250,
             max_peer_failures: 3,

@@ -13,7 +13,7 @@
 //! copies, up to [`super::Config::origin_max_copies`] per chunk (no limit by default): spare
 //! capacity goes to the sites that still lack a chunk (requesters only ask the origin for what
 //! no peer they know holds), and a busy origin falls back to one copy. A declined request gets
-//! [`Admission::Busy`]; the requester backs off briefly (a jittered 100 ms) and asks a peer, or
+//! [`Admission::Busy`]; the requester backs off briefly (a jittered 30 ms) and asks a peer, or
 //! the origin for another chunk. (A cap of 8 copies left the origin of constrained-wan, whose
 //! 20 sites relay over 20 Mbit/s uplinks, idle 86% of the time while it answered `Busy` to
 //! nearly every request: at 200 devices / 64 MiB, 31.3 s with the cap, 14.1 s without.)
