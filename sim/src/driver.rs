@@ -27,8 +27,7 @@ mod effects;
 mod events;
 mod setup;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use shoal_node::core::{Bitfield, FetchError, Node, ReleaseCache, Snapshot};
@@ -36,6 +35,7 @@ use shoal_node::testing::{TestFleet, TestRelease};
 use shoal_protocol::{DeviceId, ReleaseSeq};
 
 use crate::faults::{self, Byzantine};
+use crate::heap::MinHeap;
 use crate::net::{Nanos, Net, SECOND};
 use crate::rng::Rng;
 use crate::scenario::Scenario;
@@ -72,6 +72,9 @@ pub enum RunError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Conn {
     pub(crate) peer: u32,
+    /// The peer is on another site (kept here: HAVE batches go out per site class, and
+    /// looking the peer's site up touched its whole device record).
+    pub(crate) remote: bool,
     pub(crate) up: bool,
     /// Not reconnected before this time (dropped or banned).
     pub(crate) blocked_until: Nanos,
@@ -183,27 +186,9 @@ pub(crate) enum Ev {
     Announce,
 }
 
-pub(crate) struct Entry {
-    pub(crate) t: Nanos,
-    pub(crate) seq: u64,
-    pub(crate) ev: Ev,
-}
-impl PartialEq for Entry {
-    fn eq(&self, o: &Self) -> bool {
-        (self.t, self.seq) == (o.t, o.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.t, self.seq).cmp(&(o.t, o.seq))
-    }
-}
+/// A queued event's key: (time, insertion number, slot of the event in [`Sim::slots`]). The
+/// insertion numbers are unique, so events pop in (time, insertion) order.
+pub(crate) type Key = (Nanos, u64, u32);
 
 /// One chunk or manifest transfer in the network.
 #[derive(Debug, Clone, Copy)]
@@ -243,7 +228,10 @@ pub struct Sim {
     pub(crate) seed: u64,
     pub(crate) replay: String,
     pub(crate) now: Nanos,
-    pub(crate) queue: BinaryHeap<Reverse<Entry>>,
+    pub(crate) queue: MinHeap<Key>,
+    /// The queued events, by slot (the heap moves only the keys).
+    pub(crate) slots: Vec<Option<Ev>>,
+    pub(crate) free_slots: Vec<u32>,
     pub(crate) next_seq: u64,
     pub(crate) net: Net,
     pub(crate) devs: Vec<Dev>,
@@ -259,7 +247,9 @@ pub struct Sim {
     pub(crate) recs: Vec<Rec>,
     pub(crate) free_recs: Vec<u32>,
     pub(crate) fetches: HashMap<(u32, u32, u32), u32>,
-    pub(crate) have_batches: HashMap<(u32, bool), Vec<u32>>,
+    /// HAVEs advertised and not yet sent, per device and latency class: index `2 * device +
+    /// remote` (see [`Sim::batch_slot`]).
+    pub(crate) have_batches: Vec<Vec<u32>>,
     /// The builder's origin: a core node in origin mode (seeded with the release).
     pub(crate) origin: Node,
     pub(crate) partitioned: Vec<bool>,
@@ -341,7 +331,22 @@ impl Sim {
     pub(crate) fn push(&mut self, t: Nanos, ev: Ev) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.push(Reverse(Entry { t, seq, ev }));
+        let slot = match self.free_slots.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(ev);
+                s
+            }
+            None => {
+                self.slots.push(Some(ev));
+                self.slots.len() as u32 - 1
+            }
+        };
+        self.queue.push((t, seq, slot));
+    }
+
+    /// The slot of `d`'s HAVE batch to its peers on its site (`remote` false) or elsewhere.
+    pub(crate) fn batch_slot(d: u32, remote: bool) -> usize {
+        2 * d as usize + usize::from(remote)
     }
 
     pub(crate) fn fail(&mut self, device: u32, what: String) {
@@ -376,7 +381,7 @@ impl Sim {
             if let Some(v) = self.violation.take() {
                 return Err(v.into());
             }
-            let tq = self.queue.peek().map(|e| e.0.t);
+            let tq = self.queue.peek().map(|k| k.0);
             let tn = self.net.next_time();
             let t = match (tq, tn) {
                 (None, None) => {
@@ -411,8 +416,12 @@ impl Sim {
                     self.record(1, 0, 0, done.tag);
                     self.transfer_done(done.tag);
                 }
-            } else if let Some(Reverse(e)) = self.queue.pop() {
-                self.dispatch(e.ev);
+            } else if let Some((_, _, slot)) = self.queue.pop() {
+                let ev = self.slots[slot as usize].take();
+                self.free_slots.push(slot);
+                if let Some(ev) = ev {
+                    self.dispatch(ev);
+                }
             }
             check_every += 1;
         }

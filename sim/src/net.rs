@@ -23,8 +23,11 @@
 //! Chunk streams are reliable (QUIC retransmits); loss applies to control messages, which the
 //! driver models, not to flows. A per-flow rate cap models a peer that trickles bytes.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::heap::MinHeap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 /// Virtual time in nanoseconds.
 pub type Nanos = u64;
@@ -146,7 +149,8 @@ pub struct Net {
     flows: Vec<Flow>,
     free: Vec<u32>,
     pairs: HashMap<(Endpoint, Endpoint), u32>,
-    events: BinaryHeap<Reverse<(Nanos, u32, u32)>>,
+    /// Completion events: (time, flow, version).
+    events: MinHeap<(Nanos, u32, u32)>,
     counters: Counters,
     scratch: Scratch,
     epoch: u32,
@@ -166,7 +170,7 @@ struct Scratch {
     adj: Vec<u32>,
     rate: Vec<f64>,
     frozen: Vec<bool>,
-    heap: BinaryHeap<Reverse<(OrdF64, u32)>>,
+    heap: MinHeap<(OrdF64, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,8 +214,8 @@ impl Net {
             nsites,
             flows: Vec::new(),
             free: Vec::new(),
-            pairs: HashMap::new(),
-            events: BinaryHeap::new(),
+            pairs: HashMap::default(),
+            events: MinHeap::new(),
             counters: Counters {
                 site_ingress: vec![0.0; nsites as usize],
                 ..Counters::default()
@@ -408,7 +412,7 @@ impl Net {
         if force || t < f.due.saturating_sub(slack) {
             f.version = f.version.wrapping_add(1);
             f.due = t;
-            self.events.push(Reverse((t, fi, f.version)));
+            self.events.push((t, fi, f.version));
         }
     }
 
@@ -588,17 +592,17 @@ impl Net {
         for &l in &sc.touched {
             let li = l as usize;
             sc.heap
-                .push(Reverse((OrdF64(sc.rem[li] / f64::from(sc.cnt[li])), l)));
+                .push((OrdF64(sc.rem[li] / f64::from(sc.cnt[li])), l));
         }
         for (i, &fi) in flows.iter().enumerate() {
             let cap = self.flows[fi as usize].cap;
             if cap.is_finite() {
-                sc.heap.push(Reverse((OrdF64(cap), CAP_BIT | i as u32)));
+                sc.heap.push((OrdF64(cap), CAP_BIT | i as u32));
             }
         }
         let mut remaining = flows.len();
         while remaining > 0 {
-            let Some(Reverse((OrdF64(share), e))) = sc.heap.pop() else {
+            let Some((OrdF64(share), e)) = sc.heap.pop() else {
                 break;
             };
             let freeze = |i: usize, r: f64, sc: &mut Scratch| {
@@ -624,7 +628,7 @@ impl Net {
             }
             let actual = sc.rem[li] / f64::from(sc.cnt[li]);
             if actual > share * (1.0 + 1e-12) + 1e-9 {
-                sc.heap.push(Reverse((OrdF64(actual), e)));
+                sc.heap.push((OrdF64(actual), e));
                 continue;
             }
             let p = sc.pos[li] as usize;
@@ -650,7 +654,7 @@ impl Net {
 
     /// Time of the next completion, dropping stale events.
     pub fn next_time(&mut self) -> Option<Nanos> {
-        while let Some(&Reverse((t, fi, v))) = self.events.peek() {
+        while let Some(&(t, fi, v)) = self.events.peek() {
             let f = &self.flows[fi as usize];
             if f.live && f.version == v {
                 return Some(t);
@@ -666,7 +670,7 @@ impl Net {
         if t > now {
             return None;
         }
-        let Reverse((_, fi, _)) = self.events.pop()?;
+        let (_, fi, _) = self.events.pop()?;
         self.settle(fi, now);
         if self.flows[fi as usize]
             .queue

@@ -561,14 +561,13 @@ impl Sim {
     }
 
     fn advertise(&mut self, d: u32, index: u32) {
-        let site = self.devs[d as usize].site;
         let (mut local, mut remote) = (false, self.devs[d as usize].origin_up);
         for c in &self.devs[d as usize].conns {
             if c.up {
-                if self.devs[c.peer as usize].site == site {
-                    local = true;
-                } else {
+                if c.remote {
                     remote = true;
+                } else {
+                    local = true;
                 }
             }
         }
@@ -576,7 +575,7 @@ impl Sim {
             if !any {
                 continue;
             }
-            let batch = self.have_batches.entry((d, class)).or_default();
+            let batch = &mut self.have_batches[Self::batch_slot(d, class)];
             batch.push(index);
             if batch.len() == 1 {
                 let lat = if class {

@@ -46,15 +46,12 @@ impl Sim {
                 );
             }
             Ev::Haves { from, remote } => {
-                let batch = self
-                    .have_batches
-                    .remove(&(from, remote))
-                    .unwrap_or_default();
+                let slot = Self::batch_slot(from, remote);
+                let mut batch = std::mem::take(&mut self.have_batches[slot]);
                 self.record(4, from, u32::from(remote), batch.len() as u64);
-                let site = self.devs[from as usize].site;
                 for k in 0..self.devs[from as usize].conns.len() {
                     let c = self.devs[from as usize].conns[k];
-                    if c.up && (self.devs[c.peer as usize].site != site) == remote {
+                    if c.up && c.remote == remote {
                         self.deliver_haves(c.peer, from, &batch, true);
                     }
                 }
@@ -74,6 +71,11 @@ impl Sim {
                         );
                     }
                     self.drain_origin();
+                }
+                // Keep the buffer for the next batch, unless one started meanwhile.
+                if self.have_batches[slot].is_empty() {
+                    batch.clear();
+                    self.have_batches[slot] = batch;
                 }
             }
             Ev::HavesTo { to, from, batch } => {

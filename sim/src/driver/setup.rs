@@ -1,6 +1,6 @@
 //! Building a [`Sim`]: keys, release, nodes, topology, mesh, fault plan.
 
-use std::collections::{BinaryHeap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
 
 use shoal_node::core::{Bitfield, Config, Input, Node, ReleaseCache};
 use shoal_node::testing::{TEST_EPOCH, TestFleet, device_key};
@@ -92,7 +92,7 @@ impl Sim {
         };
 
         let mut devs = Vec::with_capacity(n as usize);
-        let mut ids = HashMap::with_capacity(n as usize + 1);
+        let mut ids = HashMap::with_capacity_and_hasher(n as usize + 1, Default::default());
         let mut seeds = Rng::derive(seed, 0x5EED);
         for i in 0..n {
             let site = i % nsites;
@@ -181,10 +181,12 @@ impl Sim {
             }
         }
         for (i, e) in edges.into_iter().enumerate() {
+            let site = devs[i].site;
             devs[i].conns = e
                 .into_iter()
                 .map(|peer| super::Conn {
                     peer,
+                    remote: devs[peer as usize].site != site,
                     up: false,
                     blocked_until: 0,
                 })
@@ -214,7 +216,9 @@ impl Sim {
             seed,
             replay,
             now: 0,
-            queue: BinaryHeap::new(),
+            queue: crate::heap::MinHeap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
             next_seq: 0,
             net: Net::new(&topo),
             devs,
@@ -224,13 +228,13 @@ impl Sim {
             release,
             full: replay_full,
             gossip: Vec::new(),
-            gossip_index: HashMap::new(),
+            gossip_index: HashMap::default(),
             mesh,
             origin_mesh,
             recs: Vec::new(),
             free_recs: Vec::new(),
-            fetches: HashMap::new(),
-            have_batches: HashMap::new(),
+            fetches: HashMap::default(),
+            have_batches: vec![Vec::new(); 2 * n as usize],
             origin,
             partitioned: vec![false; nsites as usize],
             control: control::Control::new(plan),
