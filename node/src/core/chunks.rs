@@ -80,12 +80,27 @@ impl Node {
         // Each peer's cap, or `None` while it is in backoff: neither changes during the pass,
         // and looking them up once per peer instead of twice per round spares most of the
         // pass's cache misses.
+        if self.order_meta.len() != self.order.len() {
+            self.order_meta.clear();
+            self.order_meta.extend(self.order.iter().map(|id| {
+                let p = &self.peers[id];
+                (p.backoff_until, per_peer_cap(per_peer, p))
+            }));
+        }
+        debug_assert!(
+            self.order.iter().zip(&self.order_meta).all(|(id, m)| {
+                let p = &self.peers[id];
+                *m == (p.backoff_until, per_peer_cap(per_peer, p))
+            }),
+            "order_meta out of date"
+        );
         let mut caps = std::mem::take(&mut self.order_caps);
         caps.clear();
-        caps.extend(self.order.iter().map(|id| {
-            let p = &self.peers[id];
-            (p.backoff_until <= now).then(|| per_peer_cap(per_peer, p))
-        }));
+        caps.extend(
+            self.order_meta
+                .iter()
+                .map(|&(backoff_until, cap)| (backoff_until <= now).then_some(cap)),
+        );
         let go_on = self.fill_slots(&caps, total, sample);
         self.order_caps = caps;
         if go_on {

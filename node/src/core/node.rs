@@ -251,6 +251,11 @@ pub struct Node {
     pub(super) order: Vec<PeerId>,
     /// Scratch of [`Node::schedule`]: each peer's fetch cap in `order`, `None` in backoff.
     pub(super) order_caps: Vec<Option<u32>>,
+    /// Per peer of `order`, in the same order: its `backoff_until` and its fetch cap
+    /// ([`per_peer_cap`]), so [`Node::schedule`] does not look every peer up on each pass.
+    /// Emptied when `order` or a peer's RTT changes (rebuilt by the next pass); a backoff is
+    /// updated in place ([`Node::set_backoff`]).
+    pub(super) order_meta: Vec<(Instant, u32)>,
     pub(super) banned: BTreeMap<PeerId, Instant>,
     /// A verified wave control for a release above the current one, kept until it is announced.
     pub(super) pending_control: Option<(WaveControl, Vec<u8>)>,
@@ -303,6 +308,7 @@ impl Node {
             peers: super::peermap::PeerMap::default(),
             order: Vec::new(),
             order_caps: Vec::new(),
+            order_meta: Vec::new(),
             banned: BTreeMap::new(),
             pending_control: None,
             persist_due: None,
@@ -450,6 +456,26 @@ impl Node {
                         .as_ref()
                         .is_some_and(|s| s.have.get(index) && s.knows(peer))
             })
+    }
+
+    /// [`Node::handle`] of [`Input::PeerHaveChunk`] `{ peer, sequence, index }`; returns
+    /// whether the HAVE was news, that is not one [`Node::ignores_have`] drops (asked before it
+    /// is handled). The same as asking `ignores_have` and then handling the input, with one
+    /// lookup of the peer fewer: a driver delivering HAVEs in bulk skips its output and timer
+    /// handling when none was news.
+    pub fn handle_have_chunk(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        sequence: ReleaseSeq,
+        index: u32,
+    ) -> bool {
+        self.now = self.now.max(now);
+        if self.ignores_have(&peer, sequence, index) {
+            return false;
+        }
+        self.on_peer_have_chunk_news(peer, sequence, index);
+        true
     }
 
     /// The stored-chunk bitfield of the current release.

@@ -35,6 +35,7 @@ impl Node {
     /// a full sort would give it (a full sort per connection cost the origin, a peer of every
     /// device, O(n² log n) over a fleet).
     pub(super) fn reorder(&mut self, peer: PeerId, known: bool) {
+        self.order_meta.clear();
         if known {
             self.order.retain(|p| *p != peer);
         }
@@ -234,6 +235,7 @@ impl Node {
             return;
         }
         self.next_backoff.set(None);
+        self.order_meta.clear();
         self.order.retain(|p| p != peer);
         if let Some(cur) = &mut self.cur {
             if let Some(s) = &mut cur.sched {
@@ -303,6 +305,11 @@ impl Node {
             return;
         };
         let old = std::mem::replace(&mut p.backoff_until, until);
+        if !self.order_meta.is_empty()
+            && let Some(k) = self.order.iter().position(|id| id == peer)
+        {
+            self.order_meta[k].0 = until;
+        }
         self.backoff_horizon = self.backoff_horizon.max(until);
         let next = match self.next_backoff.get() {
             // This peer may have held the earliest: not known any more.
@@ -342,6 +349,16 @@ impl Node {
         if self.ignores_have(&peer, sequence, index) {
             return;
         }
+        self.on_peer_have_chunk_news(peer, sequence, index);
+    }
+
+    /// [`Node::on_peer_have_chunk`] of a HAVE that [`Node::ignores_have`] does not drop.
+    pub(super) fn on_peer_have_chunk_news(
+        &mut self,
+        peer: PeerId,
+        sequence: ReleaseSeq,
+        index: u32,
+    ) {
         let Some(cur) = &mut self.cur else { return };
         if cur.ann.sequence != sequence {
             return;

@@ -619,15 +619,7 @@ impl Sim {
         // state a check or a timer depends on, so a batch of only those needs no drain.
         let mut news = false;
         for &index in batch {
-            news |= !node.ignores_have(&peer, sequence, index);
-            node.handle(
-                now,
-                Input::PeerHaveChunk {
-                    peer,
-                    sequence,
-                    index,
-                },
-            );
+            news |= node.handle_have_chunk(now, peer, sequence, index);
         }
         if news {
             self.drain(to);
