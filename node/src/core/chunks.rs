@@ -29,6 +29,23 @@ impl Node {
             ),
             None => deadline,
         };
+        // Not before the peer's own time per chunk (twice, by default) for each fetch queued
+        // at it, this one included: a WAN peer that takes 2 s a chunk is not straggling at
+        // 8x a mostly-LAN average of 10 ms.
+        let straggle_at = match self.peers.get(&peer).and_then(|p| p.chunk_ms) {
+            Some(per_chunk) => {
+                let queued = self
+                    .cur
+                    .as_ref()
+                    .and_then(|c| c.sched.as_ref())
+                    .map_or(0, |s| s.in_flight_of(&peer));
+                let own = per_chunk
+                    .saturating_mul(u64::from(self.config.straggler_peer_factor))
+                    .saturating_mul(u64::from(queued) + 1);
+                straggle_at.max(self.now.plus_ms(own))
+            }
+            None => straggle_at,
+        };
         if let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) {
             s.start(peer, index, deadline, straggle_at.min(deadline));
         }
@@ -45,10 +62,12 @@ impl Node {
     pub(super) fn refresh_idle(&mut self) {
         let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
         if let Some(cur) = &mut self.cur
+            && let site_import = cur.last_import.max(cur.last_site_import)
             && let Some(s) = &mut cur.sched
         {
             let idle = super::fetch::Idle::after(
                 now.ms_since(cur.last_import),
+                now.ms_since(site_import),
                 now.ms_since(cur.last_progress),
                 idle_ms,
                 s.starved(),
@@ -64,10 +83,11 @@ impl Node {
     pub(super) fn schedule(&mut self) {
         self.refresh_idle();
         let now = self.now;
-        let (per_peer, total, sample) = (
+        let (per_peer, total, sample, horizon) = (
             self.config.max_in_flight_per_peer,
             self.config.max_in_flight_total,
             self.config.rarest_sample,
+            self.config.remote_horizon_ms,
         );
         if !self.cur.as_ref().is_some_and(|c| {
             c.phase == Phase::Fetching
@@ -84,13 +104,13 @@ impl Node {
             self.order_meta.clear();
             self.order_meta.extend(self.order.iter().map(|id| {
                 let p = &self.peers[id];
-                (p.backoff_until, per_peer_cap(per_peer, p))
+                (p.backoff_until, per_peer_cap(per_peer, p, horizon))
             }));
         }
         debug_assert!(
             self.order.iter().zip(&self.order_meta).all(|(id, m)| {
                 let p = &self.peers[id];
-                *m == (p.backoff_until, per_peer_cap(per_peer, p))
+                *m == (p.backoff_until, per_peer_cap(per_peer, p, horizon))
             }),
             "order_meta out of date"
         );
@@ -101,7 +121,8 @@ impl Node {
                 .iter()
                 .map(|&(backoff_until, cap)| (backoff_until <= now).then_some(cap)),
         );
-        let go_on = self.fill_slots(&caps, total, sample);
+        let go_on =
+            self.fill_slots(&caps, total, sample) && self.overflow_to_origin(&caps, total, sample);
         self.order_caps = caps;
         if go_on {
             self.endgame();
@@ -141,6 +162,37 @@ impl Node {
         }
     }
 
+    /// After the rounds, the origin also takes what is left of this node's share that only
+    /// peers on other sites hold: none of them had a free slot for it (a remote peer's queue is
+    /// kept short, see [`super::Config::remote_horizon_ms`]). Without this, a chunk one remote
+    /// peer holds waits for that peer however slow its site's uplink, while the origin idles
+    /// (constrained-wan: the origin at 66% utilisation, remote fetches taking 3 s). The origin
+    /// still decides (a busy origin serves each chunk once).
+    fn overflow_to_origin(&mut self, caps: &[Option<u32>], total: u32, sample: u32) -> bool {
+        for (k, cap) in caps.iter().enumerate() {
+            let peer = self.order[k];
+            if self.peers[&peer].class != super::fetch::Class::Origin {
+                continue;
+            }
+            loop {
+                let Some(s) = self.cur.as_mut().and_then(|c| c.sched.as_mut()) else {
+                    return false;
+                };
+                if s.in_flight.len() as u32 >= total {
+                    return false;
+                }
+                if cap.is_none_or(|c| s.in_flight_of(&peer) >= c) {
+                    break;
+                }
+                match s.pick_overflow(&peer, &mut self.rng, sample) {
+                    Some(i) => self.start_fetch(peer, i),
+                    None => break,
+                }
+            }
+        }
+        true
+    }
+
     /// When every missing chunk is in flight, free slots fetch the oldest ones again from other
     /// peers (at most two copies); the first copy to arrive cancels the rest.
     pub(super) fn endgame(&mut self) {
@@ -153,9 +205,10 @@ impl Node {
             return;
         }
         let now = self.now;
-        let (per_peer, total) = (
+        let (per_peer, total, horizon) = (
             self.config.max_in_flight_per_peer,
             self.config.max_in_flight_total,
+            self.config.remote_horizon_ms,
         );
         for k in 0..self.order.len() {
             let Some(cur) = &self.cur else { return };
@@ -168,7 +221,7 @@ impl Node {
             }
             let peer = self.order[k];
             if self.peers[&peer].backoff_until > now
-                || s.in_flight_of(&peer) >= per_peer_cap(per_peer, &self.peers[&peer])
+                || s.in_flight_of(&peer) >= per_peer_cap(per_peer, &self.peers[&peer], horizon)
             {
                 continue;
             }
@@ -221,6 +274,18 @@ impl Node {
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.failures = 0;
+                    if was_in_flight && stats.bytes > 0 {
+                        // Its time for this chunk: from the request, or from its previous
+                        // delivery if this one queued behind it.
+                        let asked = self.now.0.saturating_sub(stats.elapsed_ms);
+                        let took = self.now.0.saturating_sub(asked.max(p.last_delivery.0));
+                        p.chunk_ms = Some(p.chunk_ms.map_or(took, |a| (a * 3 + took) / 4));
+                        p.last_delivery = self.now;
+                        if p.class == super::fetch::Class::Remote {
+                            // Its cap depends on it (see `per_peer_cap`).
+                            self.order_meta.clear();
+                        }
+                    }
                 }
                 let vouched = stats.bytes > 0 && s.vouch(&peer);
                 if was_in_flight && stats.bytes > 0 {

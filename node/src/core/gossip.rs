@@ -111,6 +111,7 @@ impl Node {
             manifest_fetch: ManifestFetch::default(),
             last_progress: Instant::ZERO,
             last_import: Instant::ZERO,
+            last_site_import: Instant::ZERO,
             served: None,
         };
         if let Some((wc, b)) = self.pending_control.take()

@@ -237,6 +237,7 @@ impl Node {
         cur.phase = Phase::Fetching;
         cur.last_progress = self.now;
         cur.last_import = self.now;
+        cur.last_site_import = self.now;
         self.update_share();
         self.outputs
             .push_back(Output::Event(Event::ManifestAccepted {

@@ -20,10 +20,25 @@ use super::rng::Rng;
 use super::snapshot::{Phase, ReleaseSnapshot, Snapshot};
 use super::types::{Input, Instant, Output, PeerId, PeerInfo};
 
-/// The in-flight cap for `p`: `base`, plus one per 10 ms of RTT, at most `4 * base`.
-pub(super) fn per_peer_cap(base: u32, p: &Peer) -> u32 {
-    base.saturating_add(p.info.rtt_ms / 10)
-        .min(base.saturating_mul(4))
+/// The in-flight cap for `p`: `base`, plus one per 10 ms of RTT, at most `4 * base`. A peer on
+/// another site gets at most `remote_horizon_ms` divided by its time per chunk (at least one),
+/// and one until it has delivered: its site's WAN uplink is shared by every request from
+/// every other site, and a deep queue there only makes each chunk wait (see
+/// [`Config::remote_horizon_ms`]).
+pub(super) fn per_peer_cap(base: u32, p: &Peer, remote_horizon_ms: u64) -> u32 {
+    let cap = base
+        .saturating_add(p.info.rtt_ms / 10)
+        .min(base.saturating_mul(4));
+    if p.class != Class::Remote || remote_horizon_ms == 0 {
+        return cap;
+    }
+    match p.chunk_ms {
+        Some(per_chunk) => {
+            let fits = remote_horizon_ms / per_chunk.max(1);
+            cap.min(u32::try_from(fits).unwrap_or(u32::MAX).max(1))
+        }
+        None => 1,
+    }
 }
 
 /// Most fetches of one chunk in flight at once in the endgame.
@@ -78,6 +93,14 @@ pub struct Config {
     pub straggler_factor: u32,
     /// Shortest straggler time, in milliseconds.
     pub straggler_min_ms: u64,
+    /// Nor is a fetch a straggler before this many times the time the peer took per chunk
+    /// lately, times its place in that peer's queue: a peer behind a thin WAN link is slow
+    /// and fine, and asking another for the chunk wastes the bytes already sent.
+    pub straggler_peer_factor: u32,
+    /// A peer on another site gets at most this many milliseconds of chunks in flight at the
+    /// time per chunk it took lately (at least one chunk), one until it has delivered.
+    /// 0: no such cap.
+    pub remote_horizon_ms: u64,
     /// Consecutive failures (timeouts, I/O errors, false advertisements) before a peer is dropped.
     pub max_peer_failures: u32,
     /// How long a peer that sent bad bytes stays banned.
@@ -110,7 +133,9 @@ impl Config {
     /// Defaults: 16 GiB quota, 64 peers, 2 fetches per peer (plus one per 10 ms of RTT) and 64
     /// overall, 5 s minimum deadline (1 s for the manifest, waited for 250 ms by all but the
     /// site's manifest importer), 64 KiB/s minimum rate, backoff 500 ms doubling to 30 s
-    /// (15 to 45 ms after Busy), stragglers asked elsewhere after 8× the average fetch (250 ms at least),
+    /// (15 to 45 ms after Busy), stragglers asked elsewhere after 8× the average fetch (250 ms at
+    /// least, and twice the peer's own time per chunk times its place in the queue), remote
+    /// peers' queues 500 ms deep at their own rate,
     /// 3 failures, 1 h bans, persist every 5 s, rarest of 32, idle fallback
     /// after 500 ms, 16 uploads, the origin serves each chunk once (and as often as asked while
     /// it has spare upload slots).
@@ -133,6 +158,8 @@ impl Config {
             busy_backoff_ms: 30,
             straggler_factor: 8,
             straggler_min_ms: 250,
+            straggler_peer_factor: 2,
+            remote_horizon_ms: 500,
             max_peer_failures: 3,
             ban_ms: 3_600_000,
             persist_interval_ms: 5_000,
@@ -176,6 +203,12 @@ pub(super) struct Peer {
     /// as raw words (at most [`MAX_EARLY_HAVE_BITS`] bits).
     pub(super) early_have: Option<Bitfield>,
     pub(super) early_chunks: Vec<u64>,
+    /// Moving average (1/4) of the time this peer took per chunk, from the later of the
+    /// request and its previous delivery to the delivery (its service time when requests
+    /// queue behind each other), in milliseconds; `None` until it delivered.
+    pub(super) chunk_ms: Option<u64>,
+    /// When it last delivered a chunk.
+    pub(super) last_delivery: Instant,
 }
 
 /// Highest chunk index remembered from a HAVE that arrives before the manifest.
@@ -227,6 +260,11 @@ pub(super) struct Current {
     /// [`super::fetch::Idle::Vouched`] counts from here, so the site's progress on chunks it
     /// already holds does not keep postponing the import of those nobody imports.
     pub(super) last_import: Instant,
+    /// When a same-site peer last advertised a chunk this node lacks that no same-site peer
+    /// held before (its site imported it), or this node imported one:
+    /// [`super::fetch::Idle::All`] for a starved node counts from here (see
+    /// [`super::fetch::Idle::after`]).
+    pub(super) last_site_import: Instant,
     /// The origin's serve counts (super-seeding), once it serves.
     pub(super) served: Option<super::upload::Served>,
 }
@@ -383,6 +421,7 @@ impl Node {
             manifest_fetch: ManifestFetch::default(),
             last_progress: Instant::ZERO,
             last_import: Instant::ZERO,
+            last_site_import: Instant::ZERO,
             served: None,
         });
         self.accept_release_with(release, Some(full));
@@ -540,6 +579,7 @@ impl Node {
                 && let Some(t) = s.share().idle.next_step_at(
                     self.now,
                     cur.last_import,
+                    cur.last_import.max(cur.last_site_import),
                     cur.last_progress,
                     self.config.idle_fallback_ms,
                 )

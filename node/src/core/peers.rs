@@ -117,6 +117,7 @@ impl Node {
         let starved = cur.sched.as_ref().is_some_and(|s| s.starved());
         let idle = super::fetch::Idle::after(
             now.ms_since(cur.last_import),
+            now.ms_since(cur.last_import.max(cur.last_site_import)),
             now.ms_since(cur.last_progress),
             idle_ms,
             starved,
@@ -182,6 +183,7 @@ impl Node {
             // over. Otherwise every node of a site that was cut off would import everything
             // the site lacks at once, each chunk once per node over the one WAN link.
             cur.last_import = self.now;
+            cur.last_site_import = self.now;
             cur.last_progress = self.now;
         }
         self.peers.insert(
@@ -194,6 +196,8 @@ impl Node {
                 has_manifest: false,
                 early_have: None,
                 early_chunks: Vec::new(),
+                chunk_ms: None,
+                last_delivery: Instant::ZERO,
             },
         );
         self.reorder(peer, false);
@@ -382,15 +386,30 @@ impl Node {
             self.fetch_manifest();
             return;
         };
-        if index >= s.len() || !s.peer_has(peer, class, index) {
+        if index >= s.len() {
             return;
+        }
+        // A same-site peer holds a chunk this node lacks that no same-site peer held: the site
+        // is importing (see `Current::last_site_import`).
+        let site_import =
+            class == Class::Local && !s.have.get(index) && s.local_holders(index) == 0;
+        if !s.peer_has(peer, class, index) {
+            return;
+        }
+        if site_import {
+            cur.last_site_import = self.now;
         }
         // Starved and this peer may serve it: ask at once, without a full scheduling pass.
         if cur.phase == Phase::Fetching
             && s.is_needed(index)
             && s.class_may_serve(class, index)
             && (s.in_flight.len() as u32) < self.config.max_in_flight_total
-            && s.in_flight_of(&peer) < per_peer_cap(self.config.max_in_flight_per_peer, p)
+            && s.in_flight_of(&peer)
+                < per_peer_cap(
+                    self.config.max_in_flight_per_peer,
+                    p,
+                    self.config.remote_horizon_ms,
+                )
             && p.backoff_until <= self.now
         {
             self.start_fetch(peer, index);

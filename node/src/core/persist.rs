@@ -55,6 +55,7 @@ impl Node {
             manifest_fetch: ManifestFetch::default(),
             last_progress: Instant::ZERO,
             last_import: Instant::ZERO,
+            last_site_import: Instant::ZERO,
             served: None,
         };
         for c in &snap.controls {
