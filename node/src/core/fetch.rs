@@ -101,10 +101,6 @@ pub(crate) enum Idle {
     All,
 }
 
-/// How long a starved node waits for its site's imports at most, in fallback times after its
-/// own last import (see [`Idle::after`]).
-const SITE_WAIT_STEPS: u64 = 4;
-
 impl Idle {
     /// The idleness `since_import` ms after the last chunk stored from outside the site and
     /// `since_progress` ms after the last chunk stored at all, with the fallback time
@@ -121,14 +117,6 @@ impl Idle {
     /// members that import nothing (the vouched ring) still counts from its own imports.
     /// (Counting from its own imports only, constrained-wan at 200 devices / 64 MiB imported
     /// 1.27 F per site instead of 1.03 F.)
-    ///
-    /// The first step (the vouched ring) waits for the site's imports too, but neither waits
-    /// longer than [`SITE_WAIT_STEPS`] fallback times after the node's own last import: a
-    /// starved node's vouched arc covers the shares of every member that has not delivered to
-    /// it, most of them honest importers it is not connected to, so taking it on while the site
-    /// imports was most of the duplicate WAN traffic at fleet scale (1,000 devices / 10 sites /
-    /// 1 GiB: 1.75 F per site); the cap bounds how long the share of a member that imports
-    /// nothing (off, byzantine) waits for the rest of the release.
     pub(crate) fn after(
         since_import: u64,
         since_site_import: u64,
@@ -137,11 +125,9 @@ impl Idle {
         starved: bool,
     ) -> Idle {
         let long = fallback_ms.saturating_mul(3);
-        let cap = fallback_ms.saturating_mul(SITE_WAIT_STEPS);
-        if since_progress >= long || (starved && (since_site_import >= long || since_import >= cap))
-        {
+        if since_progress >= long || (starved && since_site_import >= long) {
             Idle::All
-        } else if starved && since_site_import >= 2 * fallback_ms {
+        } else if starved && since_import >= 2 * fallback_ms {
             Idle::Vouched
         } else {
             Idle::No
@@ -160,12 +146,8 @@ impl Idle {
     ) -> Option<Instant> {
         let long = fallback_ms.saturating_mul(3);
         let steps = [
-            (Idle::Vouched, last_site_import.plus_ms(2 * fallback_ms)),
+            (Idle::Vouched, last_import.plus_ms(2 * fallback_ms)),
             (Idle::All, last_site_import.plus_ms(long)),
-            (
-                Idle::All,
-                last_import.plus_ms(fallback_ms.saturating_mul(SITE_WAIT_STEPS)),
-            ),
             (Idle::All, last_progress.plus_ms(long)),
         ];
         steps
@@ -1183,31 +1165,20 @@ mod tests {
     }
 
     #[test]
-    fn while_the_site_imports_a_starved_node_waits_but_not_for_ever() {
+    fn while_the_site_imports_a_starved_node_does_not_import_everything() {
         let fb = 500;
-        // Its own imports are slow (a thin or busy WAN link), the site's importers make progress.
-        assert_eq!(
-            Idle::after(1_900, 200, 200, fb, true),
-            Idle::No,
-            "other members still bring in new chunks: their shares are not imported twice"
-        );
-        assert_eq!(Idle::after(1_000, 1_000, 0, fb, true), Idle::Vouched);
-        assert_eq!(Idle::after(1_500, 1_500, 200, fb, true), Idle::All);
+        // Its own imports are slow (a thin WAN link), the site's importers make progress.
         assert_eq!(
             Idle::after(2_000, 200, 200, fb, true),
-            Idle::All,
-            "a share nobody imports waits at most four fallback times"
+            Idle::Vouched,
+            "the members that import nothing are still covered"
         );
+        assert_eq!(Idle::after(2_000, 1_500, 200, fb, true), Idle::All);
         let t = |ms| Instant(ms);
         assert_eq!(
-            Idle::No.next_step_at(t(1_300), t(0), t(1_200), t(1_250), fb),
-            Some(t(2_000)),
-            "the site's imports postpone the next step up to the cap"
-        );
-        assert_eq!(
-            Idle::Vouched.next_step_at(t(1_900), t(1_000), t(1_800), t(1_800), fb),
-            Some(t(3_000)),
-            "the last step counts from the site's last import, capped"
+            Idle::Vouched.next_step_at(t(2_000), t(0), t(1_800), t(1_800), fb),
+            Some(t(3_300)),
+            "the last step counts from the site's last import"
         );
     }
 
