@@ -12,8 +12,9 @@
 //! `remote:` lines ([`log`]). The JSON API and the read-only store are served by [`http`]; [`app`]
 //! holds the data directory.
 //!
-//! Everything but the rollout controller needs the `server` feature (default); with
-//! `default-features = false` the crate stays pure for the simulator. The `parse` feature adds
+//! The rollout controller is its own crate, `shoal-rollout` (`builder/rollout/`), pure, so the
+//! simulator uses it without the builder. Everything here needs the `server` feature (default),
+//! except what the `parse` feature adds
 //! only the decoders of untrusted bytes, without git, Docker, SQLite or libp2p (what
 //! `builder/fuzz` links): [`compose`], [`dockerignore`], the build configuration
 //! ([`buildconfig`]), the `docker save` archive reader ([`save`]) and the `Authorization` header
@@ -72,6 +73,5 @@ pub mod store;
 #[cfg(feature = "server")]
 pub mod tree;
 
-pub mod rollout;
 #[cfg(feature = "server")]
 pub mod rotation;

@@ -1,7 +1,7 @@
 //! The live rollout loop: drives each fleet's current release through its waves.
 //!
 //! [`Rollouts::start`] runs one task per fleet. A fleet's task owns the
-//! [`crate::rollout::Controller`] of the fleet's newest seeded release and feeds it:
+//! [`shoal_rollout::Controller`] of the fleet's newest seeded release and feeds it:
 //!
 //! - the devices' verified status reports, fanned out by the origin nodes ([`crate::origin`]);
 //! - its timers (bake times, the progress deadline), in wall-clock milliseconds;
@@ -68,9 +68,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::app::{App, now_s};
 use crate::db::Fleet;
 use crate::origin::{Origins, Seeded};
-use crate::rollout::{Action, Controller, PauseReason, State};
 use crate::store::Kind;
 use persist::{Event, RolloutRow};
+use shoal_rollout::{Action, Controller, State};
 
 /// Commands and inputs queued for one fleet's task.
 const FLEET_QUEUE: usize = 1024;
@@ -228,30 +228,6 @@ pub struct Progress {
     /// Devices held out of the release because they are pinned to another one (hex).
     #[serde(default)]
     pub held_devices: Vec<String>,
-}
-
-/// The state's name.
-pub fn state_name(s: &State) -> &'static str {
-    match s {
-        State::Running => "running",
-        State::Paused(_) => "paused",
-        State::Held => "held",
-        State::Halted => "halted",
-        State::Complete => "complete",
-    }
-}
-
-/// A pause reason for people.
-pub fn pause_reason_text(r: &PauseReason) -> String {
-    match r {
-        PauseReason::ErrorThreshold {
-            wave,
-            failed,
-            concluded,
-        } => format!("wave {wave}: {failed} of {concluded} devices failed"),
-        PauseReason::Deadline { wave } => format!("wave {wave} missed the progress deadline"),
-        PauseReason::Operator => "paused by an operator".into(),
-    }
 }
 
 enum Cmd {
@@ -633,7 +609,7 @@ impl FleetTask {
             };
             return Err(LiveError::NotNow {
                 command,
-                state: state_name(&state).to_string(),
+                state: state.name().to_string(),
             });
         }
         let now = self.now_ms();
@@ -695,7 +671,7 @@ impl FleetTask {
         }
         if let Some(live) = self.live.as_ref() {
             let seq = live.controller.sequence();
-            let name = state_name(live.controller.state());
+            let name = live.controller.state().name();
             let _ = persist::set_state(&self.inner.app.db, &self.fleet, seq, name).await;
         }
         self.publish_progress();
@@ -1138,9 +1114,9 @@ impl FleetTask {
             fleet: self.fleet.name.clone(),
             sequence: c.sequence().0,
             manifest_digest: c.manifest_digest().to_string(),
-            state: state_name(c.state()).to_string(),
+            state: c.state().name().to_string(),
             pause_reason: match c.state() {
-                State::Paused(r) => Some(pause_reason_text(r)),
+                State::Paused(r) => Some(r.to_string()),
                 _ => None,
             },
             open_wave: c.open_wave(),

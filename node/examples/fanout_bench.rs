@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::{Builder, local};
-use shoal_node::testing::pseudo_random;
-use shoal_node::testing::{CHUNKS_PER_LAYER, TEST_ARCH, TestFleet};
 use shoal_protocol::{
     ChunkParams, ChunkRef, Digest, Envelope, LayerRef, RolloutPlan, UnixTime, chunking, encoding,
 };
+use shoal_testing::pseudo_random;
+use shoal_testing::{CHUNKS_PER_LAYER, TEST_ARCH, TestFleet};
 
 struct Args {
     json: bool,

@@ -26,8 +26,8 @@ use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::quic::{connect, endpoint};
 use shoal_node::daemon::store::Store;
 use shoal_node::daemon::transfer::{self, Counters};
-use shoal_node::testing::pseudo_random;
 use shoal_protocol::{ChunkParams, ChunkRef, chunking};
+use shoal_testing::pseudo_random;
 use tokio::sync::Semaphore;
 
 #[derive(Debug)]

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use shoal_node::testing::TestFleet;
 use shoal_protocol::{Envelope, encoding};
+use shoal_testing::TestFleet;
 
 fn shoal_node(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shoal-node"))

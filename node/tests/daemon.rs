@@ -14,8 +14,8 @@ use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Builder, Handle, WallClock};
-use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestPayload};
 use shoal_protocol::{Announcement, Digest, Envelope, ReleaseSeq, UnixTime, encoding};
+use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestPayload};
 
 const WAIT: Duration = Duration::from_secs(120);
 

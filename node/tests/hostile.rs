@@ -11,8 +11,8 @@ use shoal_node::daemon::metrics::PeerClass;
 use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Builder, WallClock};
-use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
 use shoal_protocol::Digest;
+use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
 
 const WAIT: Duration = Duration::from_secs(120);
 

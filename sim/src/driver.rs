@@ -1,4 +1,4 @@
-//! The driver: many [`shoal_node::core::Node`]s, the builder's origin and the rollout controller
+//! The driver: many [`shoal_node_core::Node`]s, the builder's origin and the rollout controller
 //! in one discrete-event loop over virtual time.
 //!
 //! Every device runs the real core. The driver only carries out the core's outputs as simulated
@@ -10,7 +10,7 @@
 //!   flight rides along), bitfields and gossip sync as single messages;
 //! - gossip is flooded over a random mesh of the configured degree with a per-hop delay and
 //!   loss, deduplicated per node by message (as gossipsub does) and forwarded only when the core
-//!   says [`Verdict::Accept`](shoal_node::core::Verdict);
+//!   says [`Verdict::Accept`](shoal_node_core::Verdict);
 //! - the runtime applies a release in `apply_s` and reports health `health_s` later;
 //! - the builder's origin is a core node too, in origin mode ([`Node::seed`]): it holds every
 //!   chunk, sends its availability, and decides its uploads (at most [`ORIGIN_UPLOAD_SLOTS`],
@@ -30,9 +30,9 @@ mod setup;
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
-use shoal_node::core::{Bitfield, FetchError, Node, ReleaseCache, Snapshot};
-use shoal_node::testing::{TestFleet, TestRelease};
+use shoal_node_core::{Bitfield, FetchError, Node, ReleaseCache, Snapshot};
 use shoal_protocol::{DeviceId, ReleaseSeq};
+use shoal_testing::{TestFleet, TestRelease};
 
 use crate::faults::{self, Byzantine};
 use crate::heap::MinHeap;
@@ -259,7 +259,7 @@ pub struct Sim {
     pub(crate) rng: Rng,
     pub(crate) trace: blake3::Hasher,
     pub(crate) m: Metrics,
-    pub(crate) outs: Vec<shoal_node::core::Output>,
+    pub(crate) outs: Vec<shoal_node_core::Output>,
     pub(crate) cache: ReleaseCache,
     pub(crate) violation: Option<Violation>,
 }
@@ -575,7 +575,7 @@ mod tests {
         sim.devs[0].last_highest = 5;
         sim.feed(
             0,
-            shoal_node::core::Input::WallClock(shoal_node::testing::TEST_EPOCH),
+            shoal_node_core::Input::WallClock(shoal_testing::TEST_EPOCH),
         );
         let err = sim.run().unwrap_err();
         let RunError::Invariant(v) = err;

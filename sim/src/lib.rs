@@ -1,7 +1,7 @@
 //! # shoal-sim
 //!
 //! A deterministic discrete-event simulator of a Shoal fleet in virtual time. It drives the real
-//! device core ([`shoal_node::core::Node`], one per device) and the rollout controller, and
+//! device core ([`shoal_node_core::Node`], one per device) and the rollout controller, and
 //! measures a release's spread against the [`bound`] of the scenario.
 //!
 //! - [`scenario`]: what to simulate (TOML files in `sim/scenarios/`, CLI overrides);

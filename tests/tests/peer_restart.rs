@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::{Builder, Handle, Status, local};
-use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
 use shoal_protocol::Envelope;
+use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
 use support::{WAIT, clock, logs};
 
 /// The node process, killed when dropped.

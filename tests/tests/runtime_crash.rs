@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::{Status, local};
-use shoal_node::testing::TEST_EPOCH;
 use shoal_protocol::{Envelope, ServiceSettings, UpdateStrategy, encoding};
+use shoal_testing::TEST_EPOCH;
 use support::*;
 
 /// Steps of the apply of release 2 below (prepare, load a, lock, stop old a, start a, stop old

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use shoal_node::core::{
     Bitfield, FetchError, FetchStats, Input, Instant, MessageId, Node, Output, PeerInfo,
 };
-use shoal_node::testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
+use shoal_testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
 use shoal_protocol::{DeviceId, ReleaseSeq, RolloutPlan, WaveAction};
 
 struct Fixture {

@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use shoal_node::core::{Input, Instant, Node, PeerInfo, Snapshot};
-use shoal_node::testing::{TEST_EPOCH, TestFleet, device_key};
+use shoal_testing::{TEST_EPOCH, TestFleet, device_key};
 use shoal_protocol::DeviceId;
 use shoal_protocol::encoding::decode;
 

@@ -435,7 +435,7 @@ fn read_header(path: &Path) -> Result<Option<u32>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::pseudo_random;
+    use shoal_testing::pseudo_random;
 
     #[test]
     fn put_read_and_reopen() {

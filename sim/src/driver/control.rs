@@ -1,11 +1,11 @@
 //! The rollout controller as the simulator drives it: the builder's own controller core
-//! ([`shoal_builder::rollout::Controller`]) fed with the devices' signed status reports; its
+//! ([`shoal_rollout::Controller`]) fed with the devices' signed status reports; its
 //! actions become signed wave control messages the origin publishes on the gossip mesh.
 
-use shoal_builder::rollout::{Controller, State};
-use shoal_node::core::GossipMessage;
-use shoal_node::testing::{TEST_EPOCH, TestFleet, TestRelease};
+use shoal_node_core::GossipMessage;
 use shoal_protocol::{DeviceId, Envelope, RolloutPlan, encoding, verify};
+use shoal_rollout::{Controller, State};
+use shoal_testing::{TEST_EPOCH, TestFleet, TestRelease};
 
 use super::setup::FLEET;
 use crate::net::Nanos;

@@ -1,6 +1,6 @@
 //! Carrying out a node's outputs, and feeding it inputs.
 
-use shoal_node::core::{
+use shoal_node_core::{
     Admission, DropReason, Event, FetchError, Input, Instant, Output, PeerInfo, Verdict,
 };
 use shoal_protocol::{DeviceState, ReleaseSeq};

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use shoal_node::core::{FetchStats, Input, MessageId, Node};
-use shoal_node::testing::TEST_EPOCH;
+use shoal_node_core::{FetchStats, Input, MessageId, Node};
+use shoal_testing::TEST_EPOCH;
 
 use super::effects::ms;
 use super::{BUILDER, Ev, Runtime, Sim, ns};
@@ -369,7 +369,7 @@ impl Sim {
     /// Bring a crashed device back from its last snapshot.
     fn restart(&mut self, d: u32) {
         let dev = &self.devs[d as usize];
-        let key = shoal_node::testing::device_key(u64::from(d));
+        let key = shoal_testing::device_key(u64::from(d));
         let mut cfg = self.fleet.config(u64::from(d));
         cfg.key = key;
         cfg.site = Some(format!("site-{}", dev.site));

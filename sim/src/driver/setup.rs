@@ -2,9 +2,9 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use shoal_node::core::{Bitfield, Config, Input, Node, ReleaseCache};
-use shoal_node::testing::{TEST_EPOCH, TestFleet, device_key};
+use shoal_node_core::{Bitfield, Config, Input, Node, ReleaseCache};
 use shoal_protocol::{ChunkRef, DeviceId, Digest, RolloutPlan, Wave, waves};
+use shoal_testing::{TEST_EPOCH, TestFleet, device_key};
 
 use super::{Dev, Ev, Metrics, Runtime, Sim, control};
 use crate::faults;
@@ -101,7 +101,7 @@ impl Sim {
             let byz = fplan.byzantine[i as usize];
             let dev_seed = seeds.next_u64();
             let node = byz.is_none().then(|| {
-                let mut cfg = Config::new(key, fleet.trust.clone(), shoal_node::testing::TEST_ARCH);
+                let mut cfg = Config::new(key, fleet.trust.clone(), shoal_testing::TEST_ARCH);
                 cfg.site = Some(format!("site-{site}"));
                 cfg.releases = cache.clone();
                 Node::new(cfg, dev_seed)
@@ -132,11 +132,7 @@ impl Sim {
         }
         let origin_key = device_key(1 << 40);
         let origin_id = DeviceId::from(origin_key.public_key());
-        let mut origin_cfg = Config::new(
-            origin_key,
-            fleet.trust.clone(),
-            shoal_node::testing::TEST_ARCH,
-        );
+        let mut origin_cfg = Config::new(origin_key, fleet.trust.clone(), shoal_testing::TEST_ARCH);
         origin_cfg.origin = true;
         origin_cfg.max_peers = n as usize + 16;
         origin_cfg.max_uploads = super::ORIGIN_UPLOAD_SLOTS;

@@ -14,11 +14,11 @@ use bollard::Docker;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
 use shoal_node::daemon::{Builder, Handle, Status, WallClock};
-use shoal_node::testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestRelease};
 use shoal_protocol::{
     Digest, ImageRef, ReleaseManifest, ReleaseSeq, RolloutPlan, Service, ServiceSettings,
     WaveAction,
 };
+use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestRelease};
 
 /// Generous bound on every wait (these tests assert outcomes, never timings).
 pub const WAIT: Duration = Duration::from_secs(60);

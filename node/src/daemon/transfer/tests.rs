@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::daemon::identity::DeviceKey;
 use crate::daemon::quic::{QuicError, connect, endpoint};
-use crate::testing::pseudo_random;
+use shoal_testing::pseudo_random;
 
 /// Serves the store's blobs with every frame replaced by a frame of other bytes.
 struct Corrupting(Arc<Store>);

@@ -6,7 +6,7 @@ use shoal_protocol::{
     Wave, WaveAction,
 };
 
-use super::{Action, Controller, PauseReason, State};
+use shoal_rollout::{Action, Controller, PauseReason, State};
 
 const FLEET: &str = "fleet";
 const SEQ: ReleaseSeq = ReleaseSeq(7);

@@ -77,6 +77,21 @@ pub enum PauseReason {
     Operator,
 }
 
+impl std::fmt::Display for PauseReason {
+    /// Why, for people: "wave 1: 3 of 5 devices failed".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PauseReason::ErrorThreshold {
+                wave,
+                failed,
+                concluded,
+            } => write!(f, "wave {wave}: {failed} of {concluded} devices failed"),
+            PauseReason::Deadline { wave } => write!(f, "wave {wave} missed the progress deadline"),
+            PauseReason::Operator => f.write_str("paused by an operator"),
+        }
+    }
+}
+
 /// Where the rollout is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -92,6 +107,19 @@ pub enum State {
     Halted,
     /// Every wave succeeded; final.
     Complete,
+}
+
+impl State {
+    /// The state's name, as the API and the dashboard show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused(_) => "paused",
+            State::Held => "held",
+            State::Halted => "halted",
+            State::Complete => "complete",
+        }
+    }
 }
 
 /// The reports counted for one wave.

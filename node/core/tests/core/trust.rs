@@ -3,7 +3,7 @@
 use shoal_protocol::Announcement;
 
 use super::harness::{Harness, info, peer};
-use crate::core::{Output, PeerId, Verdict};
+use shoal_node_core::{Output, PeerId, Verdict};
 use shoal_protocol::WaveAction;
 
 #[test]
@@ -29,7 +29,7 @@ fn forged_announcement_is_rejected_and_nothing_fetched() {
     forged[last] ^= 1;
     assert_eq!(h.gossip(peer(1), forged), Verdict::Reject);
     // Signed by a key the trust root does not know.
-    let mut other = crate::testing::TestFleet::new("test-fleet");
+    let mut other = shoal_testing::TestFleet::new("test-fleet");
     other.release_key = shoal_protocol::SigningKey::from_bytes(&[9; 32]);
     assert_eq!(
         h.gossip(peer(1), other.announce(&rel.announcement)),
@@ -49,7 +49,7 @@ fn expired_and_replayed_announcements_are_rejected() {
     let mut h = Harness::new();
     h.connect(peer(1), info(None, 5, false));
     let expired = Announcement {
-        expires: crate::testing::TEST_EPOCH,
+        expires: shoal_testing::TEST_EPOCH,
         ..h.release(1, 4).announcement
     };
     assert_eq!(

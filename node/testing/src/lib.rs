@@ -1,5 +1,8 @@
-//! Signed test fleets and releases, for unit tests, the simulator and the daemon's tests
-//! (feature `testing`).
+//! # shoal-testing: signed test fleets and releases
+//!
+//! Shared by the core's and the daemon's tests, the simulator (whose fleets are test fleets) and
+//! the end-to-end tests. With the `daemon` feature, [`TestPayload::seed`] puts a release into a
+//! running daemon's store.
 //!
 //! A [`TestFleet`] holds a root key and a release key (both from fixed seeds), the trust root
 //! they make, and builds signed releases, announcements and wave control messages. Chunks made
@@ -16,7 +19,7 @@ use shoal_protocol::{
     WaveControl, chunking, encoding,
 };
 
-use crate::core::{Config, GossipMessage};
+use shoal_node_core::{Config, GossipMessage};
 
 /// The architecture test releases are built for.
 pub const TEST_ARCH: &str = "amd64";
@@ -43,7 +46,7 @@ pub struct TestFleet {
 pub struct TestRelease {
     /// The manifest.
     pub manifest: ReleaseManifest,
-    /// Its signed envelope bytes (what [`crate::core::Input::ManifestFetched`] carries).
+    /// Its signed envelope bytes (what [`shoal_node_core::Input::ManifestFetched`] carries).
     pub manifest_bytes: Arc<[u8]>,
     /// The announcement.
     pub announcement: Announcement,
@@ -95,7 +98,7 @@ impl TestPayload {
     }
 
     /// The signed announcement envelope (the gossip message without its kind byte), as
-    /// [`crate::daemon::Handle::seed`] takes it.
+    /// `shoal_node::daemon::Handle::seed` takes it.
     pub fn announcement_envelope(&self) -> Vec<u8> {
         self.release.announcement_gossip[1..].to_vec()
     }
@@ -104,7 +107,7 @@ impl TestPayload {
     #[cfg(feature = "daemon")]
     pub async fn seed(
         &self,
-        origin: &crate::daemon::Handle,
+        origin: &shoal_node::daemon::Handle,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         for (_, bytes) in &self.blobs {
             origin.store().put_bytes(bytes)?;

@@ -3,8 +3,8 @@
 use shoal_protocol::{DeviceState, ReleaseSeq, RolloutPlan, Wave, WaveAction, verify};
 
 use super::harness::{Harness, info, peer};
-use crate::core::{Bitfield, Input, Output, Phase, Verdict};
-use crate::testing::{TestRelease, synthetic_chunks};
+use shoal_node_core::{Bitfield, Input, Output, Phase, Verdict};
+use shoal_testing::{TestRelease, synthetic_chunks};
 
 fn two_waves() -> RolloutPlan {
     let w = |percent| Wave {
@@ -320,20 +320,20 @@ fn a_hold_survives_a_restart_and_is_resent_to_late_peers() {
         snap.release.as_ref().map(|r| r.controls.clone()),
         Some(vec![held[1..].to_vec(), open[1..].to_vec()])
     );
-    let mut node = crate::core::Node::resume(h.fleet.config(1), snap, 3);
+    let mut node = shoal_node_core::Node::resume(h.fleet.config(1), snap, 3);
     node.handle(
-        crate::core::Instant::ZERO,
-        Input::WallClock(crate::testing::TEST_EPOCH.plus_secs(30)),
+        shoal_node_core::Instant::ZERO,
+        Input::WallClock(shoal_testing::TEST_EPOCH.plus_secs(30)),
     );
     let out: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert!(applies(&out).is_empty(), "still held after a restart");
     // A newer hold without it releases it.
     let release = hold(&h, &rel, 3, &[]);
     node.handle(
-        crate::core::Instant::ZERO,
+        shoal_node_core::Instant::ZERO,
         Input::Gossip {
             from: peer(9),
-            id: crate::core::MessageId(77),
+            id: shoal_node_core::MessageId(77),
             bytes: release,
         },
     );

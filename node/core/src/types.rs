@@ -276,8 +276,10 @@ pub enum Input {
 
 /// What the core asks the driver to do. Each output is one effect; the comment says what the
 /// driver sends back.
+///
+/// Deliberately exhaustive: a new output must fail to compile in every driver (the daemon and
+/// the simulator) until it carries it out.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Output {
     /// Forward (`Accept`) or drop the gossip message `id`. Exactly one per [`Input::Gossip`].
     GossipVerdict {

@@ -39,7 +39,7 @@ impl Hasher for PeerHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::device_key;
+    use shoal_testing::device_key;
 
     #[test]
     fn distinct_ids_hash_apart_and_the_map_finds_them() {

@@ -10,11 +10,11 @@ use shoal_protocol::{
 };
 
 use super::harness::{Harness, info, peer};
-use crate::core::{
+use shoal_node_core::{
     Bitfield, Event, FetchError, GossipMessage, Input, Instant, Node, Output, Phase, Snapshot,
     TrustRootError, Verdict,
 };
-use crate::testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
+use shoal_testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
 
 /// What a device trusts.
 #[derive(Debug, Clone, PartialEq)]

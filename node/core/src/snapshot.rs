@@ -16,8 +16,9 @@ use shoal_protocol::{Digest, ReleaseSeq, UnixTime};
 use super::bitfield::Bitfield;
 
 /// Where the node is with its current release.
+///
+/// Exhaustive: the daemon names each phase in its status, and must learn of a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Phase {
     /// Announcement verified; fetching the manifest.
     FetchingManifest,

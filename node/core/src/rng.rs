@@ -1,10 +1,10 @@
 //! A small seeded PRNG (xoshiro256**, seeded through SplitMix64): the core's only randomness.
 
 #[derive(Debug, Clone)]
-pub(crate) struct Rng([u64; 4]);
+pub struct Rng([u64; 4]);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         let mut sm = seed;
         let mut next = || {
             sm = sm.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -16,7 +16,7 @@ impl Rng {
         Rng([next(), next(), next(), next()])
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.0;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = s[1] << 17;
@@ -30,7 +30,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (`n > 0`), by multiply-shift.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }

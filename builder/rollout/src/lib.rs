@@ -1,4 +1,4 @@
-//! # The rollout controller core
+//! # shoal-rollout: the rollout controller core
 //!
 //! [`Controller`] steers one release through the waves of its [`shoal_protocol::RolloutPlan`], from the devices'
 //! signed status reports, and does nothing itself: it takes reports and time as arguments and
@@ -33,8 +33,5 @@
 //!   release's content.
 
 mod controller;
-
-#[cfg(test)]
-mod tests;
 
 pub use controller::{Action, Controller, PauseReason, State, WaveStats};

@@ -1,19 +1,17 @@
-//! Load profile of `shoal_node::core` at simulator scale: heap per node and time per input for a
+//! Load profile of `shoal_node_core` at simulator scale: heap per node and time per input for a
 //! 1 GiB release of 4,096 chunks. Figures, not assertions (timings belong in reports):
 //!
 //! ```text
-//! cargo test --release -p shoal-node --no-default-features --features testing \
-//!     --test core_load -- --ignored --nocapture
+//! cargo test --release -p shoal-node-core --test core_load -- --ignored --nocapture
 //! ```
-#![cfg(feature = "testing")]
 
 use std::sync::Arc;
 
-use shoal_node::core::{
+use shoal_node_core::{
     Bitfield, FetchStats, Input, Instant, MessageId, Node, Output, PeerId, PeerInfo, ReleaseCache,
 };
-use shoal_node::testing::{TEST_EPOCH, TestFleet, device_key, synthetic_chunks};
 use shoal_protocol::RolloutPlan;
+use shoal_testing::{TEST_EPOCH, TestFleet, device_key, synthetic_chunks};
 
 /// Resident set size in bytes (Linux), 0 elsewhere.
 fn rss_bytes() -> i64 {

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::harness::{Harness, fetches, info, peer};
-use crate::core::{Bitfield, DropReason, FetchError, Input, Instant, Output, PeerId};
+use shoal_node_core::{Bitfield, DropReason, FetchError, Input, Instant, Output, PeerId};
 use shoal_protocol::ReleaseSeq;
 
 fn bits(len: u32, ones: &[u32]) -> Bitfield {
@@ -217,7 +217,7 @@ fn slow_and_silent_peers_are_dropped() {
         peer: slow,
         sequence: seq,
         index: idx(slow),
-        result: Ok(crate::core::FetchStats {
+        result: Ok(shoal_node_core::FetchStats {
             bytes: 256 * 1024,
             elapsed_ms: 60_000,
         }),
@@ -588,9 +588,9 @@ fn the_next_timeout_follows_backoffs_as_they_are_set_replaced_and_dropped() {
     // give. Other timers (deadlines after 60 s, idleness after 1 s) come later.
     let scan = |h: &Harness| {
         h.node
-            .peers
-            .values()
-            .map(|p| p.backoff_until)
+            .peer_order()
+            .iter()
+            .filter_map(|p| h.node.backoff_until(p))
             .filter(|t| *t > h.now)
             .min()
     };
@@ -646,5 +646,5 @@ fn peers_are_kept_in_order_of_class_rtt_and_id_as_they_connect() {
         .collect();
     expected.sort();
     let expected: Vec<PeerId> = expected.into_iter().map(|(_, _, p)| p).collect();
-    assert_eq!(h.node.order, expected);
+    assert_eq!(h.node.peer_order(), expected);
 }

@@ -1,4 +1,9 @@
-//! # `shoal_node::core`: the device's sans-IO state machine
+//! # shoal-node-core: the device's sans-IO state machine
+//!
+//! (The daemon re-exports it as `shoal_node::core`.) Its dependencies are `shoal-protocol`,
+//! `serde` and `thiserror` only, so it cannot reach a clock, a socket, a file or an async
+//! runtime; `clippy.toml` here also bans `Instant::now`, `SystemTime::now` and hash maps, whose
+//! order would reach the outputs.
 //!
 //! [`Node`] decides everything a device decides about a release — what to trust, what to fetch
 //! from whom, what to advertise, when to activate, what to report — and does nothing itself: no
@@ -71,14 +76,11 @@ mod peermap;
 mod peers;
 mod persist;
 mod release;
-pub(crate) mod rng;
+pub mod rng;
 mod rotation;
 mod snapshot;
 mod types;
 mod upload;
-
-#[cfg(test)]
-mod tests;
 
 pub use bitfield::{Bitfield, BitfieldError};
 pub use node::{Config, MAX_BANNED, MAX_EARLY_HAVE_BITS, MAX_SITE_MEMBERS, Node, Progress};

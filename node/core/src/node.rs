@@ -527,6 +527,18 @@ impl Node {
         self.peers.len()
     }
 
+    /// The connected peers in the order fetches prefer them: same site first, then by RTT, then
+    /// by id.
+    pub fn peer_order(&self) -> &[PeerId] {
+        &self.order
+    }
+
+    /// Until when a connected `peer` is in backoff after a failure (an instant already past when
+    /// it is not); `None` for a peer that is not connected.
+    pub fn backoff_until(&self, peer: &PeerId) -> Option<Instant> {
+        self.peers.get(peer).map(|p| p.backoff_until)
+    }
+
     /// The snapshot of the node's durable state now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

@@ -3,10 +3,10 @@
 use shoal_protocol::{DeviceState, ReleaseSeq, RolloutPlan};
 
 use super::harness::{Harness, fetches, info, peer};
-use crate::core::{
+use shoal_node_core::{
     Bitfield, Event, Input, Instant, Node, Output, Phase, Refusal, Snapshot, Verdict,
 };
-use crate::testing::{TEST_EPOCH, synthetic_chunks};
+use shoal_testing::{TEST_EPOCH, synthetic_chunks};
 
 fn last_snapshot(out: &[Output]) -> Snapshot {
     out.iter()
@@ -235,7 +235,7 @@ fn a_restart_while_applying_rolls_back_and_never_reapplies() {
         Instant::ZERO,
         Input::Gossip {
             from: p,
-            id: crate::core::MessageId(5),
+            id: shoal_node_core::MessageId(5),
             bytes: open,
         },
     );

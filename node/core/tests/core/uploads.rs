@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::harness::{Harness, info, peer};
-use crate::core::{Admission, Bitfield, Input, Instant, Node};
-use crate::testing::TEST_EPOCH;
+use shoal_node_core::{Admission, Bitfield, Input, Instant, Node};
+use shoal_testing::TEST_EPOCH;
 
 #[test]
 fn the_origin_serves_each_chunk_once_then_only_what_no_peer_holds() {
@@ -216,7 +216,7 @@ fn the_origin_sends_a_release_it_seeds_to_its_connected_peers_over_the_data_plan
         .expect("a valid release seeds");
     let mut sent = Vec::new();
     while let Some(o) = origin.poll_output() {
-        if let crate::core::Output::SyncGossip { peer, messages } = o {
+        if let shoal_node_core::Output::SyncGossip { peer, messages } = o {
             sent.extend(messages.into_iter().map(|m| (peer, m)));
         }
     }

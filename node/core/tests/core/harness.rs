@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use shoal_protocol::{RolloutPlan, WaveAction};
 
-use crate::core::{FetchStats, Input, Instant, MessageId, Node, Output, PeerId, PeerInfo, Verdict};
-use crate::testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
+use shoal_node_core::{
+    FetchStats, Input, Instant, MessageId, Node, Output, PeerId, PeerInfo, Verdict,
+};
+use shoal_testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
 
 pub(super) struct Harness {
     pub(super) fleet: TestFleet,
@@ -32,7 +34,7 @@ impl Harness {
         Self::with(|_| {})
     }
 
-    pub(super) fn with(f: impl FnOnce(&mut crate::core::Config)) -> Harness {
+    pub(super) fn with(f: impl FnOnce(&mut shoal_node_core::Config)) -> Harness {
         let fleet = TestFleet::new("test-fleet");
         let mut config = fleet.config(1);
         config.site = Some("here".into());

@@ -881,7 +881,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::device_key;
+    use shoal_testing::device_key;
 
     fn peer(n: u64) -> PeerId {
         PeerId::from(device_key(500 + n).public_key())

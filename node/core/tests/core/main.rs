@@ -1,4 +1,4 @@
-//! Unit tests of the core, driven through a small harness.
+//! Tests of the core through its public API, driven by a small harness.
 
 mod activation;
 mod attacks;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use shoal_protocol::{DeviceState, ReleaseSeq, RolloutPlan, WaveAction};
 
-use crate::core::{
+use shoal_node_core::{
     FetchError, FetchStats, Input, Instant, MessageId, Node, Output, PeerId, PeerInfo,
     ReleaseCache, Verdict,
 };
-use crate::testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
+use shoal_testing::{TEST_EPOCH, TestFleet, TestRelease, device_key, synthetic_chunks};
 
 /// Index of the origin in `Swarm::ids`; nodes are `1..`.
 const ORIGIN: usize = 0;
@@ -51,7 +51,7 @@ impl Swarm {
             RolloutPlan::all_at_once(),
         );
         let cache = ReleaseCache::default();
-        let mut rng = crate::core::rng::Rng::new(seed);
+        let mut rng = shoal_node_core::rng::Rng::new(seed);
         let mut ids = vec![PeerId::from(device_key(0).public_key())];
         let mut origin = fleet.config(0);
         origin.origin = true;
