@@ -3,7 +3,7 @@
 //! (trust root, highest sequence) is an input the functions never change.
 //!
 //! Node-level consequences (nothing fetched, nothing applied, state unchanged) are in
-//! `node/src/core/tests/attacks.rs`; docs/SECURITY.md maps each attack to its test.
+//! `node/core/tests/core/attacks.rs`; docs/SECURITY.md maps each attack to its test.
 
 mod common;
 
