@@ -34,9 +34,7 @@ mod tests {
         }
         let mut hashes: Vec<u64> = ids
             .iter()
-            .map(|id| {
-                std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, id)
-            })
+            .map(|id| std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, id))
             .collect();
         hashes.sort_unstable();
         hashes.dedup();

@@ -259,12 +259,10 @@ fn client_builder() -> reqwest::ClientBuilder {
 
 /// Sends `body` (JSON) with `POST` to `path` under `url`; returns the status and the body.
 pub async fn post(url: &HttpUrl, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), EnrollError> {
-    let client = client_builder()
-        .build()
-        .map_err(|e| EnrollError::BadUrl {
-            url: url.0.to_string(),
-            message: format!("no HTTP client: {}", chain(&e)),
-        })?;
+    let client = client_builder().build().map_err(|e| EnrollError::BadUrl {
+        url: url.0.to_string(),
+        message: format!("no HTTP client: {}", chain(&e)),
+    })?;
     post_with(&client, url, path, body).await
 }
 
@@ -285,7 +283,10 @@ async fn post_with(
         .await
         .map_err(failed)?;
     let too_long = || EnrollError::BadResponse(format!("more than {MAX_RESPONSE} bytes"));
-    if answer.content_length().is_some_and(|n| n > MAX_RESPONSE as u64) {
+    if answer
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE as u64)
+    {
         return Err(too_long());
     }
     let status = answer.status().as_u16();
@@ -520,7 +521,10 @@ mod tests {
         long.resize(long.len() + MAX_RESPONSE + 1, b' ');
         let (url, _server) = serve_once(&long).await;
         let e = register(&url, &registration()).await.unwrap_err();
-        assert!(matches!(&e, EnrollError::BadResponse(m) if m.contains("bytes")), "{e}");
+        assert!(
+            matches!(&e, EnrollError::BadResponse(m) if m.contains("bytes")),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -541,7 +545,11 @@ mod tests {
         let server = tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
             let s = tls.accept(s).await.unwrap();
-            answer(s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()).await
+            answer(
+                s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            )
+            .await
         });
         let url = HttpUrl::parse(&format!("https://localhost:{port}/p")).unwrap();
         // The builder's certificate is self-signed: trusted here besides the webpki roots.
@@ -549,10 +557,15 @@ mod tests {
             .add_root_certificate(reqwest::Certificate::from_der(cert.cert.der()).unwrap())
             .build()
             .unwrap();
-        let (status, body) = post_with(&client, &url, REGISTER_PATH, b"{}").await.unwrap();
+        let (status, body) = post_with(&client, &url, REGISTER_PATH, b"{}")
+            .await
+            .unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
         let req = String::from_utf8(server.await.unwrap()).unwrap();
-        assert!(req.starts_with("POST /p/api/v1/devices/register HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.starts_with("POST /p/api/v1/devices/register HTTP/1.1\r\n"),
+            "{req}"
+        );
         // Without that trust, the same builder is refused (and retried: it may be renewed).
         let e = post(&url, REGISTER_PATH, b"{}").await.unwrap_err();
         assert!(!e.is_definite(), "{e}");
