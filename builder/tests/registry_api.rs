@@ -332,16 +332,16 @@ fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused(
             "the status says why"
         );
 
-        // An https:// builder URL is a typed error at start.
+        // A builder URL the node cannot use (not http:// or https://) is a typed error at start.
         let err = Builder::new(DeviceKey::generate(), trust.clone(), dir.path().join("tls"))
-            .enroll(Enrollment::new("https://builder.example", "k"))
+            .enroll(Enrollment::new("ftp://builder.example", "k"))
             .start()
             .await
             .unwrap_err();
         assert!(
             matches!(
                 err,
-                shoal_node::daemon::StartError::Enroll(EnrollError::Https(_))
+                shoal_node::daemon::StartError::Enroll(EnrollError::BadUrl { .. })
             ),
             "{err}"
         );

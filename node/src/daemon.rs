@@ -12,7 +12,7 @@
 //! - [`net`]: libp2p (gossipsub with validation, identify, Kademlia, mDNS).
 //! - [`store`]: chunks and manifests on disk by digest, with a byte quota.
 //! - [`state`]: atomic state files.
-//! - [`metrics`]: counters by peer class and the Prometheus text format.
+//! - [`metrics`]: counters by peer class, encoded by prometheus-client.
 //! - [`local`]: the metrics endpoint and the control socket.
 //! - [`runtime`]: the Docker Engine runtime that activates releases.
 //! - `driver`: the event loop mapping core outputs to effects.

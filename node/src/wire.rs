@@ -6,8 +6,6 @@
 //! [`ControlMsg`]. Blob frames: raw size and compressed length (u32 LE each, checked by
 //! [`check_blob_head`] before anything is read), then one zstd frame ([`verify_blob`]).
 
-pub mod http;
-
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{Digest, ReleaseSeq};
 

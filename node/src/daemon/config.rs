@@ -12,10 +12,10 @@
 //! bootstrap = ["/ip4/10.0.0.1/udp/7400/quic-v1/p2p/12D3Koo..."]
 //! store_quota_bytes = 17179869184
 //! mdns = true
-//! metrics = "127.0.0.1:9464"            # Prometheus text endpoint; omit to disable
+//! metrics = "127.0.0.1:9464"            # Prometheus endpoint (GET /metrics); omit to disable
 //!
 //! [enroll]                              # optional: register with the builder at start
-//! builder_url = "http://10.0.0.1:8080"  # http:// only
+//! builder_url = "http://10.0.0.1:8080"  # or https:// (a certificate from a public CA)
 //! provisioning_key = "shoalprov_..."    # `shoal-builder fleet provisioning-key FLEET`
 //! name = "pi-kitchen"                   # default device-<first 8 hex digits of the device id>
 //! device_type = "generic-amd64"         # default generic-<arch>
@@ -251,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn enroll_section_parses_and_https_or_typos_are_errors() {
+    fn enroll_section_parses_and_bad_urls_or_typos_are_errors() {
         let p = Path::new("t.toml");
         let base = "data_dir = \"/d\"\nfleet = \"f\"\ntrust_root = \"/r\"\n";
         let cfg = FileConfig::parse(
@@ -270,13 +270,19 @@ mod tests {
             "the key stays out of logs"
         );
         assert_eq!(FileConfig::parse(p, base).unwrap().enroll, None);
-        let err = FileConfig::parse(
+        let https = FileConfig::parse(
             p,
             &format!("{base}[enroll]\nbuilder_url = \"https://b\"\nprovisioning_key = \"k\"\n"),
         )
+        .unwrap();
+        assert_eq!(https.enroll.unwrap().builder_url, "https://b");
+        let err = FileConfig::parse(
+            p,
+            &format!("{base}[enroll]\nbuilder_url = \"ftp://b\"\nprovisioning_key = \"k\"\n"),
+        )
         .unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
-        assert!(err.to_string().contains("https://"), "{err}");
+        assert!(err.to_string().contains("http:// or https://"), "{err}");
         let err = FileConfig::parse(
             p,
             &format!("{base}[enroll]\nbuilder_url = \"http://b\"\nprovisioning_kye = \"k\"\n"),

@@ -10,16 +10,17 @@
 //! wrong architecture), logging the typed [`EnrollError`]. Registering again on every start is
 //! harmless: the builder updates the device's labels.
 //!
-//! The node has no HTTP client library: [`post`] is a minimal HTTP/1.1 client over a tokio
-//! `TcpStream` for `http://` URLs (one request per connection, `Connection: close`, bounded
-//! answer). `https://` URLs are refused with [`EnrollError::Https`]; put the builder behind
-//! plain HTTP on the device network or a local TLS-terminating proxy.
+//! [`post`] is a reqwest client over rustls (the ring provider, the webpki root certificates):
+//! `http://` and `https://` builder URLs ([`HttpUrl`], parsed by the `url` crate), no proxy from
+//! the environment, no redirects, [`REQUEST_TIMEOUT`] for the whole exchange and an answer of at
+//! most [`MAX_RESPONSE`] bytes. The retry schedule is backon's exponential backoff.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use serde::Deserialize;
 use shoal_protocol::registration::{Registered, Registration};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// The first retry delay.
@@ -29,7 +30,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long one registration request may take (connect, send, answer).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest answer read.
-const MAX_RESPONSE: usize = 256 * 1024;
+pub const MAX_RESPONSE: usize = 256 * 1024;
 /// The registry's route.
 pub const REGISTER_PATH: &str = "/api/v1/devices/register";
 
@@ -37,7 +38,8 @@ pub const REGISTER_PATH: &str = "/api/v1/devices/register";
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Enrollment {
-    /// The builder's base URL (`http://HOST:PORT`, optionally with a path prefix).
+    /// The builder's base URL (`http://HOST:PORT` or `https://HOST:PORT`, optionally with a
+    /// path prefix).
     pub builder_url: String,
     /// The fleet's provisioning key.
     pub provisioning_key: String,
@@ -86,11 +88,6 @@ impl Enrollment {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnrollError {
-    /// The builder URL is `https://` (the node's client speaks plain HTTP only).
-    #[error(
-        "builder URL {0:?}: https:// is not supported by the node; use an http:// URL (the registration is signed by the device key; only the provisioning key travels in clear)"
-    )]
-    Https(String),
     /// The builder URL cannot be used.
     #[error("builder URL {url:?}: {message}")]
     BadUrl {
@@ -143,8 +140,7 @@ impl EnrollError {
     pub fn is_definite(&self) -> bool {
         matches!(
             self,
-            EnrollError::Https(_)
-                | EnrollError::BadUrl { .. }
+            EnrollError::BadUrl { .. }
                 | EnrollError::Refused { .. }
                 | EnrollError::WrongFleet { .. }
         )
@@ -180,145 +176,164 @@ impl EnrollState {
     }
 }
 
-/// A parsed `http://` builder URL.
+/// A builder URL: `http://` or `https://`, a host, an optional port, an optional path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// Host name or address (IPv6 without brackets).
-    pub host: String,
-    /// Port (default 80).
-    pub port: u16,
-    /// The path prefix, without a trailing `/` (often empty).
-    pub prefix: String,
-}
+pub struct HttpUrl(url::Url);
 
 impl HttpUrl {
-    /// Parses `http://HOST[:PORT][/PREFIX]`.
-    pub fn parse(url: &str) -> Result<HttpUrl, EnrollError> {
+    /// Parses `http[s]://HOST[:PORT][/PREFIX]` (no user information, query or fragment).
+    pub fn parse(text: &str) -> Result<HttpUrl, EnrollError> {
         let bad = |message: &str| EnrollError::BadUrl {
-            url: url.to_string(),
+            url: text.to_string(),
             message: message.to_string(),
         };
-        let lower = url.to_ascii_lowercase();
-        if lower.starts_with("https://") {
-            return Err(EnrollError::Https(url.to_string()));
+        // The url crate would drop or escape these; a URL from a configuration file has none.
+        if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(bad("the URL has spaces or control characters"));
         }
-        if !lower.starts_with("http://") {
-            return Err(bad("must start with http://"));
+        let lower = text.to_ascii_lowercase();
+        if !lower.starts_with("http://") && !lower.starts_with("https://") {
+            return Err(bad("must start with http:// or https://"));
         }
-        let rest = &url["http://".len()..];
-        let (authority, path) = match rest.find(['/', '?', '#']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if path.contains(['?', '#']) {
+        let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+        if url.query().is_some() || url.fragment().is_some() {
             return Err(bad("no query or fragment allowed"));
         }
-        if authority.contains('@') {
+        if !url.username().is_empty() || url.password().is_some() {
             return Err(bad("no user information allowed"));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let end = v6.find(']').ok_or_else(|| bad("unclosed '['"))?;
-            let after = &v6[end + 1..];
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p),
-                None if after.is_empty() => None,
-                None => return Err(bad("junk after the IPv6 address")),
-            };
-            (&v6[..end], port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty()
-            || (host.contains(':') && !authority.starts_with('['))
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-        {
+        if url.host().is_none() {
             return Err(bad("no valid host"));
         }
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("the port must be 1-65535"))?,
-            None => 80,
-        };
-        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(bad("the path has spaces or control characters"));
+        if url.port() == Some(0) {
+            return Err(bad("the port must be 1-65535"));
         }
-        Ok(HttpUrl {
-            host: host.to_string(),
-            port,
-            prefix: path.trim_end_matches('/').to_string(),
-        })
+        Ok(HttpUrl(url))
     }
 
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+    /// The host name or address (IPv6 without brackets).
+    pub fn host(&self) -> String {
+        match self.0.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => String::new(),
         }
     }
+
+    /// The port (default 80 or 443).
+    pub fn port(&self) -> u16 {
+        self.0.port_or_known_default().unwrap_or(80)
+    }
+
+    /// The path prefix, without a trailing `/` (often empty).
+    pub fn prefix(&self) -> &str {
+        self.0.path().trim_end_matches('/')
+    }
+
+    /// `host:port` (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        match self.0.host() {
+            Some(url::Host::Ipv6(a)) => format!("[{a}]:{}", self.port()),
+            _ => format!("{}:{}", self.host(), self.port()),
+        }
+    }
+
+    /// The URL of `path` under the prefix.
+    fn join(&self, path: &str) -> url::Url {
+        let mut url = self.0.clone();
+        url.set_path(&format!("{}{path}", self.prefix()));
+        url
+    }
+}
+
+/// The client's settings: rustls with the ring provider (installed here, as the daemon does at
+/// start), [`REQUEST_TIMEOUT`] for the whole exchange, no redirects, no proxy.
+fn client_builder() -> reqwest::ClientBuilder {
+    super::quic::install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("shoal-node/", env!("CARGO_PKG_VERSION")))
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
 }
 
 /// Sends `body` (JSON) with `POST` to `path` under `url`; returns the status and the body.
 pub async fn post(url: &HttpUrl, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), EnrollError> {
-    let addr = url.authority();
-    let unreachable = |message: String| EnrollError::Unreachable {
-        addr: addr.clone(),
-        message,
-    };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let head = format!(
-            "POST {}{path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: shoal-node/{}\r\n\
-             Content-Type: application/json\r\nAccept: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            url.prefix,
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        stream
-            .write_all(body)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let mut answer = Vec::new();
-        (&mut stream)
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut answer)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        if answer.len() > MAX_RESPONSE {
-            return Err(EnrollError::BadResponse(format!(
-                "more than {MAX_RESPONSE} bytes"
-            )));
-        }
-        parse_response(&answer)
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| {
-            Err(unreachable(format!(
-                "no answer within {} s",
-                REQUEST_TIMEOUT.as_secs()
-            )))
-        })
+    let client = client_builder().build().map_err(|e| EnrollError::BadUrl {
+        url: url.0.to_string(),
+        message: format!("no HTTP client: {}", chain(&e)),
+    })?;
+    post_with(&client, url, path, body).await
 }
 
-/// Parses the builder's whole answer ([`crate::wire::http::parse_answer`]).
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), EnrollError> {
-    crate::wire::http::parse_answer(raw).map_err(|e| EnrollError::BadResponse(e.to_string()))
+/// [`post`] with a given client.
+async fn post_with(
+    client: &reqwest::Client,
+    url: &HttpUrl,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), EnrollError> {
+    let failed = |e: reqwest::Error| classify(url, e);
+    let mut answer = client
+        .post(url.join(path))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .map_err(failed)?;
+    let too_long = || EnrollError::BadResponse(format!("more than {MAX_RESPONSE} bytes"));
+    if answer
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE as u64)
+    {
+        return Err(too_long());
+    }
+    let status = answer.status().as_u16();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = answer.chunk().await.map_err(failed)? {
+        if bytes.len() + chunk.len() > MAX_RESPONSE {
+            return Err(too_long());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((status, bytes))
+}
+
+/// Sorts a client error: no connection, a broken one or a timeout is
+/// [`EnrollError::Unreachable`]; an answer that is not HTTP or a malformed body is
+/// [`EnrollError::BadResponse`].
+fn classify(url: &HttpUrl, e: reqwest::Error) -> EnrollError {
+    let mut io = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        io |= s.is::<std::io::Error>();
+        source = s.source();
+    }
+    if e.is_connect() || e.is_timeout() || (io && !e.is_body() && !e.is_decode()) {
+        let message = if e.is_timeout() {
+            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())
+        } else {
+            chain(&e)
+        };
+        EnrollError::Unreachable {
+            addr: url.authority(),
+            message,
+        }
+    } else {
+        EnrollError::BadResponse(chain(&e))
+    }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message names only the request).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// Sends one registration; the builder's answer or why there is none.
@@ -354,50 +369,56 @@ pub(super) async fn run(
     // Devices started together should not retry in lockstep: up to a quarter of the delay more,
     // from the device id.
     let jitter = u32::from(registration.device.0[0]);
-    let mut delay = INITIAL_BACKOFF;
-    let mut attempts = 0u32;
-    loop {
-        attempts = attempts.saturating_add(1);
-        let result = register(&url, &registration).await.and_then(|reg| {
-            if reg.fleet == fleet {
-                Ok(reg)
-            } else {
-                Err(EnrollError::WrongFleet {
-                    registered: reg.fleet,
-                    node: fleet.clone(),
-                })
-            }
-        });
-        match result {
-            Ok(reg) => {
-                tracing::info!(
-                    builder = %url.authority(),
-                    name = %registration.name,
-                    fleet = %reg.fleet,
-                    attempts,
-                    "registered with the builder"
-                );
-                state.send_replace(EnrollState::Enrolled {
-                    fleet: reg.fleet,
-                    target_sequence: reg.target_sequence,
-                });
-                return;
-            }
-            Err(e) if e.is_definite() => {
-                tracing::error!(error = %e, name = %registration.name, "enrollment refused; not retrying");
-                state.send_replace(EnrollState::Refused(e));
-                return;
-            }
-            Err(e) => {
-                let wait = delay + delay * jitter / 1024;
-                tracing::warn!(error = %e, attempts, retry_in_ms = wait.as_millis() as u64, "enrollment failed; retrying");
-                state.send_replace(EnrollState::Pending {
-                    attempts,
-                    last_error: Some(e),
-                });
-                tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(MAX_BACKOFF);
-            }
+    let delays = ExponentialBuilder::default()
+        .with_min_delay(INITIAL_BACKOFF)
+        .with_factor(2.0)
+        .with_max_delay(MAX_BACKOFF)
+        .without_max_times()
+        .build()
+        .map(move |delay| delay + delay * jitter / 1024);
+    let attempts = AtomicU32::new(0);
+    let attempt = || async {
+        attempts.fetch_add(1, Ordering::Relaxed);
+        let reg = register(&url, &registration).await?;
+        if reg.fleet == fleet {
+            Ok(reg)
+        } else {
+            Err(EnrollError::WrongFleet {
+                registered: reg.fleet,
+                node: fleet.clone(),
+            })
+        }
+    };
+    let result = attempt
+        .retry(delays)
+        .sleep(tokio::time::sleep)
+        .when(|e: &EnrollError| !e.is_definite())
+        .notify(|e: &EnrollError, wait: Duration| {
+            let attempts = attempts.load(Ordering::Relaxed);
+            tracing::warn!(error = %e, attempts, retry_in_ms = wait.as_millis() as u64, "enrollment failed; retrying");
+            state.send_replace(EnrollState::Pending {
+                attempts,
+                last_error: Some(e.clone()),
+            });
+        })
+        .await;
+    match result {
+        Ok(reg) => {
+            tracing::info!(
+                builder = %url.authority(),
+                name = %registration.name,
+                fleet = %reg.fleet,
+                attempts = attempts.load(Ordering::Relaxed),
+                "registered with the builder"
+            );
+            state.send_replace(EnrollState::Enrolled {
+                fleet: reg.fleet,
+                target_sequence: reg.target_sequence,
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, name = %registration.name, "enrollment refused; not retrying");
+            state.send_replace(EnrollState::Refused(e));
         }
     }
 }
@@ -407,27 +428,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_parse_and_https_or_junk_is_refused() {
+    fn urls_parse_and_junk_is_refused() {
         let u = HttpUrl::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.prefix.as_str()),
+            (u.host().as_str(), u.port(), u.prefix()),
             ("127.0.0.1", 8080, "")
         );
         let u = HttpUrl::parse("HTTP://builder.lan/shoal/").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.prefix.as_str()),
+            (u.host().as_str(), u.port(), u.prefix()),
             ("builder.lan", 80, "/shoal")
         );
         let u = HttpUrl::parse("http://[::1]:9/").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 9));
+        assert_eq!((u.host().as_str(), u.port()), ("::1", 9));
         assert_eq!(u.authority(), "[::1]:9");
-        assert!(matches!(
-            HttpUrl::parse("https://b:1"),
-            Err(EnrollError::Https(_))
-        ));
+        let u = HttpUrl::parse("https://b:1").unwrap();
+        assert_eq!((u.host().as_str(), u.port()), ("b", 1));
+        assert_eq!(HttpUrl::parse("https://b").unwrap().port(), 443);
         for bad in [
             "ftp://x",
             "builder:80",
+            "http:builder",
             "http://",
             "http://:80",
             "http://h:0",
@@ -435,6 +456,7 @@ mod tests {
             "http://u:p@h",
             "http://h/a b",
             "http://h/?q",
+            "http://h/#f",
             "http://[::1",
             "http://a:b:80",
             "http://h\r\nX: y",
@@ -445,19 +467,108 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_malformed_answer_is_a_bad_response() {
-        let (s, b) =
-            parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((s, b.as_slice()), (201, &b"{}"[..]));
-        let e = parse_response(
+    #[tokio::test]
+    async fn answers_are_read_with_length_chunked_or_until_close() {
+        for (answer, want) in [
+            (
+                &b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}junk"[..],
+                (201, &b"{}"[..]),
+            ),
+            (
+                b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+                (401, b"abcde"),
+            ),
+            (b"HTTP/1.0 500 Oops\r\n\r\nall of it", (500, b"all of it")),
+        ] {
+            let (url, _server) = serve_once(answer).await;
+            let (status, body) = post(&url, "/x", b"{}").await.unwrap();
+            assert_eq!((status, body.as_slice()), want);
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_bad_responses() {
+        for bad in [
+            &b"garbage"[..],
+            b"HTTP/1.1 200 \xff\r\n\r\n",
+            b"SSH-2.0\r\n\r\n",
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"HTTP/1.1 99 Low\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            // A chunk size of usize::MAX (and MAX - 1) once overflowed a hand-written reader.
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffe\r\nab\r\n",
+        ] {
+            let (url, _server) = serve_once(bad).await;
+            let e = register(&url, &registration()).await.unwrap_err();
+            assert!(
+                matches!(e, EnrollError::BadResponse(_)),
+                "{}: {e}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(!e.is_definite());
+        }
+        let mut long = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_RESPONSE + 1
         )
-        .unwrap_err();
+        .into_bytes();
+        long.resize(long.len() + MAX_RESPONSE + 1, b' ');
+        let (url, _server) = serve_once(&long).await;
+        let e = register(&url, &registration()).await.unwrap_err();
         assert!(
-            matches!(&e, EnrollError::BadResponse(m) if m == "bad chunked body"),
+            matches!(&e, EnrollError::BadResponse(m) if m.contains("bytes")),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn https_builders_are_reached_over_rustls() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key.into())
+        .unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let s = tls.accept(s).await.unwrap();
+            answer(
+                s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            )
+            .await
+        });
+        let url = HttpUrl::parse(&format!("https://localhost:{port}/p")).unwrap();
+        // The builder's certificate is self-signed: trusted here besides the webpki roots.
+        let client = client_builder()
+            .add_root_certificate(reqwest::Certificate::from_der(cert.cert.der()).unwrap())
+            .build()
+            .unwrap();
+        let (status, body) = post_with(&client, &url, REGISTER_PATH, b"{}")
+            .await
+            .unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+        let req = String::from_utf8(server.await.unwrap()).unwrap();
+        assert!(
+            req.starts_with("POST /p/api/v1/devices/register HTTP/1.1\r\n"),
+            "{req}"
+        );
+        // Without that trust, the same builder is refused (and retried: it may be renewed).
+        let e = post(&url, REGISTER_PATH, b"{}").await.unwrap_err();
+        assert!(!e.is_definite(), "{e}");
     }
 
     /// Answers `answer` to the first request on `l` (read whole first); returns the request.
@@ -466,30 +577,40 @@ mod tests {
         answer: Vec<u8>,
     ) -> tokio::task::JoinHandle<Vec<u8>> {
         tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut req = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0, "request cut short");
-                req.extend_from_slice(&buf[..n]);
-                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .unwrap()
-                        .trim()
-                        .parse()
-                        .unwrap();
-                    if req.len() >= end + 4 + len {
-                        break;
-                    }
+            let (s, _) = l.accept().await.unwrap();
+            self::answer(s, answer).await
+        })
+    }
+
+    /// Reads one whole request from `s`, writes `answer` and closes; returns the request.
+    async fn answer(
+        mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        answer: Vec<u8>,
+    ) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request cut short");
+            req.extend_from_slice(&buf[..n]);
+            if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                if req.len() >= end + 4 + len {
+                    break;
                 }
             }
-            s.write_all(&answer).await.unwrap();
-            req
-        })
+        }
+        s.write_all(&answer).await.unwrap();
+        let _ = s.shutdown().await;
+        req
     }
 
     /// A one-shot server answering `answer`; its URL (with a path prefix) and the request.

@@ -112,7 +112,7 @@ pub enum StartError {
         /// The decoder's error.
         source: shoal_protocol::DecodeError,
     },
-    /// The enrollment's builder URL cannot be used (for example `https://`).
+    /// The enrollment's builder URL cannot be used (for example `ftp://`).
     #[error("enrollment: {0}")]
     Enroll(super::enroll::EnrollError),
     /// The rotation chain given with [`Builder::trust_chain`] does not lead to the trust root.

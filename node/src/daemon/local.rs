@@ -1,23 +1,25 @@
-//! The daemon's local endpoints: the Prometheus text endpoint (HTTP on TCP) and the control
+//! The daemon's local endpoints: the metrics endpoint (axum over TCP) and the control
 //! socket `shoal-node status` reads (a unix socket in the data directory; each connection gets
 //! the status as one JSON document).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use super::handle::Status;
 use super::metrics::{Counters, Gauges, render};
 
-/// Largest HTTP request head read.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// Connections served at once by each endpoint.
+/// Connections the metrics endpoint serves at once.
 const MAX_CLIENTS: usize = 16;
+/// How long a metrics connection may stay open.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn gauges(s: &Status) -> Gauges {
     Gauges {
@@ -30,63 +32,130 @@ fn gauges(s: &Status) -> Gauges {
     }
 }
 
-/// Binds the metrics endpoint; returns its address and the future that serves it.
+/// Binds the metrics endpoint (axum: `GET /metrics`, anything else 404; one request per
+/// connection); returns its address and the future that serves it.
 pub async fn serve_metrics(
     addr: SocketAddr,
     counters: Arc<Counters>,
     status: watch::Receiver<Status>,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+    use axum::http::{StatusCode, header};
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
-    let fut = async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                continue;
-            };
-            let (counters, status) = (counters.clone(), status.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let mut buf = vec![0u8; MAX_REQUEST_BYTES];
-                let mut len = 0;
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    while len < buf.len() {
-                        let n = sock.read(&mut buf[len..]).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    std::io::Result::Ok(())
-                })
-                .await;
-                if !matches!(read, Ok(Ok(()))) {
-                    return;
-                }
-                let head = String::from_utf8_lossy(&buf[..len]);
-                let path = head.split_whitespace().nth(1).unwrap_or("/");
-                let (code, body) = if path == "/metrics" {
-                    let s = status.borrow().clone();
-                    ("200 OK", render(&counters, &gauges(&s)))
-                } else {
-                    ("404 Not Found", "not found; try /metrics\n".to_string())
-                };
-                let resp = format!(
-                    "HTTP/1.1 {code}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
+    let scrape = move || async move {
+        let body = render(&counters, &gauges(&status.borrow()));
+        (
+            [
+                (header::CONTENT_TYPE, super::metrics::CONTENT_TYPE),
+                (header::CONNECTION, "close"),
+            ],
+            body,
+        )
     };
-    Ok((bound, fut))
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONNECTION, "close")],
+                "not found; try /metrics\n",
+            )
+        });
+    let listener = Slots {
+        listener,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS)),
+    };
+    Ok((bound, async move {
+        let _ = axum::serve(listener, app).await;
+    }))
+}
+
+/// The metrics endpoint's listener: at most [`MAX_CLIENTS`] connections at once (more are
+/// closed on accept), each cut after [`CLIENT_TIMEOUT`], so slow clients cannot pile up.
+struct Slots {
+    listener: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for Slots {
+    type Io = Slot;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Slot, SocketAddr) {
+        loop {
+            // The TCP listener's accept retries on errors.
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                let deadline = Box::pin(tokio::time::sleep(CLIENT_TIMEOUT));
+                return (
+                    Slot {
+                        stream,
+                        deadline,
+                        _permit: permit,
+                    },
+                    addr,
+                );
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// One metrics connection: its slot and its deadline.
+struct Slot {
+    stream: tokio::net::TcpStream,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Whether the deadline passed (else the timer wakes the connection when it does).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        self.deadline
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| std::io::ErrorKind::TimedOut.into())
+    }
+}
+
+impl AsyncRead for Slot {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slot {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// Binds the control socket at `path` (replacing a stale one); returns the serving future.

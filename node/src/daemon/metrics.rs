@@ -1,14 +1,22 @@
-//! Counters and gauges of a running daemon, rendered in the Prometheus text format.
+//! Counters and gauges of a running daemon, rendered by prometheus-client in the OpenMetrics
+//! text format (which Prometheus scrapes): the data plane counts into [`Counters`], the loop's
+//! state is sampled as [`Gauges`] when the endpoint is read, and [`render`] encodes both as one
+//! scrape's constant metrics.
 //!
 //! Bytes are counted by peer class — the same site, another site, the builder's origin, or not
 //! yet known — so an operator can see how much of a rollout stayed local and how much the
 //! builder sent.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use shoal_protocol::DeviceId;
 
 /// How a peer relates to this device.
@@ -153,129 +161,138 @@ pub struct Gauges {
     pub store_quota_bytes: u64,
 }
 
-/// Renders the Prometheus text exposition.
-pub fn render(counters: &Counters, gauges: &Gauges) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_string()
-    };
-    let _ = metric(
-        "shoal_bytes_in_total",
-        "counter",
-        "Chunk bytes received (compressed, as on the wire), by peer class.",
-    );
-    for class in PeerClass::ALL {
-        let _ = writeln!(
-            out,
-            "shoal_bytes_in_total{{class=\"{}\"}} {}",
-            class.as_str(),
-            counters.bytes_in(class)
-        );
-    }
-    let mut metric = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    metric(
-        "shoal_bytes_out_total",
-        "counter",
-        "Chunk bytes sent (compressed, as on the wire), by peer class.",
-    );
-    for class in PeerClass::ALL {
-        let _ = writeln!(
-            out,
-            "shoal_bytes_out_total{{class=\"{}\"}} {}",
-            class.as_str(),
-            counters.bytes_out(class)
-        );
-    }
-    let lines: [(&str, &str, &str, Option<u64>); 12] = [
-        (
-            "shoal_peer_resets_total",
-            "counter",
-            "Data-plane connections reset by a peer that restarted (each is dialed again).",
-            Some(counters.peer_resets.load(Ordering::Relaxed)),
-        ),
-        (
-            "shoal_peers_dropped_total",
-            "counter",
-            "Peers dropped for serving too slowly or failing too often.",
-            Some(counters.peers_dropped.load(Ordering::Relaxed)),
-        ),
-        (
-            "shoal_gossip_accepted_total",
-            "counter",
-            "Gossip messages accepted and forwarded.",
-            Some(counters.gossip_accepted.load(Ordering::Relaxed)),
-        ),
-        (
-            "shoal_gossip_rejected_total",
-            "counter",
-            "Gossip messages rejected and not forwarded.",
-            Some(counters.gossip_rejected.load(Ordering::Relaxed)),
-        ),
-        (
-            "shoal_chunks_verified_total",
-            "counter",
-            "Blobs received that verified.",
-            Some(counters.verified.load(Ordering::Relaxed)),
-        ),
-        (
-            "shoal_chunks_rejected_total",
-            "counter",
-            "Blobs received that failed verification.",
-            Some(counters.rejected.load(Ordering::Relaxed)),
-        ),
-        (
-            "shoal_chunks_served_total",
-            "counter",
-            "Blobs served to peers.",
-            Some(counters.served.load(Ordering::Relaxed)),
-        ),
-        (
-            "shoal_peers",
-            "gauge",
-            "Connected data-plane peers.",
-            Some(gauges.peers),
-        ),
-        (
-            "shoal_banned_peers",
-            "gauge",
-            "Peers currently banned.",
-            Some(gauges.banned_peers),
-        ),
-        (
-            "shoal_current_release",
-            "gauge",
-            "Sequence of the committed release.",
-            gauges.current_release,
-        ),
-        (
-            "shoal_target_release",
-            "gauge",
-            "Sequence of the release being fetched or staged.",
-            gauges.target_release,
-        ),
-        (
-            "shoal_store_bytes",
-            "gauge",
-            "Bytes held by the chunk store.",
-            Some(gauges.store_bytes),
-        ),
-    ];
-    for (name, kind, help, value) in lines {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        if let Some(v) = value {
-            let _ = writeln!(out, "{name} {v}");
+/// One scrape's values, encoded by prometheus-client as constant metrics.
+#[derive(Debug)]
+struct Sample {
+    bytes_in: [u64; 4],
+    bytes_out: [u64; 4],
+    counters: [(&'static str, &'static str, u64); 7],
+    gauges: [(&'static str, &'static str, Option<u64>); 6],
+}
+
+impl Sample {
+    fn of(c: &Counters, g: &Gauges) -> Sample {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Sample {
+            bytes_in: PeerClass::ALL.map(|class| c.bytes_in(class)),
+            bytes_out: PeerClass::ALL.map(|class| c.bytes_out(class)),
+            // Counter names without `_total`: the encoder appends it.
+            counters: [
+                (
+                    "shoal_peer_resets",
+                    "Data-plane connections reset by a peer that restarted (each is dialed again).",
+                    load(&c.peer_resets),
+                ),
+                (
+                    "shoal_peers_dropped",
+                    "Peers dropped for serving too slowly or failing too often.",
+                    load(&c.peers_dropped),
+                ),
+                (
+                    "shoal_gossip_accepted",
+                    "Gossip messages accepted and forwarded.",
+                    load(&c.gossip_accepted),
+                ),
+                (
+                    "shoal_gossip_rejected",
+                    "Gossip messages rejected and not forwarded.",
+                    load(&c.gossip_rejected),
+                ),
+                (
+                    "shoal_chunks_verified",
+                    "Blobs received that verified.",
+                    load(&c.verified),
+                ),
+                (
+                    "shoal_chunks_rejected",
+                    "Blobs received that failed verification.",
+                    load(&c.rejected),
+                ),
+                (
+                    "shoal_chunks_served",
+                    "Blobs served to peers.",
+                    load(&c.served),
+                ),
+            ],
+            gauges: [
+                ("shoal_peers", "Connected data-plane peers.", Some(g.peers)),
+                (
+                    "shoal_banned_peers",
+                    "Peers currently banned.",
+                    Some(g.banned_peers),
+                ),
+                (
+                    "shoal_current_release",
+                    "Sequence of the committed release.",
+                    g.current_release,
+                ),
+                (
+                    "shoal_target_release",
+                    "Sequence of the release being fetched or staged.",
+                    g.target_release,
+                ),
+                (
+                    "shoal_store_bytes",
+                    "Bytes held by the chunk store.",
+                    Some(g.store_bytes),
+                ),
+                (
+                    "shoal_store_quota_bytes",
+                    "The chunk store's quota.",
+                    Some(g.store_quota_bytes),
+                ),
+            ],
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP shoal_store_quota_bytes The chunk store's quota.\n# TYPE shoal_store_quota_bytes gauge\nshoal_store_quota_bytes {}",
-        gauges.store_quota_bytes
-    );
+}
+
+impl Collector for Sample {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, values) in [
+            (
+                "shoal_bytes_in",
+                "Chunk bytes received (compressed, as on the wire), by peer class.",
+                &self.bytes_in,
+            ),
+            (
+                "shoal_bytes_out",
+                "Chunk bytes sent (compressed, as on the wire), by peer class.",
+                &self.bytes_out,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (class, value) in PeerClass::ALL.iter().zip(values) {
+                let labels = [("class", class.as_str())];
+                ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, value) in self.counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        for (name, help, value) in self.gauges {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            // A release not known yet has no sample (rather than a misleading 0).
+            if let Some(v) = value {
+                ConstGauge::new(v).encode(metric)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renders the OpenMetrics text exposition (which Prometheus reads).
+pub fn render(counters: &Counters, gauges: &Gauges) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Sample::of(counters, gauges)));
+    let mut out = String::new();
+    // Writing to a String cannot fail, and every name above is valid.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {

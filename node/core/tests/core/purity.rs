@@ -22,7 +22,7 @@ fn dependencies(manifest: &str) -> Vec<String> {
 fn the_core_depends_on_pure_crates_only() {
     assert_eq!(
         dependencies(MANIFEST),
-        ["serde", "shoal-protocol", "thiserror"],
+        ["rustc-hash", "serde", "shoal-protocol", "thiserror"],
         "node/core/Cargo.toml: the core may depend on nothing that does I/O"
     );
     let io = [
