@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoal_builder::app::{App, Role, now_s};
-use shoal_builder::live::{OriginGossip, Rollouts, system_clock_ms};
-use shoal_builder::origin::{OriginConfig, Origins};
+use shoal_builder::live::{Rollouts, system_clock_ms};
+use shoal_builder::origin::{OriginConfig, OriginGossip, Origins};
 use shoal_protocol::RolloutPlan;
 
 mod keys_cli;
@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         command: HookCommand::PreReceive,
     } = cli.command
     {
-        std::process::exit(shoal_builder::hook::client_main());
+        std::process::exit(shoal_builder::http::hook::client_main());
     }
     if let Command::Keys { command } = cli.command {
         return keys_cli::run(command);
@@ -236,7 +236,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     data_listen,
                 },
             ));
-            let _ = app.origins.set(origins.clone());
+            let _ = app.origins.set(Arc::new(OriginGossip(origins.clone())));
             let (seeded, reports) = (origins.subscribe_seeded(), origins.subscribe_reports());
             origins
                 .start_all(&app)
@@ -251,9 +251,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
             .context("resume the rollouts")?;
-            let _ = app.rollouts.set(rollouts);
+            let _ = app.rollouts.set(Arc::new(rollouts));
             for fleet in app.db.fleets().await? {
-                shoal_builder::githttp::configure_repo(&app.repo_path(&fleet))
+                shoal_builder::app::configure_repo(&app.repo_path(&fleet))
                     .with_context(|| format!("configure repository of {fleet}"))?;
                 println!(
                     "fleet {fleet}: trust root {}",
@@ -348,7 +348,7 @@ async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
     use shoal_node::daemon::identity::DeviceKey;
     use shoal_node::daemon::runtime::RuntimeConfig;
 
-    if let Err(e) = shoal_builder::engine::connect().await {
+    if let Err(e) = shoal_builder::pipeline::engine::connect().await {
         eprintln!("shoal-builder local-fleet: no Docker Engine reachable: {e}");
         eprintln!("Start one (for example `bash scripts/engine.sh`) and run this again.");
         std::process::exit(2);

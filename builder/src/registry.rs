@@ -19,11 +19,12 @@
 //! (latest by report time, then state order, as the rollout controller counts), and its current
 //! release, the highest one it reported healthy.
 //!
+//! Its HTTP routes are [`crate::http::registry`]'s.
+//!
 //! A device's **target release** is its pin if it has one, else the fleet's pin, else the fleet's
 //! latest published release ([`Registry::target`]); see `docs/ROLLOUT.md`.
 
 mod progress;
-mod routes;
 pub(crate) mod store;
 
 use std::collections::HashMap;
@@ -38,11 +39,10 @@ pub use shoal_protocol::registration::{
 };
 
 pub use progress::{DeviceOnRelease, Progress, WaveProgress, progress, release_plan};
-pub use routes::routes;
 pub use store::{Device, DeviceRelease};
 
 use crate::app::App;
-use crate::db::DbError;
+use crate::storage::db::DbError;
 
 /// Reports this far from the builder's clock (either way) are refused as stale or future.
 pub const FRESHNESS_S: i64 = 600;

@@ -2,7 +2,7 @@
 //! and any bytes encoded as a client would, which must decode back to themselves.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shoal_builder::authheader;
+use shoal_builder::http::auth_header;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

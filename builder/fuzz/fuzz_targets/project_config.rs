@@ -3,7 +3,7 @@
 //! source must stay inside the tree and its destination inside `/run/secrets`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shoal_builder::buildconfig::{self, CONFIG_FILES};
+use shoal_builder::pipeline::build_config::{self, CONFIG_FILES};
 
 fuzz_target!(|data: &[u8]| {
     let (file, secrets_dir) = CONFIG_FILES[usize::from(data.first().is_some_and(|b| b & 1 == 1))];

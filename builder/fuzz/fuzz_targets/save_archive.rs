@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use shoal_builder::save;
+use shoal_builder::pipeline::image_archive;
 use shoal_protocol::{Digest, chunking};
 
 fuzz_target!(|data: &[u8]| {

@@ -8,8 +8,8 @@ use shoal_protocol::{DeviceId, Digest, Envelope, ReleaseManifest, ReleaseSeq, Ro
 
 use super::store::{self, DeviceRelease};
 use crate::app::App;
-use crate::db::{DbError, Release};
-use crate::store::Kind;
+use crate::storage::blobs::Kind;
+use crate::storage::db::{DbError, Release};
 
 /// One wave's counts.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
-use crate::http::Server;
+use crate::http::state::Server;
 
 const CSS: &str = include_str!("dashboard/assets/app.css");
 const JS: &str = include_str!("dashboard/assets/app.js");
