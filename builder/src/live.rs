@@ -51,11 +51,13 @@
 //!
 //! [`Rollouts`] (here) is the handle: one task per fleet, fed through a queue. The task
 //! ([`task`]) owns the fleet's newest rollout ([`controller`]: the controller and what it has
-//! seen), applies the pins ([`pins`]), and stores every input ([`persist`]).
+//! seen), applies the pins ([`pins`]), stores every input ([`persist`]) and replays them on
+//! start-up ([`replay`]).
 
 mod controller;
 pub mod persist;
 mod pins;
+mod replay;
 mod task;
 
 #[cfg(test)]

@@ -7,20 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_node::core::GossipMessage;
-use shoal_protocol::{
-    DeviceId, Digest, Envelope, ReleaseManifest, ReleaseSeq, StatusReport, UnixTime, encoding,
-};
+use shoal_protocol::{DeviceId, Envelope, ReleaseSeq, StatusReport, UnixTime, encoding};
 use shoal_rollout::{Action, State};
 use tokio::sync::mpsc;
 
-use super::controller::{Live, apply, content_key, drain_replayed, new_live};
+use super::controller::{Live, apply, content_key, new_live};
 use super::persist::{self, Event, RolloutRow};
+use super::pins;
 use super::{Cmd, Inner, LiveError, Progress};
 use crate::app::now_s;
 use crate::gossip::Seeded;
 use crate::pipeline::publish;
 use crate::steering::{DeviceProgress, WaveProgress};
-use crate::storage::db::Fleet;
+use crate::storage::db::{DbError, Fleet};
 
 /// Smallest gap between two timer wake-ups, so a timer due in the past cannot spin.
 const MIN_TIMER_GAP_MS: u64 = 1_000;
@@ -216,7 +215,7 @@ impl FleetTask {
     }
 
     /// Carries out the controller's queued actions. `replaying`: only advance the counters.
-    async fn act(&mut self, replaying: bool) {
+    pub(super) async fn act(&mut self, replaying: bool) {
         loop {
             let Some(live) = self.live.as_mut() else {
                 return;
@@ -283,7 +282,7 @@ impl FleetTask {
         }
         let app = self.inner.app.clone();
         let db = &app.db;
-        let internal = |e: crate::storage::db::DbError| LiveError::Internal(e.to_string());
+        let internal = |e: DbError| LiveError::Internal(e.to_string());
         if let Some(live) = &self.live
             && matches!(live.controller.state(), State::Running | State::Paused(_))
         {
@@ -321,14 +320,14 @@ impl FleetTask {
         tracing::info!(fleet = %self.fleet.name, sequence = seq.0, "rollout started");
         // The pins act before anything is published: the fleet pin keeps wave 0 shut, and the
         // held devices' list goes out ahead of it.
-        let pins = self.pins().await?;
+        let pins = pins::load(&self.inner.app, &self.fleet).await?;
         let mut start = Vec::new();
         if let Some(p) = pins.fleet
-            && !self.same_content(p, seq, content).await
+            && !pins::same_content(&self.inner.app, &self.fleet, p, seq, content).await
         {
             start.push(Event::HoldFleet);
         }
-        let held = self.held_for(&pins, seq, content).await;
+        let held = pins::held_for(&self.inner.app, &self.fleet, &pins, seq, content).await;
         if !held.is_empty() {
             start.push(Event::Hold(held.into_iter().collect()));
         }
@@ -343,7 +342,7 @@ impl FleetTask {
         // Wave 0 opens now (unless held); then every registered device the fleet has heard of
         // joins.
         self.act(false).await;
-        let registered = self.registered().await?;
+        let registered = pins::registered(&self.inner.app, &self.fleet).await?;
         if registered.is_empty() {
             tracing::warn!(fleet = %self.fleet.name, "no device is registered in the fleet: every device the origin hears of counts in the rollout");
         }
@@ -370,82 +369,82 @@ impl FleetTask {
         Ok(())
     }
 
-    /// Rebuilds the fleet's newest rollout from its stored events.
-    /// Rebuilds the fleet's newest rollout from its stored events.
-    pub(super) async fn resume(&mut self) {
-        if let Err(e) = self.try_resume().await {
-            tracing::error!(fleet = %self.fleet.name, error = %e, "cannot resume the rollout");
-        }
-    }
-
-    async fn try_resume(&mut self) -> Result<(), LiveError> {
-        let app = self.inner.app.clone();
-        let db = &app.db;
-        let internal = |e: crate::storage::db::DbError| LiveError::Internal(e.to_string());
-        let Some(row) = persist::latest_rollout(db, &self.fleet)
-            .await
-            .map_err(internal)?
-        else {
+    /// Brings the newest rollout in line with the pins (see the module docs).
+    pub(super) async fn reconcile_pins(&mut self) -> Result<(), LiveError> {
+        let Some(live) = self.live.as_ref() else {
             return Ok(());
         };
-        let digest: Digest = row
-            .manifest_digest
-            .parse()
-            .map_err(|_| LiveError::Internal("stored manifest digest does not parse".into()))?;
-        // The stored manifest says what the release runs (for pins); without it, only the
-        // release itself counts as the same.
-        let content = self
-            .manifest_by_digest(&digest)
-            .map(|m| content_key(&m))
-            .unwrap_or(digest);
-        let mut live = new_live(&self.fleet.name, &row, digest, content);
-        let events = persist::events(db, &self.fleet, row.sequence)
-            .await
-            .map_err(internal)?;
-        // Drain after each event, as the live loop did, so the action queue never overflows and
-        // the wave control counter lands where it was; the pins fed at the start went in before
-        // the first drain.
-        let leading = events.iter().take_while(|(_, e)| e.at_start()).count();
-        for (at, event) in &events[..leading] {
-            apply(&mut live, *at, event);
-        }
-        drain_replayed(&mut live);
-        for (at, event) in &events[leading..] {
-            apply(&mut live, *at, event);
-            drain_replayed(&mut live);
-        }
-        self.live = Some(live);
-        self.act(true).await;
-        // Gossip the published wave control messages again, in order.
-        for bytes in persist::wave_controls(db, &self.fleet, row.sequence)
-            .await
-            .map_err(internal)?
+        let (seq, content) = (live.controller.sequence(), live.content);
+        let pins = pins::load(&self.inner.app, &self.fleet).await?;
+        let held = pins::held_for(&self.inner.app, &self.fleet, &pins, seq, content).await;
+        let now = self.now_ms();
+        if let Some(live) = self.live.as_ref()
+            && *live.controller.held() != held
+            && *live.controller.state() != State::Halted
         {
-            let _ = self.inner.gossip.publish(&self.fleet.name, bytes).await;
+            self.feed(now, Event::Hold(held.into_iter().collect()))
+                .await?;
         }
-        // An abort (or a fleet pin) whose rollback never went out is finished now.
-        let back_to = events.iter().rev().find_map(|(_, e)| match e {
-            Event::Abort => Some(self.live.as_ref().and_then(|l| l.controller.previous())),
-            Event::PinFleet(p) => Some(Some(*p)),
+        let fleet_pin = match pins.fleet {
+            Some(p) if !pins::same_content(&self.inner.app, &self.fleet, p, seq, content).await => {
+                Some(p)
+            }
             _ => None,
-        });
-        if let Some(live) = &self.live
-            && *live.controller.state() == State::Halted
-            && let Some(to) = back_to
-            && !persist::has_newer(db, &self.fleet, row.sequence)
-                .await
-                .map_err(internal)?
-        {
-            self.roll_back(to).await?;
+        };
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let state = live.controller.state().clone();
+        match (fleet_pin, state) {
+            (None, State::Held) => self.feed(now, Event::ReleaseFleet).await?,
+            (None, _) => {}
+            (Some(p), State::Held) => {
+                // Held on what the rollout before it carried; pinned to other content now, the
+                // fleet goes there (the held release, never activated, is superseded).
+                let db = &self.inner.app.db;
+                let before = persist::rollout_before(db, &self.fleet, seq)
+                    .await
+                    .map_err(|e| LiveError::Internal(e.to_string()))?;
+                let there = match before {
+                    Some((q, state)) if state != "halted" => {
+                        match publish::published_manifest(&self.inner.app, &self.fleet, q).await {
+                            Ok((m, _)) => {
+                                pins::same_content(
+                                    &self.inner.app,
+                                    &self.fleet,
+                                    p,
+                                    q,
+                                    content_key(&m),
+                                )
+                                .await
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    _ => false,
+                };
+                if !there {
+                    tracing::info!(fleet = %self.fleet.name, sequence = seq.0, pinned = p.0, "held fleet pinned to another release: rolling forward to it");
+                    self.feed(now, Event::PinFleet(p)).await?;
+                }
+            }
+            (Some(p), State::Running | State::Paused(_)) => {
+                tracing::info!(fleet = %self.fleet.name, sequence = seq.0, pinned = p.0, "fleet pinned to an older release: rolling forward to it");
+                self.feed(now, Event::PinFleet(p)).await?;
+            }
+            (Some(p), _) => {
+                // Complete, or halted with nothing newer: roll forward to the pinned content.
+                let db = &self.inner.app.db;
+                let newer = persist::has_newer(db, &self.fleet, seq)
+                    .await
+                    .map_err(|e| LiveError::Internal(e.to_string()))?;
+                if !newer {
+                    tracing::info!(fleet = %self.fleet.name, sequence = seq.0, pinned = p.0, "fleet pinned to an older release: rolling forward to it");
+                    self.roll_back(Some(p)).await?;
+                }
+            }
         }
-        // Pins changed while the builder was down act now.
-        self.reconcile_pins().await?;
-        tracing::info!(
-            fleet = %self.fleet.name,
-            sequence = row.sequence.0,
-            events = events.len(),
-            "rollout resumed"
-        );
+        self.publish_progress();
         Ok(())
     }
 
@@ -472,21 +471,6 @@ impl FleetTask {
         // The origin's seeded event starts the rollback's rollout; start it here too in case
         // the gossip is a fake that sends none (start_rollout ignores a repeat).
         self.start_rollout(seeded).await
-    }
-
-    /// The stored manifest of published release `seq`, and its commit.
-    pub(super) async fn manifest_of(
-        &self,
-        seq: ReleaseSeq,
-    ) -> Result<(ReleaseManifest, String), LiveError> {
-        publish::published_manifest(&self.inner.app, &self.fleet, seq)
-            .await
-            .map_err(|e| LiveError::Internal(e.to_string()))
-    }
-
-    fn manifest_by_digest(&self, digest: &Digest) -> Result<ReleaseManifest, LiveError> {
-        publish::stored_manifest(&self.inner.app, digest)
-            .map_err(|e| LiveError::Internal(e.to_string()))
     }
 
     pub(super) fn progress(&self) -> Option<Progress> {
