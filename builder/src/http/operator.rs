@@ -128,7 +128,7 @@ async fn check_pin(s: &Server, fleet: &str, sequence: Option<i64>) -> Result<(),
     let Some(seq) = sequence else {
         return Ok(());
     };
-    match crate::registry::store::release_digest(&s.app.db, fleet, seq).await {
+    match crate::registry::tables::release_digest(&s.app.db, fleet, seq).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -193,7 +193,7 @@ async fn pin_device(
         ));
     };
     let id = id.to_string();
-    let device = match crate::registry::store::device(&s.app.db, &id).await {
+    let device = match crate::registry::tables::device(&s.app.db, &id).await {
         Ok(Some(d)) => d,
         Ok(None) => {
             return Err(json_error(
@@ -207,7 +207,7 @@ async fn pin_device(
     check_pin(&s, &device.fleet, pin.sequence).await?;
     // Every pinned device may have to be named in one signed hold list.
     if pin.sequence.is_some() && device.pinned_sequence.is_none() {
-        let pinned = crate::registry::store::pinned_in_fleet(&s.app.db, &device.fleet)
+        let pinned = crate::registry::tables::pinned_in_fleet(&s.app.db, &device.fleet)
             .await
             .map_err(internal)?;
         if pinned >= shoal_protocol::MAX_HELD_DEVICES as i64 {

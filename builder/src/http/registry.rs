@@ -106,7 +106,7 @@ async fn device(State(s): State<Server>, Path(id): Path<String>) -> Response {
         Ok(d) => d.to_string(),
         Err(r) => return r,
     };
-    match registry::store::device(&s.app.db, &id).await {
+    match registry::tables::device(&s.app.db, &id).await {
         Ok(Some(d)) => json_ok(d),
         Ok(None) => json_error(StatusCode::NOT_FOUND, &format!("no device {id}")),
         Err(e) => internal(e),

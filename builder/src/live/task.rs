@@ -113,12 +113,12 @@ impl FleetTask {
         }
         // Only devices registered in this fleet count: anyone can make a device key.
         let db = &self.inner.app.db;
-        let counted = match crate::registry::store::device(db, &report.device.to_string()).await {
+        let counted = match crate::registry::tables::device(db, &report.device.to_string()).await {
             Ok(Some(d)) => d.fleet == self.fleet.name,
             // A fleet with no registered device at all (its devices never enrolled) counts every
             // device its origin hears of, as before the registry.
             Ok(None) => matches!(
-                crate::registry::store::registered_in_fleet(db, self.fleet.id).await,
+                crate::registry::tables::registered_in_fleet(db, self.fleet.id).await,
                 Ok(0)
             ),
             Err(e) => {
