@@ -20,8 +20,7 @@
 //! | `GET /api/v1/releases/{id}/announcement` | the signed announcement envelope |
 //! | `GET /chunks/{digest}` | a chunk's bytes |
 //!
-//! The device registry's routes are in [`registry`], the operator's in [`operator`], the
-//! dashboard's in [`dashboard`].
+//! The device registry's, the operator's and the dashboard's routes are in their modules.
 //!
 //! Every error is JSON `{"error": "..."}` with a fitting status code.
 //!

@@ -71,10 +71,8 @@ use shoal_protocol::StatusReport;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::app::App;
-pub use crate::gossip::Gossip;
-use crate::gossip::Seeded;
-use crate::steering::{Command, Steering};
-pub use crate::steering::{DeviceProgress, LiveError, Progress, WaveProgress};
+use crate::gossip::{Gossip, Seeded};
+use crate::steering::{Command, LiveError, Progress, Steering};
 use persist::Event;
 use task::FleetTask;
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_builder::app::{App, now_s};
-use shoal_builder::live::{Progress, Rollouts, system_clock_ms};
+use shoal_builder::live::{Rollouts, system_clock_ms};
 use shoal_builder::origin::{OriginConfig, OriginGossip, Origins};
+use shoal_builder::steering::Progress;
 use shoal_builder::storage::blobs::Kind;
 use shoal_builder::storage::db::{Outcome, Status};
 use shoal_node::daemon::identity::DeviceKey;

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_builder::live::Progress;
 use shoal_builder::localfleet::{self, FLEET, LocalFleet, Options};
+use shoal_builder::steering::Progress;
 use shoal_node::daemon::Status;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::spec::LABEL_NODE;
