@@ -19,7 +19,7 @@
 //! 3. **HTTP** ([`http`]): the JSON API, git smart HTTP and its pre-receive hook, the device
 //!    registry's and the operator's routes, and the dashboard, which reads the services.
 //! 4. **The binary**: the operator CLI ([`cli`]) and a whole fleet on this machine
-//!    ([`localfleet`]), under `src/main.rs`.
+//!    ([`local_fleet`]), under `src/main.rs`.
 //!
 //! The rollout controller is its own crate, `shoal-rollout` (`builder/rollout/`), pure, so the
 //! simulator uses it without the builder. Everything here needs the `server` feature (default),
@@ -61,4 +61,4 @@ pub mod http;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]
-pub mod localfleet;
+pub mod local_fleet;

@@ -50,9 +50,9 @@
 //! ## Layout
 //!
 //! [`Rollouts`] (here) is the handle: one task per fleet, fed through a queue. The task
-//! ([`task`]) owns the fleet's newest rollout ([`controller`]: the controller and what it has
-//! seen), applies the pins ([`pins`]), stores every input ([`persist`]) and replays them on
-//! start-up ([`replay`]).
+//! (`live/task.rs`) owns the fleet's newest rollout (`live/controller.rs`: the controller and
+//! what it has seen), applies the pins (`live/pins.rs`), stores every input ([`persist`]) and
+//! replays them on start-up (`live/replay.rs`).
 
 mod controller;
 pub mod persist;

@@ -344,7 +344,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
-    use shoal_builder::localfleet::{self, demo};
+    use shoal_builder::local_fleet::{self, demo};
     use shoal_node::daemon::identity::DeviceKey;
     use shoal_node::daemon::runtime::RuntimeConfig;
 
@@ -355,14 +355,14 @@ async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
     }
     let script = std::process::Command::new("bash")
         .arg("-c")
-        .arg(localfleet::BASE_IMAGE_SCRIPT)
+        .arg(local_fleet::BASE_IMAGE_SCRIPT)
         .status()
         .context("run the base image script")?;
     anyhow::ensure!(script.success(), "making the busybox base image failed");
 
     let prefix = format!("shoal-local-{}", std::process::id());
     let runtime_prefix = prefix.clone();
-    let (factory, runtimes) = localfleet::docker_runtimes(move |_| RuntimeConfig {
+    let (factory, runtimes) = local_fleet::docker_runtimes(move |_| RuntimeConfig {
         prefix: runtime_prefix.clone(),
         health_window_ms: 3_000,
         stop_timeout_s: 2,
@@ -389,11 +389,11 @@ async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
         })
     });
     let result = demo::run(demo::Demo {
-        fleet: localfleet::Options {
+        fleet: local_fleet::Options {
             builder_exe: demo::builder_exe()?,
             keys: (0..devices).map(|_| DeviceKey::generate()).collect(),
             runtime: factory,
-            plan: localfleet::quick_plan(3),
+            plan: local_fleet::quick_plan(3),
         },
         containers,
         exit,

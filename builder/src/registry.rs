@@ -22,7 +22,7 @@
 //! Its HTTP routes are [`crate::http::registry`]'s.
 //!
 //! A device's **target release** is its pin if it has one, else the fleet's pin, else the fleet's
-//! latest published release ([`Registry::target`]); see `docs/ROLLOUT.md`.
+//! latest published release; see `docs/ROLLOUT.md`.
 
 mod progress;
 pub(crate) mod tables;
