@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_builder::engine;
 use shoal_builder::keys::Keys;
-use shoal_builder::store::Store;
+use shoal_builder::pipeline::engine;
+use shoal_builder::storage::blobs::Store;
 use shoal_protocol::{
     Envelope, ReleaseManifest, ReleaseSeq, RolloutPlan, Service, ServiceSettings, UnixTime,
 };
@@ -78,7 +78,7 @@ async fn publish(
     };
     let env = Envelope::seal(&m, &[&keys.release]);
     store.put_blob(
-        shoal_builder::store::Kind::Manifest,
+        shoal_builder::storage::blobs::Kind::Manifest,
         &shoal_protocol::encoding::encode(&env),
     )?;
     Ok((size, exported.new_bytes))

@@ -1,4 +1,7 @@
-//! The builder's state: data directory layout, database, store, keys and running builds.
+//! The builder's state ([`App`]): data directory layout, database, store, keys and running
+//! builds, and the handles of what the server starts: the fleets' origin nodes, reached through
+//! [`Gossip`], and the live rollouts, reached through [`Steering`] (both traits are defined
+//! below this module, so the app never depends on the origin or the rollout loop).
 //!
 //! Layout of the data directory (created on first use, by the server or the operator CLI):
 //!
@@ -21,10 +24,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shoal_protocol::{RolloutPlan, UnixTime};
 
-use crate::db::{Db, DbError, Fleet};
+use crate::build_log::BuildLog;
+use crate::gossip::Gossip;
 use crate::keys::{KeyError, Keys};
-use crate::log::BuildLog;
-use crate::store::Store;
+use crate::steering::Steering;
+use crate::storage::blobs::Store;
+use crate::storage::db::{Db, DbError, Fleet};
 
 /// Most builds running at once; further pushes wait for a slot.
 pub const MAX_CONCURRENT_BUILDS: usize = 2;
@@ -81,7 +86,6 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 /// The opened data directory.
-#[derive(Debug)]
 pub struct App {
     /// The data directory.
     pub root: PathBuf,
@@ -98,9 +102,20 @@ pub struct App {
     /// Build slots.
     pub build_slots: tokio::sync::Semaphore,
     /// The fleets' origin nodes, once the server started them (the operator CLI has none).
-    pub origins: std::sync::OnceLock<Arc<crate::origin::Origins>>,
+    pub origins: std::sync::OnceLock<Arc<dyn Gossip>>,
     /// The live rollouts, once the server started them.
-    pub rollouts: std::sync::OnceLock<crate::live::Rollouts>,
+    pub rollouts: std::sync::OnceLock<Arc<dyn Steering>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("root", &self.root)
+            .field("db", &self.db)
+            .field("store", &self.store)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
 }
 
 impl App {
@@ -133,7 +148,7 @@ impl App {
 
     /// The signed trust root of a fleet.
     pub fn trust_root_path(&self, fleet: &str) -> PathBuf {
-        self.root.join("fleets").join(fleet).join("trust-root.bin")
+        trust_root_path(&self.root, fleet)
     }
 
     /// Creates a fleet: database row, bare repository with hook, signed trust root.
@@ -171,7 +186,7 @@ impl App {
                 source: std::io::Error::other(e.to_string()),
             })?;
         }
-        crate::githttp::configure_repo(&repo).map_err(io("configure repository"))?;
+        configure_repo(&repo).map_err(io("configure repository"))?;
         let path = self.trust_root_path(name);
         std::fs::create_dir_all(path.parent().unwrap_or(&self.root))
             .map_err(io("create fleet dir"))?;
@@ -243,4 +258,29 @@ pub fn random_hex(n: usize) -> String {
 /// The stored form of a token.
 pub fn token_hash(token: &str) -> String {
     shoal_protocol::Digest::of(token.as_bytes()).to_string()
+}
+
+/// The signed trust root of `fleet` in data directory `root`.
+pub fn trust_root_path(root: &Path, fleet: &str) -> PathBuf {
+    root.join("fleets").join(fleet).join("trust-root.bin")
+}
+
+/// Writes the fleet repository's `pre-receive` hook, pointing at this executable (see
+/// [`crate::http::hook`]).
+pub fn configure_repo(repo: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe()?;
+    let exe = exe.display().to_string().replace('\'', r"'\''");
+    let hooks = repo.join("hooks");
+    std::fs::create_dir_all(&hooks)?;
+    let path = hooks.join("pre-receive");
+    let tmp = hooks.join("pre-receive.tmp");
+    std::fs::write(
+        &tmp,
+        format!(
+            "#!/bin/sh\n# Written by shoal-builder: builds master before the push is accepted.\nexec '{exe}' hook pre-receive\n"
+        ),
+    )?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)
 }

@@ -383,7 +383,7 @@ pub fn releases(cmd: ReleasesCommand, out: &mut impl Write) -> Result<(), Client
                         t(&r["completed"]),
                         r["duration_ms"]
                             .as_i64()
-                            .map(crate::dashboard::duration)
+                            .map(crate::http::dashboard::duration)
                             .unwrap_or_else(|| "-".into()),
                         s(&r["device_count"]),
                     ]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoal_builder::app::{App, Role, now_s};
-use shoal_builder::live::{OriginGossip, Rollouts, system_clock_ms};
-use shoal_builder::origin::{OriginConfig, Origins};
+use shoal_builder::live::{Rollouts, system_clock_ms};
+use shoal_builder::origin::{OriginConfig, OriginGossip, Origins};
 use shoal_protocol::RolloutPlan;
 
 mod keys_cli;
@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         command: HookCommand::PreReceive,
     } = cli.command
     {
-        std::process::exit(shoal_builder::hook::client_main());
+        std::process::exit(shoal_builder::http::hook::client_main());
     }
     if let Command::Keys { command } = cli.command {
         return keys_cli::run(command);
@@ -236,7 +236,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     data_listen,
                 },
             ));
-            let _ = app.origins.set(origins.clone());
+            let _ = app.origins.set(Arc::new(OriginGossip(origins.clone())));
             let (seeded, reports) = (origins.subscribe_seeded(), origins.subscribe_reports());
             origins
                 .start_all(&app)
@@ -251,9 +251,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
             .context("resume the rollouts")?;
-            let _ = app.rollouts.set(rollouts);
+            let _ = app.rollouts.set(Arc::new(rollouts));
             for fleet in app.db.fleets().await? {
-                shoal_builder::githttp::configure_repo(&app.repo_path(&fleet))
+                shoal_builder::app::configure_repo(&app.repo_path(&fleet))
                     .with_context(|| format!("configure repository of {fleet}"))?;
                 println!(
                     "fleet {fleet}: trust root {}",
@@ -344,25 +344,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
-    use shoal_builder::localfleet::{self, demo};
+    use shoal_builder::local_fleet::{self, demo};
     use shoal_node::daemon::identity::DeviceKey;
     use shoal_node::daemon::runtime::RuntimeConfig;
 
-    if let Err(e) = shoal_builder::engine::connect().await {
+    if let Err(e) = shoal_builder::pipeline::engine::connect().await {
         eprintln!("shoal-builder local-fleet: no Docker Engine reachable: {e}");
         eprintln!("Start one (for example `bash scripts/engine.sh`) and run this again.");
         std::process::exit(2);
     }
     let script = std::process::Command::new("bash")
         .arg("-c")
-        .arg(localfleet::BASE_IMAGE_SCRIPT)
+        .arg(local_fleet::BASE_IMAGE_SCRIPT)
         .status()
         .context("run the base image script")?;
     anyhow::ensure!(script.success(), "making the busybox base image failed");
 
     let prefix = format!("shoal-local-{}", std::process::id());
     let runtime_prefix = prefix.clone();
-    let (factory, runtimes) = localfleet::docker_runtimes(move |_| RuntimeConfig {
+    let (factory, runtimes) = local_fleet::docker_runtimes(move |_| RuntimeConfig {
         prefix: runtime_prefix.clone(),
         health_window_ms: 3_000,
         stop_timeout_s: 2,
@@ -389,11 +389,11 @@ async fn local_fleet(devices: usize, exit: bool) -> anyhow::Result<()> {
         })
     });
     let result = demo::run(demo::Demo {
-        fleet: localfleet::Options {
+        fleet: local_fleet::Options {
             builder_exe: demo::builder_exe()?,
             keys: (0..devices).map(|_| DeviceKey::generate()).collect(),
             runtime: factory,
-            plan: localfleet::quick_plan(3),
+            plan: local_fleet::quick_plan(3),
         },
         containers,
         exit,

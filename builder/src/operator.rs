@@ -1,5 +1,9 @@
 //! # Operator actions and the audit log
 //!
+//! The changes an operator makes ([`Change`]) and the audit log that records each ([`apply`],
+//! [`audit_log`]); their HTTP routes, which check the token's role, are
+//! [`crate::http::operator`]'s.
+//!
 //! Tokens have a role ([`crate::app::Role`]): `push` tokens push code and save views;
 //! `operator` tokens (`shoal-builder token create --operator`) also steer rollouts (pause,
 //! resume, abort, promote), pin a fleet or a device to a release and change a fleet's rollout
@@ -18,20 +22,12 @@
 //! release means publishing its content again as a new sequence (as abort does). See
 //! `docs/ROLLOUT.md`.
 
-mod rollout;
-mod routes;
 pub mod views;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use serde::Serialize;
 use shoal_protocol::RolloutPlan;
 
-pub use routes::routes;
-
-use crate::app::Role;
-use crate::db::{Db, DbError, plan_to_json};
-use crate::http::{Server, internal, json_error};
+use crate::storage::db::{Db, DbError, plan_to_json};
 
 /// An audited operator action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,43 +102,6 @@ pub struct Audit<'a> {
     pub target: String,
     /// Details.
     pub detail: serde_json::Value,
-}
-
-/// Checks the request's token has `role`: 401 without a valid token, 403 with a push token where
-/// an operator token is needed. Returns the token's name.
-pub async fn authorize(s: &Server, headers: &HeaderMap, role: Role) -> Result<String, Response> {
-    let what = match role {
-        Role::Operator => "an operator token is required",
-        Role::Push => "a token is required",
-    };
-    let Some(token) = crate::githttp::basic_token(headers) else {
-        return Err(unauthorized(what));
-    };
-    match s.app.token_identity(&token).await {
-        Ok(Some((name, have))) => {
-            if role == Role::Operator && have != Role::Operator {
-                Err(json_error(
-                    StatusCode::FORBIDDEN,
-                    "this is a push token; the action needs an operator token",
-                ))
-            } else {
-                Ok(name)
-            }
-        }
-        Ok(None) => Err(unauthorized("invalid token")),
-        Err(e) => Err(internal(e)),
-    }
-}
-
-/// 401 with a Bearer challenge (a Basic one would make browsers prompt for a password over the
-/// dashboard's own requests).
-fn unauthorized(message: &str) -> Response {
-    let mut r = json_error(StatusCode::UNAUTHORIZED, message);
-    r.headers_mut().insert(
-        axum::http::header::WWW_AUTHENTICATE,
-        axum::http::HeaderValue::from_static("Bearer realm=\"shoal\""),
-    );
-    r
 }
 
 /// One change of an audited action.

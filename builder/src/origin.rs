@@ -7,9 +7,12 @@
 //! its trust root is the fleet's; its state lives in `<data>/origin/<fleet>/`.
 //!
 //! The origin keeps no second copy of the chunks: its data plane serves the builder's own
-//! [`crate::store::Store`] through a [`FleetSource`], which compresses each blob as it is sent
+//! [`crate::storage::blobs::Store`] through a [`FleetSource`], which compresses each blob as it is sent
 //! (zstd level 1) and serves only blobs of releases seeded for that fleet, so a device of one
 //! fleet cannot read another fleet's images by digest.
+//!
+//! The services reach the origins through [`OriginGossip`], the [`Gossip`] the
+//! [`crate::app::App`] and the live rollout loop hold.
 //!
 //! Devices' signed status reports, verified by the origin node, are fanned out to every
 //! [`Origins::subscribe_reports`] subscriber (the rollout loop and the device registry), and
@@ -34,20 +37,20 @@ use std::sync::{Arc, RwLock};
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
-use serde::Serialize;
 use shoal_node::core::TrustRootError;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::store::StoredBlob;
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
-use shoal_node::daemon::{Handle, OfferError, StartError};
+use shoal_node::daemon::{BoxFuture, Handle, OfferError, StartError};
 use shoal_protocol::{
     DeviceId, Digest, Envelope, ReleaseManifest, ReleaseSeq, StatusReport, TrustRoot, encoding,
 };
 use tokio::sync::broadcast;
 
 use crate::app::App;
-use crate::db::{Fleet, ReleaseFilter};
-use crate::store::{Kind, Store};
+use crate::gossip::{Bootstrap, Gossip, Seeded};
+use crate::storage::blobs::{Kind, Store};
+use crate::storage::db::{Fleet, ReleaseFilter};
 
 /// zstd level of blobs compressed for sending.
 pub const SEND_COMPRESSION_LEVEL: i32 = 1;
@@ -140,7 +143,7 @@ pub enum OriginError {
     Stored(String),
     /// Database.
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
+    Db(#[from] crate::storage::db::DbError),
 }
 
 /// Serves one fleet's blobs from the builder's store, compressing them as they are sent.
@@ -202,36 +205,6 @@ impl BlobSource for FleetSource {
             compressed,
         })
     }
-}
-
-/// A release the origin of its fleet seeded.
-#[derive(Debug, Clone)]
-pub struct Seeded {
-    /// The fleet.
-    pub fleet: String,
-    /// The manifest.
-    pub manifest: Arc<ReleaseManifest>,
-    /// BLAKE3 of the signed manifest envelope.
-    pub manifest_digest: Digest,
-}
-
-/// What a device needs to join a fleet: the origin peer to bootstrap from and the trust root.
-#[derive(Debug, Clone, Serialize)]
-pub struct Bootstrap {
-    /// The fleet.
-    pub fleet: String,
-    /// Its architecture (as manifests name it).
-    pub arch: String,
-    /// The origin's device id (hex).
-    pub origin_device: String,
-    /// The origin's libp2p peer id.
-    pub origin_peer_id: String,
-    /// libp2p multiaddrs of the origin, each ending in `/p2p/<peer id>`.
-    pub multiaddrs: Vec<String>,
-    /// The origin's QUIC data-plane address.
-    pub data_addr: String,
-    /// The fleet's signed trust root, encoded, in hex (the file `shoal-node` is given).
-    pub trust_root_hex: String,
 }
 
 /// One fleet's origin node.
@@ -323,14 +296,14 @@ impl Origins {
                 .fleet(&name)
                 .await?
                 .ok_or_else(|| OriginError::NoFleet(name.clone()))?;
-            self.ensure(app, &fleet).await?;
+            self.ensure(&fleet).await?;
             self.reseed_latest(app, &fleet).await?;
         }
         Ok(())
     }
 
     /// Starts the fleet's origin if it is not running.
-    pub async fn ensure(&self, app: &App, fleet: &Fleet) -> Result<(), OriginError> {
+    pub async fn ensure(&self, fleet: &Fleet) -> Result<(), OriginError> {
         if self.nodes.read().await.contains_key(&fleet.name) {
             return Ok(());
         }
@@ -338,7 +311,7 @@ impl Origins {
         if nodes.contains_key(&fleet.name) {
             return Ok(());
         }
-        let origin = self.start_one(app, fleet).await?;
+        let origin = self.start_one(fleet).await?;
         tracing::info!(
             fleet = %fleet.name,
             device = %origin.device_id().short(),
@@ -372,8 +345,8 @@ impl Origins {
         Ok(())
     }
 
-    async fn start_one(&self, app: &App, fleet: &Fleet) -> Result<Origin, OriginError> {
-        let trust_path = app.trust_root_path(&fleet.name);
+    async fn start_one(&self, fleet: &Fleet) -> Result<Origin, OriginError> {
+        let trust_path = crate::app::trust_root_path(&self.root, &fleet.name);
         let trust_err = |message: String| OriginError::TrustRoot {
             path: trust_path.clone(),
             message,
@@ -529,8 +502,8 @@ impl Origins {
     }
 
     /// The bootstrap information of a fleet, starting its origin if needed.
-    pub async fn bootstrap(&self, app: &App, fleet: &Fleet) -> Result<Bootstrap, OriginError> {
-        self.ensure(app, fleet).await?;
+    pub async fn bootstrap(&self, fleet: &Fleet) -> Result<Bootstrap, OriginError> {
+        self.ensure(fleet).await?;
         let nodes = self.nodes.read().await;
         nodes
             .get(&fleet.name)
@@ -563,6 +536,69 @@ impl Origins {
             }
         }
     }
+}
+
+/// [`Gossip`] through the builder's origin nodes.
+#[derive(Debug, Clone)]
+pub struct OriginGossip(pub Arc<Origins>);
+
+impl Gossip for OriginGossip {
+    fn publish(&self, fleet: &str, bytes: Vec<u8>) -> BoxFuture<Result<(), String>> {
+        let (o, fleet) = (self.0.clone(), fleet.to_string());
+        Box::pin(async move { o.publish(&fleet, bytes).await.map_err(|e| e.to_string()) })
+    }
+
+    fn seed(
+        &self,
+        fleet: &str,
+        announcement: Vec<u8>,
+        manifest_bytes: Vec<u8>,
+        manifest: Arc<ReleaseManifest>,
+    ) -> BoxFuture<Result<(), String>> {
+        let (o, fleet) = (self.0.clone(), fleet.to_string());
+        Box::pin(async move {
+            o.seed(&fleet, announcement, manifest_bytes, manifest)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn ensure(&self, fleet: &Fleet) -> BoxFuture<Result<(), String>> {
+        let (o, fleet) = (self.0.clone(), fleet.clone());
+        Box::pin(async move { o.ensure(&fleet).await.map_err(|e| e.to_string()) })
+    }
+
+    fn bootstrap(&self, fleet: &Fleet) -> BoxFuture<Result<Bootstrap, String>> {
+        let (o, fleet) = (self.0.clone(), fleet.clone());
+        Box::pin(async move { o.bootstrap(&fleet).await.map_err(|e| e.to_string()) })
+    }
+
+    fn reports(&self) -> Option<broadcast::Receiver<StatusReport>> {
+        Some(self.0.subscribe_reports())
+    }
+
+    fn connected(&self, fleet: &str) -> BoxFuture<Vec<DeviceId>> {
+        let (o, fleet) = (self.0.clone(), fleet.to_string());
+        Box::pin(async move {
+            o.with(&fleet, |origin| {
+                origin
+                    .handle()
+                    .status()
+                    .peers
+                    .iter()
+                    .filter_map(|p| parse_device(&p.device))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        })
+    }
+}
+
+fn parse_device(hex_id: &str) -> Option<DeviceId> {
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(hex_id, &mut id).ok()?;
+    Some(DeviceId(id))
 }
 
 /// Installs in the origin's node, and so gossips, every rotation of the fleet newer than the

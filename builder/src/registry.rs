@@ -19,12 +19,13 @@
 //! (latest by report time, then state order, as the rollout controller counts), and its current
 //! release, the highest one it reported healthy.
 //!
+//! Its HTTP routes are [`crate::http::registry`]'s.
+//!
 //! A device's **target release** is its pin if it has one, else the fleet's pin, else the fleet's
-//! latest published release ([`Registry::target`]); see `docs/ROLLOUT.md`.
+//! latest published release; see `docs/ROLLOUT.md`.
 
 mod progress;
-mod routes;
-pub(crate) mod store;
+pub(crate) mod tables;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,11 +39,10 @@ pub use shoal_protocol::registration::{
 };
 
 pub use progress::{DeviceOnRelease, Progress, WaveProgress, progress, release_plan};
-pub use routes::routes;
-pub use store::{Device, DeviceRelease};
+pub use tables::{Device, DeviceRelease};
 
 use crate::app::App;
-use crate::db::DbError;
+use crate::storage::db::DbError;
 
 /// Reports this far from the builder's clock (either way) are refused as stale or future.
 pub const FRESHNESS_S: i64 = 600;
@@ -218,10 +218,12 @@ impl Registry {
                 return Err(RegisterError::InvalidLabel(what));
             }
         }
-        let fleet =
-            store::fleet_of_provisioning_key(&app.db, &crate::app::token_hash(&r.provisioning_key))
-                .await?
-                .ok_or(RegisterError::UnknownKey)?;
+        let fleet = tables::fleet_of_provisioning_key(
+            &app.db,
+            &crate::app::token_hash(&r.provisioning_key),
+        )
+        .await?
+        .ok_or(RegisterError::UnknownKey)?;
         if !r.verify_signature() {
             return Err(RegisterError::BadSignature);
         }
@@ -231,7 +233,7 @@ impl Registry {
                 device: r.arch.clone(),
             });
         }
-        store::upsert_device(&app.db, fleet.id, r, now).await?;
+        tables::upsert_device(&app.db, fleet.id, r, now).await?;
         let trust_root = std::fs::read(app.trust_root_path(&fleet.name)).unwrap_or_default();
         Ok(Registered {
             device: r.device.to_string(),
@@ -239,7 +241,7 @@ impl Registry {
             trust_root: hex::encode(trust_root),
             trust_root_url: format!("/api/v1/fleets/{}/trust-root", fleet.name),
             bootstrap_url: format!("/api/v1/fleets/{}/bootstrap", fleet.name),
-            target_sequence: store::target(&app.db, &r.device.to_string()).await?,
+            target_sequence: tables::target(&app.db, &r.device.to_string()).await?,
         })
     }
 
@@ -272,7 +274,7 @@ impl Registry {
         now: i64,
     ) -> Result<Accepted, ReportError> {
         let id = report.device.to_string();
-        let device = store::device(&app.db, &id)
+        let device = tables::device(&app.db, &id)
             .await?
             .ok_or_else(|| ReportError::Unregistered(id.clone()))?;
         if device.fleet != report.fleet {
@@ -288,7 +290,7 @@ impl Registry {
             return Err(ReportError::RateLimited(id));
         }
         let sequence = report.sequence.0;
-        let digest = store::release_digest(&app.db, &report.fleet, sequence as i64)
+        let digest = tables::release_digest(&app.db, &report.fleet, sequence as i64)
             .await?
             .ok_or_else(|| ReportError::UnknownRelease {
                 fleet: report.fleet.clone(),
@@ -301,11 +303,11 @@ impl Registry {
         if (time - now).abs() > FRESHNESS_S {
             return Err(ReportError::Stale { time, now });
         }
-        let updated = store::apply_report(&app.db, report, now).await?;
+        let updated = tables::apply_report(&app.db, report, now).await?;
         Ok(Accepted {
             device: id.clone(),
             updated,
-            target_sequence: store::target(&app.db, &id).await?,
+            target_sequence: tables::target(&app.db, &id).await?,
         })
     }
 }
@@ -345,7 +347,7 @@ impl App {
             .await?
             .ok_or_else(|| ProvisionError::NoFleet(fleet.to_string()))?;
         let key = format!("shoalprov_{}", crate::app::random_hex(24));
-        store::add_provisioning_key(
+        tables::add_provisioning_key(
             &self.db,
             f.id,
             &crate::app::token_hash(&key),
@@ -368,4 +370,4 @@ pub enum ProvisionError {
     Db(#[from] DbError),
 }
 
-pub use store::{device_counts, devices_of_fleet, devices_of_release, target_of_fleet};
+pub use tables::{device_counts, devices_of_fleet, devices_of_release, target_of_fleet};

@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 
 use serde_json::json;
-use shoal_builder::log::{BuildLog, Verdict};
+use shoal_builder::build_log::{BuildLog, Verdict};
 use shoal_protocol::DeviceState;
 use support::browser::Browser;
 use support::inproc::{Dev, InProc};

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_builder::app::{App, now_s};
-use shoal_builder::db::{Outcome, Status};
-use shoal_builder::live::{OriginGossip, Progress, Rollouts, system_clock_ms};
-use shoal_builder::origin::{OriginConfig, Origins};
-use shoal_builder::store::Kind;
+use shoal_builder::live::{Rollouts, system_clock_ms};
+use shoal_builder::origin::{OriginConfig, OriginGossip, Origins};
+use shoal_builder::steering::Progress;
+use shoal_builder::storage::blobs::Kind;
+use shoal_builder::storage::db::{Outcome, Status};
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_protocol::waves::wave_of;
 use shoal_protocol::{
@@ -37,7 +38,7 @@ fn plan() -> RolloutPlan {
 /// Stores, signs and records release `seq` over ~1 MiB of bytes, as the pipeline does.
 async fn store_release(
     app: &App,
-    fleet: &shoal_builder::db::Fleet,
+    fleet: &shoal_builder::storage::db::Fleet,
     seq: u64,
 ) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
     store_release_with(app, fleet, seq, plan()).await
@@ -46,7 +47,7 @@ async fn store_release(
 /// [`store_release`] with another rollout plan.
 async fn store_release_with(
     app: &App,
-    fleet: &shoal_builder::db::Fleet,
+    fleet: &shoal_builder::storage::db::Fleet,
     seq: u64,
     rollout: RolloutPlan,
 ) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
@@ -119,7 +120,7 @@ async fn waves_open_in_order_as_stage_only_devices_report_healthy() {
     let trust = TrustRoot::open_initial(&env).unwrap();
 
     let origins = Arc::new(Origins::new(&app, OriginConfig::loopback_ephemeral()));
-    let _ = app.origins.set(origins.clone());
+    let _ = app.origins.set(Arc::new(OriginGossip(origins.clone())));
     let (seeded, reports) = (origins.subscribe_seeded(), origins.subscribe_reports());
     origins.start_all(&app).await.unwrap();
     let rollouts = Rollouts::start(
@@ -273,7 +274,7 @@ async fn a_pinned_device_stays_on_its_release_while_the_others_move_on() {
         encoding::decode(&std::fs::read(app.trust_root_path("pins")).unwrap()).unwrap();
     let trust = TrustRoot::open_initial(&env).unwrap();
     let origins = Arc::new(Origins::new(&app, OriginConfig::loopback_ephemeral()));
-    let _ = app.origins.set(origins.clone());
+    let _ = app.origins.set(Arc::new(OriginGossip(origins.clone())));
     let (seeded, reports) = (origins.subscribe_seeded(), origins.subscribe_reports());
     origins.start_all(&app).await.unwrap();
     let rollouts = Rollouts::start(

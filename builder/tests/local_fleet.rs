@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_builder::live::Progress;
-use shoal_builder::localfleet::{self, FLEET, LocalFleet, Options};
+use shoal_builder::local_fleet::{self, FLEET, LocalFleet, Options};
+use shoal_builder::steering::Progress;
 use shoal_node::daemon::Status;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::spec::LABEL_NODE;
@@ -109,7 +109,7 @@ impl Drop for Cleanup {
 struct Fleet {
     fleet: LocalFleet,
     keys: Vec<DeviceId>,
-    runtimes: localfleet::DockerRuntimes,
+    runtimes: local_fleet::DockerRuntimes,
     project: PathBuf,
     plan: RolloutPlan,
 }
@@ -162,7 +162,7 @@ impl Fleet {
     }
 
     async fn push(&self, message: &str, expect_seq: u64) {
-        localfleet::commit_all(&self.project, message).unwrap();
+        local_fleet::commit_all(&self.project, message).unwrap();
         let out = self.fleet.push(&self.project, |_| {}).await.unwrap();
         assert!(out.ok, "push refused:\n{}", out.stderr);
         assert!(
@@ -246,7 +246,7 @@ async fn local_fleet_rolls_out_in_waves_rolls_back_a_failing_release_and_honours
     let lock_dir = tempfile::tempdir().unwrap();
     let lock_file = lock_dir.path().join("updates.lock");
     let (lock_id, lock_path) = (ids[lock_dev], lock_file.clone());
-    let (factory, runtimes) = localfleet::docker_runtimes(move |device| RuntimeConfig {
+    let (factory, runtimes) = local_fleet::docker_runtimes(move |device| RuntimeConfig {
         prefix: prefix.clone(),
         update_lock: (device == lock_id).then(|| lock_path.clone()),
         health_window_ms: 2_000,
@@ -263,7 +263,7 @@ async fn local_fleet_rolls_out_in_waves_rolls_back_a_failing_release_and_honours
     .await
     .expect("start the local fleet");
     let project = fleet.dir.path().join("hello");
-    localfleet::init_project(&project, localfleet::HELLO).unwrap();
+    local_fleet::init_project(&project, local_fleet::HELLO).unwrap();
     let f = Fleet {
         fleet,
         keys: ids,

@@ -361,7 +361,7 @@ fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused(
 
 #[test]
 fn the_local_fleets_devices_register_themselves() {
-    use shoal_builder::localfleet::{self, FLEET, LocalFleet, Options, RuntimeFactory};
+    use shoal_builder::local_fleet::{self, FLEET, LocalFleet, Options, RuntimeFactory};
     use shoal_node::daemon::identity::DeviceKey;
     use shoal_node::daemon::{Runtime, StageOnly};
 
@@ -380,7 +380,7 @@ fn the_local_fleets_devices_register_themselves() {
             builder_exe: support::BIN.into(),
             keys,
             runtime,
-            plan: localfleet::quick_plan(1),
+            plan: local_fleet::quick_plan(1),
         })
         .await
         .unwrap();

@@ -8,8 +8,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use shoal_builder::live::{Gossip, Rollouts, system_clock_ms};
-use shoal_builder::origin::Seeded;
+use shoal_builder::gossip::{Gossip, Seeded};
+use shoal_builder::live::{Rollouts, system_clock_ms};
 use shoal_node::daemon::BoxFuture;
 use shoal_protocol::{DeviceId, ReleaseManifest};
 use support::inproc::{Dev, InProc};
@@ -71,11 +71,11 @@ fn rollout_commands_need_an_operator_token_and_steer_the_live_rollout() {
         )
         .await
         .unwrap();
-        let _ = b.app.rollouts.set(rollouts);
+        let _ = b.app.rollouts.set(Arc::new(rollouts));
         let bytes = b
             .app
             .store
-            .get(shoal_builder::store::Kind::Manifest, &r2.digest)
+            .get(shoal_builder::storage::blobs::Kind::Manifest, &r2.digest)
             .unwrap()
             .unwrap();
         let env: shoal_protocol::Envelope = shoal_protocol::encoding::decode(&bytes).unwrap();
@@ -180,7 +180,7 @@ fn pins_hold_devices_and_fleets_out_of_new_releases() {
         let bytes = b
             .app
             .store
-            .get(shoal_builder::store::Kind::Manifest, &r.digest)
+            .get(shoal_builder::storage::blobs::Kind::Manifest, &r.digest)
             .unwrap()
             .unwrap();
         let env: shoal_protocol::Envelope = shoal_protocol::encoding::decode(&bytes).unwrap();
@@ -207,7 +207,7 @@ fn pins_hold_devices_and_fleets_out_of_new_releases() {
         )
         .await
         .unwrap();
-        let _ = b.app.rollouts.set(rollouts);
+        let _ = b.app.rollouts.set(Arc::new(rollouts));
     });
     seed(&r1);
     // The wave control messages of release `seq`, checked against the fleet's trust root.

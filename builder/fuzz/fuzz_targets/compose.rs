@@ -2,7 +2,7 @@
 //! the pipeline derives them (health checks, durations, update strategy labels).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shoal_builder::compose;
+use shoal_builder::pipeline::compose;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -3,7 +3,7 @@
 //! escapes, `**`) panics or runs away on any pattern.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shoal_builder::dockerignore::Ignore;
+use shoal_builder::pipeline::dockerignore::Ignore;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

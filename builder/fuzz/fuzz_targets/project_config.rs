@@ -3,11 +3,11 @@
 //! source must stay inside the tree and its destination inside `/run/secrets`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shoal_builder::buildconfig::{self, CONFIG_FILES};
+use shoal_builder::pipeline::build_config::{self, CONFIG_FILES};
 
 fuzz_target!(|data: &[u8]| {
     let (file, secrets_dir) = CONFIG_FILES[usize::from(data.first().is_some_and(|b| b & 1 == 1))];
-    let Ok(c) = buildconfig::parse(file, data) else {
+    let Ok(c) = build_config::parse(file, data) else {
         return;
     };
     let mut services: Vec<&str> = vec!["main"];
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
                 for p in [&m.source, &m.dest] {
                     assert!(!p.starts_with('/'));
                     assert!(p.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
-                    assert_eq!(buildconfig::normalize(p).as_deref(), Some(p.as_str()));
+                    assert_eq!(build_config::normalize(p).as_deref(), Some(p.as_str()));
                 }
                 assert!(!m.dest.is_empty());
             }

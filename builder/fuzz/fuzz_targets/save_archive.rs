@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use shoal_builder::save;
+use shoal_builder::pipeline::image_archive;
 use shoal_protocol::{Digest, chunking};
 
 fuzz_target!(|data: &[u8]| {
     let mut chunks: HashMap<Digest, u32> = HashMap::new();
-    let Ok(image) = save::read_archive(data, |c, bytes| {
+    let Ok(image) = image_archive::read_archive(data, |c, bytes| {
         assert_eq!(c.size as usize, bytes.len());
         assert_eq!(Digest::of(bytes), c.digest);
         chunks.insert(c.digest, c.size);
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(image.config_digest, Digest::of(&image.config));
-    assert!(image.config.len() as u64 <= save::SMALL_ENTRY_BYTES);
+    assert!(image.config.len() as u64 <= image_archive::SMALL_ENTRY_BYTES);
     for layer in &image.layers {
         let total: u64 = layer.chunks.iter().map(|c| u64::from(c.size)).sum();
         assert_eq!(total, layer.size);

@@ -1,12 +1,12 @@
 //! The live loop's tables (`builder/migrations/0010_live_rollouts.sql`): rollouts, the events
-//! fed to their controllers, the wave control messages published, the devices heard of, and
-//! the release row of a rollback.
+//! fed to their controllers, the wave control messages published, the devices heard of. (A
+//! rollback's release row is the pipeline's, [`crate::pipeline::publish`].)
 
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{DeviceId, ReleaseSeq, RolloutPlan, StatusReport};
 use sqlx::Row;
 
-use crate::db::{Db, DbError, Fleet};
+use crate::storage::db::{Db, DbError, Fleet};
 
 /// One input of a rollout's controller, stored before it is fed (so a restart replays exactly
 /// what the controller saw, and takes the same decisions).
@@ -268,22 +268,6 @@ pub async fn fleet_pin(db: &Db, fleet: &Fleet) -> Result<Option<ReleaseSeq>, DbE
     Ok(row.and_then(|r| r.0).map(|s| ReleaseSeq(s as u64)))
 }
 
-/// The release row of a published sequence: (manifest digest hex, commit).
-pub async fn published(
-    db: &Db,
-    fleet: &Fleet,
-    seq: ReleaseSeq,
-) -> Result<Option<(String, String)>, DbError> {
-    let row: Option<(Option<String>, String)> = sqlx::query_as(
-        "SELECT manifest_digest, commit_hash FROM releases WHERE fleet_id = ?1 AND sequence = ?2 AND status = 'success'",
-    )
-    .bind(fleet.id)
-    .bind(seq.0 as i64)
-    .fetch_optional(db.pool())
-    .await?;
-    Ok(row.and_then(|(d, c)| d.map(|d| (d, c))))
-}
-
 /// Whether the fleet has a release with a higher sequence than `seq`.
 pub async fn has_newer(db: &Db, fleet: &Fleet, seq: ReleaseSeq) -> Result<bool, DbError> {
     let (n,): (i64,) =
@@ -293,38 +277,4 @@ pub async fn has_newer(db: &Db, fleet: &Fleet, seq: ReleaseSeq) -> Result<bool, 
             .fetch_one(db.pool())
             .await?;
     Ok(n > 0)
-}
-
-/// Records a rollback release (already signed and stored) as a successful release.
-#[allow(clippy::too_many_arguments)]
-pub async fn insert_rollback_release(
-    db: &Db,
-    fleet: &Fleet,
-    seq: ReleaseSeq,
-    commit: &str,
-    of: ReleaseSeq,
-    to: ReleaseSeq,
-    now_s: i64,
-    release_bytes: u64,
-    manifest_digest: &str,
-    manifest_size: usize,
-) -> Result<i64, DbError> {
-    let log = format!(
-        "Rollback: sequence {} aborted; sequence {} republishes the content of sequence {}\n",
-        of.0, seq.0, to.0
-    );
-    let r = sqlx::query(
-        "INSERT INTO releases (fleet_id, sequence, commit_hash, git_ref, status, created, completed, duration_ms, log, services, release_bytes, manifest_digest, manifest_size) VALUES (?1, ?2, ?3, 'rollback', 'success', ?4, ?4, 0, ?5, '[]', ?6, ?7, ?8)",
-    )
-    .bind(fleet.id)
-    .bind(seq.0 as i64)
-    .bind(commit)
-    .bind(now_s)
-    .bind(log)
-    .bind(release_bytes as i64)
-    .bind(manifest_digest)
-    .bind(manifest_size as i64)
-    .execute(db.pool())
-    .await?;
-    Ok(r.last_insert_rowid())
 }

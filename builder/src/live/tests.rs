@@ -4,8 +4,22 @@ use std::sync::Mutex;
 
 use shoal_protocol::{Service, SigningKey, TrustRoot, Wave, WaveAction, WaveControl, verify};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_node::daemon::BoxFuture;
+use shoal_protocol::waves::wave_of;
+use shoal_protocol::{
+    DeviceId, DeviceState, Digest, Envelope, ReleaseManifest, ReleaseSeq, RolloutPlan,
+    StatusReport, UnixTime, encoding,
+};
+use tokio::sync::broadcast;
+
 use super::*;
-use crate::db::Outcome;
+use crate::app::{App, now_s};
+use crate::storage::blobs::Kind;
+use crate::storage::db::Fleet;
+use crate::storage::db::Outcome;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -235,7 +249,14 @@ impl Harness {
         };
         self.app
             .db
-            .finish_release(id, crate::db::Status::Success, now_s(), 1, "", &outcome)
+            .finish_release(
+                id,
+                crate::storage::db::Status::Success,
+                now_s(),
+                1,
+                "",
+                &outcome,
+            )
             .await
             .unwrap();
         let manifest = Arc::new(manifest);

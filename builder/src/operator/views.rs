@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Db, DbError, ReleaseFilter, Status};
+use crate::storage::db::{Db, DbError, ReleaseFilter, Status};
 
 /// Longest free-text filter or view name.
 pub const MAX_TEXT: usize = 200;

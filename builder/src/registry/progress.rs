@@ -6,10 +6,10 @@ use serde::Serialize;
 use shoal_protocol::waves::wave_of;
 use shoal_protocol::{DeviceId, Digest, Envelope, ReleaseManifest, ReleaseSeq, RolloutPlan};
 
-use super::store::{self, DeviceRelease};
+use super::tables::{self, DeviceRelease};
 use crate::app::App;
-use crate::db::{DbError, Release};
-use crate::store::Kind;
+use crate::storage::blobs::Kind;
+use crate::storage::db::{DbError, Release};
 
 /// One wave's counts.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub async fn progress(app: &App, release: &Release) -> Result<Progress, DbError>
         .ok_or_else(|| DbError::Corrupt(format!("fleet {} vanished", release.fleet)))?;
     let plan = release_plan(app, release, fleet.plan());
     let seq = release.sequence.unwrap_or(0);
-    let rows = store::devices_of_release(&app.db, fleet.id, seq).await?;
+    let rows = tables::devices_of_release(&app.db, fleet.id, seq).await?;
     let mut waves: Vec<WaveProgress> = plan
         .waves
         .iter()

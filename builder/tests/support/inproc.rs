@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use shoal_builder::app::{App, Role};
-use shoal_builder::db::{Outcome, Status};
-use shoal_builder::store::Kind;
+use shoal_builder::storage::blobs::Kind;
+use shoal_builder::storage::db::{Outcome, Status};
 use shoal_protocol::{
     DeviceId, DeviceState, Digest, Envelope, ReleaseManifest, ReleaseSeq, RolloutPlan, SigningKey,
     StatusReport, UnixTime, encoding,

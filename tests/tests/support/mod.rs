@@ -84,15 +84,15 @@ pub struct Image {
 
 /// Exports `busybox:latest` with the builder's exporter.
 pub async fn busybox(docker: &Docker, dir: &Path) -> Image {
-    let store = Arc::new(shoal_builder::store::Store::open(&dir.join("builder-store")).unwrap());
-    let exported = shoal_builder::engine::export(docker, "busybox:latest", store.clone())
+    let store = Arc::new(shoal_builder::storage::blobs::Store::open(&dir.join("builder-store")).unwrap());
+    let exported = shoal_builder::pipeline::engine::export(docker, "busybox:latest", store.clone())
         .await
         .unwrap();
     let mut blobs = Vec::new();
     for l in &exported.image.layers {
         for c in &l.chunks {
             let bytes = store
-                .get(shoal_builder::store::Kind::Chunk, &c.digest)
+                .get(shoal_builder::storage::blobs::Kind::Chunk, &c.digest)
                 .unwrap()
                 .unwrap();
             blobs.push(bytes);

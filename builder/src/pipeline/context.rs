@@ -3,8 +3,8 @@
 //! uncompressed tar with the resolved Dockerfile added at
 //! [`DOCKERFILE_PATH`].
 
-use crate::dockerignore::Ignore;
-use crate::tree::{Entry, SourceTree};
+use crate::pipeline::dockerignore::Ignore;
+use crate::pipeline::git_tree::{Entry, SourceTree};
 
 /// Where the resolved Dockerfile is placed in the context.
 pub const DOCKERFILE_PATH: &str = ".shoal-build/Dockerfile";

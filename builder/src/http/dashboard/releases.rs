@@ -7,9 +7,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::{Tab, badge, duration, error_page, esc, page, time};
-use crate::db::Release;
-use crate::http::Server;
+use crate::http::state::Server;
 use crate::operator::views::{self, Filters, url_encode};
+use crate::storage::db::Release;
 
 /// Most releases on one page.
 const PAGE: i64 = 200;
@@ -54,7 +54,7 @@ pub(super) async fn list(
         Err(e) => {
             notice = format!("<p class=\"badge failed\">{}</p>", esc(&e.to_string()));
             filters = Filters::default();
-            crate::db::ReleaseFilter::default()
+            crate::storage::db::ReleaseFilter::default()
         }
     };
     let releases = match s.app.db.releases(f.id, &db_filter, PAGE).await {
@@ -155,7 +155,7 @@ fn release_label(r: &Release) -> String {
 }
 
 pub(super) async fn show(State(s): State<Server>, Path(id): Path<String>) -> Response {
-    let r = match crate::http::release_or_404(&s, &id).await {
+    let r = match crate::http::state::release_or_404(&s, &id).await {
         Ok(r) => r,
         Err(resp) => {
             let status = resp.status();

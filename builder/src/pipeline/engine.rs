@@ -5,7 +5,7 @@
 //! log; a service with build secrets goes through the Engine's BuildKit instead
 //! ([`build_with_secrets`]), the only builder that can mount a secret without committing it.
 //! Export reads `GET /images/{name}/get` (the `docker save` stream) through a bounded channel
-//! into a blocking thread that walks the tar with [`save::read_archive`] (the archive reader,
+//! into a blocking thread that walks the tar with [`image_archive::read_archive`] (the archive reader,
 //! fuzzed on its own): every layer tar is cut with [`shoal_protocol::chunking::chunk_reader`]
 //! straight into the [`Store`] (nothing is written to disk twice), small entries (the image
 //! config, `manifest.json`) are kept in memory, and `manifest.json` then gives the layer order.
@@ -21,9 +21,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use shoal_protocol::{Digest, ImageRef};
 
-use crate::log::BuildLog;
-use crate::save::{self, SaveError};
-use crate::store::Store;
+use crate::build_log::BuildLog;
+use crate::pipeline::image_archive::{self, SaveError};
+use crate::storage::blobs::Store;
 
 /// Export stream pieces in flight between the Engine and the chunking thread.
 const EXPORT_QUEUE: usize = 32;
@@ -240,7 +240,11 @@ struct ChunkSink<'s> {
 
 impl ChunkSink<'_> {
     fn put(&mut self, c: shoal_protocol::ChunkRef, bytes: &[u8]) -> io::Result<()> {
-        if self.queued.insert(c.digest) && !self.store.has(crate::store::Kind::Chunk, &c.digest) {
+        if self.queued.insert(c.digest)
+            && !self
+                .store
+                .has(crate::storage::blobs::Kind::Chunk, &c.digest)
+        {
             self.tx
                 .send((c, bytes.to_vec()))
                 .map_err(|_| io::Error::other("the chunk writers stopped"))?;
@@ -288,7 +292,7 @@ pub fn read_save_archive<R: Read + Send>(
             tx,
             queued: std::collections::HashSet::new(),
         };
-        save::read_archive(reader, |c, bytes| sink.put(c, bytes))
+        image_archive::read_archive(reader, |c, bytes| sink.put(c, bytes))
     });
     if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(EngineError::Store(e));
@@ -315,7 +319,7 @@ pub async fn remove_image(docker: &Docker, tag: &str) {
 }
 
 /// Builds an image with the Engine's BuildKit, with `secrets` available as secret mounts
-/// (see [`crate::secrets`]); returns the tag to export. BuildKit's step output is not streamed:
+/// (see [`crate::pipeline::secrets`]); returns the tag to export. BuildKit's step output is not streamed:
 /// the log gets the outcome, and on failure BuildKit's error (which names the failing step).
 pub async fn build_with_secrets(
     req: BuildRequest<'_>,

@@ -12,8 +12,8 @@ use shoal_node::daemon::BoxFuture;
 use shoal_node::daemon::metrics::PeerClass;
 
 use super::{HELLO, LocalError, LocalFleet, Options, commit_all, init_project};
-use crate::live::Progress;
 use crate::pipeline::human;
+use crate::steering::Progress;
 
 /// Longest a rollout may take before the demo gives up on it.
 pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -7,7 +7,7 @@ use serde::Serialize;
 use shoal_protocol::{DeviceState, StatusReport};
 
 use super::{RegisterError, Registration, ReportError};
-use crate::db::{Db, DbError, Fleet};
+use crate::storage::db::{Db, DbError, Fleet};
 
 /// A registered device as the API and dashboard show it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

@@ -1,4 +1,5 @@
-//! The operator's HTTP routes.
+//! The operator's HTTP routes: the token's role checked ([`authorize`]), then the audited
+//! change made ([`crate::operator::apply`]).
 //!
 //! | route | token | what |
 //! |---|---|---|
@@ -18,23 +19,63 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use shoal_protocol::{DeviceId, RolloutPlan};
 
-use super::views::{self, Filters};
-use super::{Action, Audit, Change, apply, authorize};
+use super::git::basic_token;
+use super::state::{Server, internal, json_error, json_ok};
 use crate::app::{Role, now_s};
-use crate::db::Fleet;
-use crate::http::{Server, internal, json_error, json_ok};
+use crate::operator::views::{self, Filters};
+use crate::operator::{Action, Audit, Change, apply};
+use crate::storage::db::Fleet;
+
+mod rollout;
 
 const MAX_BODY: usize = 64 * 1024;
 
+/// Checks the request's token has `role`: 401 without a valid token, 403 with a push token where
+/// an operator token is needed. Returns the token's name.
+pub async fn authorize(s: &Server, headers: &HeaderMap, role: Role) -> Result<String, Response> {
+    let what = match role {
+        Role::Operator => "an operator token is required",
+        Role::Push => "a token is required",
+    };
+    let Some(token) = basic_token(headers) else {
+        return Err(unauthorized(what));
+    };
+    match s.app.token_identity(&token).await {
+        Ok(Some((name, have))) => {
+            if role == Role::Operator && have != Role::Operator {
+                Err(json_error(
+                    StatusCode::FORBIDDEN,
+                    "this is a push token; the action needs an operator token",
+                ))
+            } else {
+                Ok(name)
+            }
+        }
+        Ok(None) => Err(unauthorized("invalid token")),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// 401 with a Bearer challenge (a Basic one would make browsers prompt for a password over the
+/// dashboard's own requests).
+fn unauthorized(message: &str) -> Response {
+    let mut r = json_error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"shoal\""),
+    );
+    r
+}
+
 /// A handler's answer: `Err` carries the error response, so `?` ends the handler with it.
-pub(super) type Reply = Result<Response, Response>;
+type Reply = Result<Response, Response>;
 
 /// The operator routes.
 pub fn routes() -> Router<Server> {
@@ -45,7 +86,7 @@ pub fn routes() -> Router<Server> {
         .route("/api/v1/fleets/{fleet}/audit", get(audit))
         .route(
             "/api/v1/fleets/{fleet}/rollout/{command}",
-            axum::routing::post(super::rollout::command),
+            axum::routing::post(rollout::command),
         )
         .route(
             "/api/v1/fleets/{fleet}/views",
@@ -65,7 +106,7 @@ fn body<T: DeserializeOwned>(b: &Bytes) -> Result<T, Response> {
         .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
 }
 
-pub(crate) async fn fleet_or_404(s: &Server, name: &str) -> Result<Fleet, Response> {
+async fn fleet_or_404(s: &Server, name: &str) -> Result<Fleet, Response> {
     match s.app.db.fleet(name).await {
         Ok(Some(f)) => Ok(f),
         Ok(None) => Err(json_error(
@@ -87,7 +128,7 @@ async fn check_pin(s: &Server, fleet: &str, sequence: Option<i64>) -> Result<(),
     let Some(seq) = sequence else {
         return Ok(());
     };
-    match crate::registry::store::release_digest(&s.app.db, fleet, seq).await {
+    match crate::registry::tables::release_digest(&s.app.db, fleet, seq).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -152,7 +193,7 @@ async fn pin_device(
         ));
     };
     let id = id.to_string();
-    let device = match crate::registry::store::device(&s.app.db, &id).await {
+    let device = match crate::registry::tables::device(&s.app.db, &id).await {
         Ok(Some(d)) => d,
         Ok(None) => {
             return Err(json_error(
@@ -166,7 +207,7 @@ async fn pin_device(
     check_pin(&s, &device.fleet, pin.sequence).await?;
     // Every pinned device may have to be named in one signed hold list.
     if pin.sequence.is_some() && device.pinned_sequence.is_none() {
-        let pinned = crate::registry::store::pinned_in_fleet(&s.app.db, &device.fleet)
+        let pinned = crate::registry::tables::pinned_in_fleet(&s.app.db, &device.fleet)
             .await
             .map_err(internal)?;
         if pinned >= shoal_protocol::MAX_HELD_DEVICES as i64 {
@@ -226,7 +267,7 @@ async fn set_policy(
     if let Err(e) = plan.check() {
         return Err(json_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()));
     }
-    let plan_json = crate::db::plan_to_json(&plan);
+    let plan_json = crate::storage::db::plan_to_json(&plan);
     let audit = Audit {
         actor: &actor,
         action: Action::RolloutPolicy,
@@ -258,7 +299,7 @@ async fn audit(
             ));
         }
     };
-    let entries = super::audit_log(&s.app.db, &f.name, limit)
+    let entries = crate::operator::audit_log(&s.app.db, &f.name, limit)
         .await
         .map_err(internal)?;
     Ok(json_ok(

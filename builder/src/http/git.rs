@@ -10,7 +10,8 @@
 //! backend's output streamed back as it comes, so the `remote:` lines of the pre-receive hook
 //! reach the pusher live. The environment also carries the hook's callback address and secret
 //! ([`HOOK_URL_ENV`], [`HOOK_SECRET_ENV`]): receive-pack passes it to the fleet repository's
-//! `pre-receive` hook, which is `shoal-builder hook pre-receive` (see [`crate::hook`]).
+//! `pre-receive` hook, which is `shoal-builder hook pre-receive` (see [`super::hook`]), written
+//! by [`crate::app::configure_repo`].
 
 use std::path::Path;
 use std::process::Stdio;
@@ -21,6 +22,8 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::state::{Server, internal, json_error};
 
 /// The hook's callback base URL.
 pub const HOOK_URL_ENV: &str = "SHOAL_HOOK_URL";
@@ -33,34 +36,27 @@ pub const HOOK_FLEET_ENV: &str = "SHOAL_FLEET";
 /// Largest CGI header block accepted from the backend.
 const MAX_CGI_HEADER_BYTES: usize = 64 * 1024;
 
-/// Writes the fleet repository's `pre-receive` hook, pointing at this executable.
-pub fn configure_repo(repo: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let exe = std::env::current_exe()?;
-    let exe = exe.display().to_string().replace('\'', r"'\''");
-    let hooks = repo.join("hooks");
-    std::fs::create_dir_all(&hooks)?;
-    let path = hooks.join("pre-receive");
-    let tmp = hooks.join("pre-receive.tmp");
-    std::fs::write(
-        &tmp,
-        format!(
-            "#!/bin/sh\n# Written by shoal-builder: builds master before the push is accepted.\nexec '{exe}' hook pre-receive\n"
-        ),
-    )?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &path)
+/// The token in an `Authorization: Basic` (or `Bearer`) header, if any
+/// ([`crate::http::auth_header::token`]).
+pub fn basic_token(headers: &HeaderMap) -> Option<String> {
+    crate::http::auth_header::token(headers.get("authorization")?.to_str().ok()?)
 }
 
-/// The token in an `Authorization: Basic` (or `Bearer`) header, if any
-/// ([`crate::authheader::token`]).
-pub fn basic_token(headers: &HeaderMap) -> Option<String> {
-    crate::authheader::token(headers.get("authorization")?.to_str().ok()?)
+/// The name of the push (or operator) token the request carries, or the 401 (or 500) reply.
+pub(crate) async fn authenticate(s: &Server, headers: &HeaderMap) -> Result<String, Response> {
+    let Some(token) = basic_token(headers) else {
+        return Err(unauthorized("a push token is required"));
+    };
+    match s.app.check_token(&token).await {
+        Ok(Some(name)) => Ok(name),
+        Ok(None) => Err(unauthorized("invalid token")),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 /// A 401 asking for Basic credentials.
 pub fn unauthorized(message: &str) -> Response {
-    let mut r = crate::http::json_error(StatusCode::UNAUTHORIZED, message);
+    let mut r = json_error(StatusCode::UNAUTHORIZED, message);
     r.headers_mut().insert(
         "www-authenticate",
         HeaderValue::from_static("Basic realm=\"shoal\""),
@@ -136,7 +132,7 @@ pub async fn run_backend(req: CgiRequest<'_>, body: Body, guard: impl PushGuard)
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return crate::http::json_error(
+            return json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("cannot run git http-backend: {e}"),
             );
@@ -145,7 +141,7 @@ pub async fn run_backend(req: CgiRequest<'_>, body: Body, guard: impl PushGuard)
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return crate::http::json_error(StatusCode::INTERNAL_SERVER_ERROR, "no pipes");
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "no pipes");
     };
     tokio::spawn(async move {
         let mut s = body.into_data_stream();
@@ -181,11 +177,11 @@ pub async fn run_backend(req: CgiRequest<'_>, body: Body, guard: impl PushGuard)
             break (p, p + 2);
         }
         if head.len() > MAX_CGI_HEADER_BYTES {
-            return crate::http::json_error(StatusCode::BAD_GATEWAY, "oversized CGI header");
+            return json_error(StatusCode::BAD_GATEWAY, "oversized CGI header");
         }
         match stdout.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                return crate::http::json_error(
+                return json_error(
                     StatusCode::BAD_GATEWAY,
                     "git http-backend ended without a response",
                 );
@@ -233,7 +229,7 @@ pub async fn run_backend(req: CgiRequest<'_>, body: Body, guard: impl PushGuard)
     let stream = futures_util::stream::once(async move { Ok(first) }).chain(rest);
     builder
         .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| crate::http::json_error(StatusCode::BAD_GATEWAY, &e.to_string()))
+        .unwrap_or_else(|e| json_error(StatusCode::BAD_GATEWAY, &e.to_string()))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

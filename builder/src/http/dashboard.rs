@@ -1,10 +1,11 @@
 //! # The dashboard
 //!
 //! Server-rendered HTML with a little plain JavaScript (`dashboard/assets/app.js`) and a small
-//! hand-written stylesheet; no front-end build step. Pages read the database directly; actions
-//! (saving a view, pins, the rollout policy, pause/resume/promote/abort) call the JSON API from
-//! the browser with the token the user typed into the header, kept in the browser's
-//! `localStorage`, so the API's 401/403 rules hold for the dashboard too.
+//! hand-written stylesheet; no front-end build step. Pages read the services (the database, the
+//! registry, the operator's audit log and saved views, the live rollout), never the API's
+//! routes; actions (saving a view, pins, the rollout policy, pause/resume/promote/abort) call the
+//! JSON API from the browser with the token the user typed into the header, kept in the
+//! browser's `localStorage`, so the API's 401/403 rules hold for the dashboard too.
 //!
 //! Every piece of user-controlled text (commits, refs, service names, compose files, logs,
 //! device names, view names, error messages) goes through [`esc`] before it reaches HTML; the
@@ -29,7 +30,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
-use crate::http::Server;
+use crate::http::state::Server;
 
 const CSS: &str = include_str!("dashboard/assets/app.css");
 const JS: &str = include_str!("dashboard/assets/app.js");

@@ -16,10 +16,12 @@ use std::collections::BTreeMap;
 
 use shoal_protocol::ServiceSettings;
 
-pub use crate::buildconfig::normalize;
-use crate::buildconfig::{self, BuildConfig, CONFIG_FILES, ConfigError, DEFAULT_SECRETS_DIR, join};
-use crate::compose::{self, Build, ComposeError};
-use crate::tree::SourceTree;
+pub use crate::pipeline::build_config::normalize;
+use crate::pipeline::build_config::{
+    self, BuildConfig, CONFIG_FILES, ConfigError, DEFAULT_SECRETS_DIR, join,
+};
+use crate::pipeline::compose::{self, Build, ComposeError};
+use crate::pipeline::git_tree::SourceTree;
 
 /// The base image of the implicit Dockerfile of a `package.json` project.
 pub const NODE_BASE_IMAGE: &str = "node";
@@ -197,7 +199,7 @@ fn recipe_in(
 fn config(tree: &SourceTree) -> Result<(BuildConfig, &'static str), ProjectError> {
     for (file, secrets) in CONFIG_FILES {
         if let Some(bytes) = tree.file(file) {
-            return Ok((buildconfig::parse(file, bytes)?, secrets));
+            return Ok((build_config::parse(file, bytes)?, secrets));
         }
     }
     Ok((BuildConfig::default(), DEFAULT_SECRETS_DIR))
@@ -319,7 +321,7 @@ pub fn resolve(tree: &SourceTree, t: &Target<'_>) -> Result<Project, ProjectErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Entry;
+    use crate::pipeline::git_tree::Entry;
 
     fn tree(files: &[(&str, &str)]) -> SourceTree {
         SourceTree {

@@ -26,7 +26,7 @@ use shoal_node::daemon::{BoxFuture, Handle, Runtime};
 use shoal_protocol::{DeviceId, Envelope, RolloutPlan, TrustRoot, Wave, encoding};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::live::Progress;
+use crate::steering::Progress;
 
 /// The fleet's name.
 pub const FLEET: &str = "local";

@@ -5,9 +5,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::{Tab, badge, error_page, esc, page, time};
-use crate::db::{Fleet, ReleaseFilter};
-use crate::http::Server;
+use crate::http::state::Server;
 use crate::operator::views::url_encode;
+use crate::storage::db::{Fleet, ReleaseFilter};
 
 async fn fleet(s: &Server, name: &str) -> Result<Fleet, Response> {
     match s.app.db.fleet(name).await {

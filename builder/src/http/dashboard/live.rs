@@ -2,9 +2,9 @@
 //! operator's buttons (pause, resume, promote, abort), which call the API with the user's token.
 
 use super::{badge, esc};
-use crate::http::Server;
-use crate::live::Progress;
+use crate::http::state::Server;
 use crate::operator::views::url_encode;
+use crate::steering::Progress;
 
 /// The live rollout of `fleet` if it is the one of release `sequence`.
 pub(super) fn of_release(s: &Server, fleet: &str, sequence: Option<i64>) -> Option<Progress> {

@@ -1,6 +1,6 @@
 //! The project's build configuration file, `.shoal/shoal.yml` or balena's `.balena/balena.yml`:
 //! bytes in, a typed [`BuildConfig`] or a typed [`ConfigError`] out, with no git tree behind it
-//! (the `parse` feature; [`crate::project`] finds the file in the pushed tree and reads the
+//! (the `parse` feature; [`crate::pipeline::project`] finds the file in the pushed tree and reads the
 //! secrets' files).
 //!
 //! ```yaml

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::{BuildLog, Verdict};
+use crate::build_log::{BuildLog, Verdict};
 
 /// The ref that builds.
 pub const BUILD_REF: &str = "refs/heads/master";
@@ -136,9 +136,9 @@ pub fn verdict_line(v: &Verdict) -> String {
 /// `shoal-builder hook pre-receive`: returns the process exit code.
 pub fn client_main() -> i32 {
     let (Ok(url), Ok(secret), Ok(fleet)) = (
-        std::env::var(crate::githttp::HOOK_URL_ENV),
-        std::env::var(crate::githttp::HOOK_SECRET_ENV),
-        std::env::var(crate::githttp::HOOK_FLEET_ENV),
+        std::env::var(crate::http::git::HOOK_URL_ENV),
+        std::env::var(crate::http::git::HOOK_SECRET_ENV),
+        std::env::var(crate::http::git::HOOK_FLEET_ENV),
     ) else {
         println!(
             "shoal: push through the builder's HTTP endpoint (http://HOST:PORT/git/FLEET.git)"
@@ -175,7 +175,7 @@ pub fn client_main() -> i32 {
         fleet,
         updates,
         object_dirs,
-        push_id: std::env::var(crate::githttp::PUSH_ID_ENV).ok(),
+        push_id: std::env::var(crate::http::git::PUSH_ID_ENV).ok(),
     };
     match post(&url, &secret, &req) {
         Ok(code) => code,

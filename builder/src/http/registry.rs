@@ -1,8 +1,8 @@
-//! The registry's HTTP routes.
+//! The device registry's HTTP routes ([`crate::registry`]).
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/v1/devices/register` | register with a provisioning key (JSON [`super::Registration`]) |
+//! | `POST /api/v1/devices/register` | register with a provisioning key (JSON [`crate::registry::Registration`]) |
 //! | `POST /api/v1/devices/{id}/status` | a signed status report (encoded envelope bytes) |
 //! | `GET /api/v1/devices/{id}` | one device |
 //! | `GET /api/v1/fleets/{fleet}/devices` | a fleet's devices |
@@ -18,9 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use shoal_protocol::DeviceId;
 
-use super::{RegisterError, Registration, ReportError};
+use super::state::{Server, internal, json_error, json_ok, release_or_404};
 use crate::app::now_s;
-use crate::http::{Server, internal, json_error, json_ok};
+use crate::registry::{self, RegisterError, Registration, ReportError};
 
 /// Largest registration or report body.
 const MAX_BODY: usize = 16 * 1024;
@@ -106,7 +106,7 @@ async fn device(State(s): State<Server>, Path(id): Path<String>) -> Response {
         Ok(d) => d.to_string(),
         Err(r) => return r,
     };
-    match super::store::device(&s.app.db, &id).await {
+    match registry::tables::device(&s.app.db, &id).await {
         Ok(Some(d)) => json_ok(d),
         Ok(None) => json_error(StatusCode::NOT_FOUND, &format!("no device {id}")),
         Err(e) => internal(e),
@@ -119,18 +119,18 @@ async fn fleet_devices(State(s): State<Server>, Path(fleet): Path<String>) -> Re
         Ok(None) => return json_error(StatusCode::NOT_FOUND, &format!("no fleet {fleet:?}")),
         Err(e) => return internal(e),
     };
-    match super::store::devices_of_fleet(&s.app.db, f.id).await {
+    match registry::devices_of_fleet(&s.app.db, f.id).await {
         Ok(d) => json_ok(serde_json::json!({ "fleet": fleet, "devices": d })),
         Err(e) => internal(e),
     }
 }
 
 async fn release_devices(State(s): State<Server>, Path(id): Path<String>) -> Response {
-    let r = match crate::http::release_or_404(&s, &id).await {
+    let r = match release_or_404(&s, &id).await {
         Ok(r) => r,
         Err(r) => return r,
     };
-    match super::progress::progress(&s.app, &r).await {
+    match registry::progress(&s.app, &r).await {
         Ok(p) => json_ok(serde_json::json!({
             "release": r.id,
             "sequence": r.sequence,

@@ -3,7 +3,7 @@
 //!
 //! The tar is walked once, as a stream: every large regular entry (a layer tar) is cut with
 //! [`chunk_reader`] as it is read, each chunk handed to the caller (the builder's export hands
-//! them to the store's writers, [`crate::engine`]); small entries (the image config,
+//! them to the store's writers, [`crate::pipeline::engine`]); small entries (the image config,
 //! `manifest.json`, small layers) are kept in memory; links are remembered. `manifest.json`
 //! then names the config and the layer order. Both the legacy (`<id>/layer.tar`) and the OCI
 //! (`blobs/sha256/<hex>`, with `<id>/layer.tar` links to them) layouts of `docker save` are
@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use shoal_protocol::chunking::{ChunkParams, chunk_reader, cut_points};
 use shoal_protocol::{ChunkRef, Digest, ImageRef, LayerRef};
 
-use crate::buildconfig::{join, normalize};
+use crate::pipeline::build_config::{join, normalize};
 
 /// Entries of a `docker save` tar up to this size are kept in memory.
 pub const SMALL_ENTRY_BYTES: u64 = 256 * 1024;

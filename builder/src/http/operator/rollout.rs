@@ -1,16 +1,16 @@
 //! Rollout commands: `POST /api/v1/fleets/{fleet}/rollout/{pause|resume|promote|abort}`
-//! (operator token), carried out by the live rollout loop ([`crate::live::Rollouts`]) on the
+//! (operator token), carried out by the live rollout loop ([`crate::steering::Steering`]) on the
 //! fleet's current rollout and recorded in the audit log once it accepted them. The answer is
-//! the rollout's progress after the command ([`crate::live::Progress`]).
+//! the rollout's progress after the command ([`crate::steering::Progress`]).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 
-use super::routes::Reply;
-use super::{Action, Audit, Change, apply, authorize};
+use super::{Reply, authorize, fleet_or_404};
 use crate::app::Role;
-use crate::http::{Server, internal, json_error, json_ok};
-use crate::live::LiveError;
+use crate::http::state::{Server, internal, json_error, json_ok};
+use crate::operator::{Action, Audit, Change, apply};
+use crate::steering::{Command, LiveError};
 
 pub(super) async fn command(
     State(s): State<Server>,
@@ -30,19 +30,20 @@ pub(super) async fn command(
             ));
         }
     };
-    let f = super::routes::fleet_or_404(&s, &fleet).await?;
+    let f = fleet_or_404(&s, &fleet).await?;
     let Some(rollouts) = s.app.rollouts.get() else {
         return Err(json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no rollout loop runs",
         ));
     };
-    let result = match action {
-        Action::Pause => rollouts.pause(&f.name).await,
-        Action::Resume => rollouts.resume(&f.name).await,
-        Action::Promote => rollouts.promote(&f.name).await,
-        _ => rollouts.abort(&f.name).await,
+    let command = match action {
+        Action::Pause => Command::Pause,
+        Action::Resume => Command::Resume,
+        Action::Promote => Command::Promote,
+        _ => Command::Abort,
     };
+    let result = rollouts.steer(&f.name, command).await;
     let progress = match result {
         Ok(p) => p,
         Err(e) => {
