@@ -8,7 +8,8 @@ use super::release::ReleaseCache;
 /// How a node behaves. [`Config::new`] gives the defaults; every bound is a field.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The device's key: its identity ([`Node::id`](super::Node::id)) and what signs its reports.
+    /// The device's key: its identity ([`Node::id`](super::Node::id)) and what signs its
+    /// reports.
     pub key: SigningKey,
     /// The fleet's trust root (already rotated to the current version by the driver).
     pub trust: TrustRoot,
@@ -40,8 +41,8 @@ pub struct Config {
     pub backoff_base_ms: u64,
     /// Longest retry delay.
     pub backoff_max_ms: u64,
-    /// How long a peer that answered [`FetchError::Busy`](super::FetchError::Busy) is left alone (no penalty), on
-    /// average: each wait is drawn between half and one and a half times this.
+    /// How long a peer that answered [`FetchError::Busy`](super::FetchError::Busy) is left alone
+    /// (no penalty), on average: each wait is drawn between half and one and a half times this.
     pub busy_backoff_ms: u64,
     /// A fetch that takes this many times the node's average fetch time (at least
     /// `straggler_min_ms`) is asked of another peer too; the first copy to arrive wins.
@@ -62,11 +63,11 @@ pub struct Config {
     pub ban_ms: u64,
     /// Chunk progress is persisted at most this often.
     pub persist_interval_ms: u64,
-    /// Candidates examined per rarest-first pick (see [`super::fetch`]).
+    /// Candidates examined per rarest-first pick (see *Fetching* in the [crate docs](crate)).
     pub rarest_sample: u32,
     /// With no chunk stored for this long, the node also imports its share among the same-site
     /// peers that delivered to it, and after three times as long any chunk its site lacks (see
-    /// [`super::fetch`]).
+    /// *Fetching* in the [crate docs](crate)).
     pub idle_fallback_ms: u64,
     /// Most uploads served at once (see [`Node::admit_upload`](super::Node::admit_upload)).
     pub max_uploads: u32,
@@ -79,8 +80,8 @@ pub struct Config {
     /// Verified releases shared with other nodes of this process (the simulator); a fresh cache
     /// by default.
     pub releases: ReleaseCache,
-    /// The builder's origin node: it gets releases through [`Node::seed`](super::Node::seed), serves and
-    /// advertises them, and never fetches, applies or reports.
+    /// The builder's origin node: it gets releases through [`Node::seed`](super::Node::seed),
+    /// serves and advertises them, and never fetches, applies or reports.
     pub origin: bool,
 }
 

@@ -1,8 +1,9 @@
 //! [`Node`]: the state machine's data, getters and input dispatch; how it behaves is its
-//! [`Config`] ([`super::config`]). The handlers live by topic: gossip and trust in [`super::gossip`], peers and availability in
-//! [`super::peers`], the manifest in [`super::manifest`], chunk fetching in [`super::chunks`]
-//! (chunk choice in [`super::fetch`]), serving in [`super::upload`], activation and reports in
-//! [`super::activate`], snapshots in [`super::persist`].
+//! [`Config`] ([`super::config`]). The handlers live by topic: gossip and trust in
+//! [`super::gossip`], peers and availability in [`super::peers`], the manifest in
+//! [`super::manifest`], chunk fetching in [`super::chunks`] (chunk choice in [`super::fetch`],
+//! the site's import ring in [`super::ring`]), serving in [`super::upload`], activation and
+//! reports in [`super::activate`], snapshots in [`super::persist`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! [`Status`]: a snapshot of a running daemon (its peers, the release it is on and how far it
 //! got, its store, its milestones), which the daemon publishes after every change
-//! ([`Handle::status`](super::Handle::status), [`Handle::watch_status`](super::Handle::watch_status)),
-//! and the local endpoints that show it: the control socket `shoal-node status` reads
-//! ([`read`]) and the Prometheus endpoint ([`serve_metrics`]).
+//! ([`Handle::status`](super::Handle::status),
+//! [`Handle::watch_status`](super::Handle::watch_status)), and the local endpoints that show it:
+//! the control socket `shoal-node status` reads ([`read`]) and the Prometheus endpoint
+//! ([`serve_metrics`]).
 
 mod serve;
 

@@ -47,7 +47,8 @@ impl Scheduler {
         true
     }
 
-    /// Whether no needed chunk is held by a vouched same-site peer (see [`Idle::after`]).
+    /// Whether no needed chunk is held by a vouched same-site peer (see
+    /// [`Idle::after`](crate::ring::Idle::after)).
     pub(crate) fn starved(&self) -> bool {
         self.need
             .ones()

@@ -26,13 +26,12 @@ use crate::daemon::transfer::{self, BlobSource};
 
 impl Launcher {
     /// Starts the daemon on the current tokio runtime; the [`Handle`] controls it. Fails
-    /// before the event loop runs, with nothing left bound, if any part cannot be set up.
+    /// before the event loop runs if any part cannot be set up.
     pub async fn start(self) -> Result<Handle, StartError> {
-        let b = self;
         crate::daemon::quic::install_crypto_provider();
-        let device = b.key.device_id();
+        let device = self.key.device_id();
         // A registration the builder will be sent (checked before anything is bound).
-        let enroll = match &b.enroll {
+        let enroll = match &self.enroll {
             Some(e) => {
                 let url = crate::daemon::enroll::HttpUrl::parse(&e.builder_url)
                     .map_err(StartError::Enroll)?;
@@ -43,26 +42,26 @@ impl Launcher {
                 let device_type = e
                     .device_type
                     .clone()
-                    .unwrap_or_else(|| format!("generic-{}", b.arch));
+                    .unwrap_or_else(|| format!("generic-{}", self.arch));
                 let registration = shoal_protocol::registration::sign_registration(
-                    &b.key.signing_key(),
+                    &self.key.signing_key(),
                     &e.provisioning_key,
                     &name,
-                    b.site.as_deref().unwrap_or(""),
-                    &b.arch,
+                    self.site.as_deref().unwrap_or(""),
+                    &self.arch,
                     &device_type,
                 );
                 Some((url, registration))
             }
             None => None,
         };
-        std::fs::create_dir_all(&b.data_dir).map_err(|source| StartError::Bind {
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| StartError::Bind {
             what: "data directory",
-            addr: b.data_dir.display().to_string(),
+            addr: self.data_dir.display().to_string(),
             source,
         })?;
-        let store = Arc::new(Store::open(&b.data_dir.join("store"), b.quota_bytes)?);
-        let state_path = b.data_dir.join("node-state.bin");
+        let store = Arc::new(Store::open(&self.data_dir.join("store"), self.quota_bytes)?);
+        let state_path = self.data_dir.join("node-state.bin");
         let snapshot =
             match std::fs::read(&state_path) {
                 Ok(bytes) => Some(encoding::decode::<core::Snapshot>(&bytes).map_err(
@@ -80,45 +79,49 @@ impl Launcher {
                     .into());
                 }
             };
-        let mut config = core::Config::new(b.key.signing_key(), b.trust.clone(), b.arch.clone());
-        config.site = b.site.clone();
-        config.store_quota_bytes = b.quota_bytes;
-        config.origin = b.origin;
-        if let Some(tune) = b.tune {
+        let mut config = core::Config::new(
+            self.key.signing_key(),
+            self.trust.clone(),
+            self.arch.clone(),
+        );
+        config.site = self.site.clone();
+        config.store_quota_bytes = self.quota_bytes;
+        config.origin = self.origin;
+        if let Some(tune) = self.tune {
             tune(&mut config);
         }
         let mut node = match snapshot {
-            Some(s) => core::Node::resume(config, s, b.seed),
-            None => core::Node::new(config, b.seed),
+            Some(s) => core::Node::resume(config, s, self.seed),
+            None => core::Node::new(config, self.seed),
         };
-        if !b.trust_chain.is_empty() {
-            node.relay_trust_chain(b.trust_chain.clone())
+        if !self.trust_chain.is_empty() {
+            node.relay_trust_chain(self.trust_chain.clone())
                 .map_err(StartError::TrustChain)?;
         }
-        if !b.origin {
+        if !self.origin {
             // Back to the committed release before anything else happens (a crash may have
             // interrupted an apply); the core then reports the interrupted release as failed.
-            if let Err(e) = b.runtime.recover(node.committed(), store.clone()).await {
+            if let Err(e) = self.runtime.recover(node.committed(), store.clone()).await {
                 tracing::error!(error = %e, "runtime recovery failed");
             }
         }
 
-        let endpoint = crate::daemon::quic::endpoint(&b.key, b.data_listen)?;
+        let endpoint = crate::daemon::quic::endpoint(&self.key, self.data_listen)?;
         let data_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             what: "data plane",
-            addr: b.data_listen.to_string(),
+            addr: self.data_listen.to_string(),
             source,
         })?;
         let mut swarm = net::swarm(
-            &b.key,
-            &b.fleet,
+            &self.key,
+            &self.fleet,
             data_addr.port(),
-            b.origin,
-            b.mdns,
-            b.kademlia,
+            self.origin,
+            self.mdns,
+            self.kademlia,
         )?;
         let mut listen_addrs = Vec::new();
-        for addr in &b.listen {
+        for addr in &self.listen {
             swarm
                 .listen_on(addr.clone())
                 .map_err(|e| StartError::Listen {
@@ -128,31 +131,31 @@ impl Launcher {
         }
         // Wait for the listeners to report their bound addresses (or fail: a taken port).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while listen_addrs.len() < b.listen.len() {
+        while listen_addrs.len() < self.listen.len() {
             let ev = tokio::time::timeout_at(deadline, swarm.select_next_some()).await;
             match ev {
                 Ok(SwarmEvent::NewListenAddr { address, .. }) => {
-                    listen_addrs.push(address.with(Protocol::P2p(b.key.peer_id())));
+                    listen_addrs.push(address.with(Protocol::P2p(self.key.peer_id())));
                 }
                 Ok(SwarmEvent::ListenerError { error, .. })
                 | Ok(SwarmEvent::ListenerClosed {
                     reason: Err(error), ..
                 }) => {
                     return Err(StartError::Listen {
-                        addr: b.listen[listen_addrs.len()].clone(),
+                        addr: self.listen[listen_addrs.len()].clone(),
                         message: error.to_string(),
                     });
                 }
                 Ok(_) => {}
                 Err(_) => {
                     return Err(StartError::Listen {
-                        addr: b.listen[listen_addrs.len()].clone(),
+                        addr: self.listen[listen_addrs.len()].clone(),
                         message: "no listen address within 5 s".into(),
                     });
                 }
             }
         }
-        for addr in &b.bootstrap {
+        for addr in &self.bootstrap {
             if let Some(Protocol::P2p(peer)) = addr.iter().last()
                 && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
             {
@@ -172,7 +175,7 @@ impl Launcher {
 
         let mut local_tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
             Vec::new();
-        let metrics_addr = match b.metrics {
+        let metrics_addr = match self.metrics {
             Some(addr) => {
                 let (bound, fut) = status::serve_metrics(addr, counters.clone(), status_rx.clone())
                     .await
@@ -186,8 +189,8 @@ impl Launcher {
             }
             None => None,
         };
-        if b.control_socket {
-            let path = b.data_dir.join("control.sock");
+        if self.control_socket {
+            let path = self.data_dir.join("control.sock");
             let fut = status::serve_control(&path, status_rx.clone()).map_err(|source| {
                 StartError::Bind {
                     what: "control socket",
@@ -197,7 +200,7 @@ impl Launcher {
             })?;
             local_tasks.push(Box::pin(fut));
         }
-        let source: Arc<dyn BlobSource> = match b.source {
+        let source: Arc<dyn BlobSource> = match self.source {
             Some(wrap) => wrap(store.clone()),
             None => store.clone(),
         };
@@ -205,14 +208,14 @@ impl Launcher {
         let mut driver = Driver {
             node,
             started: tokio::time::Instant::now(),
-            clock: b.clock,
+            clock: self.clock,
             swarm,
-            topic: net::topic(&b.fleet),
-            key: b.key,
+            topic: net::topic(&self.fleet),
+            key: self.key,
             device,
-            fleet: b.fleet,
-            site: b.site,
-            origin: b.origin,
+            fleet: self.fleet,
+            site: self.site,
+            origin: self.origin,
             endpoint: endpoint.clone(),
             store: store.clone(),
             counters: counters.clone(),
@@ -227,14 +230,14 @@ impl Launcher {
             events_tx,
             status_tx,
             reports: reports.clone(),
-            runtime: b.runtime,
+            runtime: self.runtime,
             state_path,
             manifests: BTreeMap::new(),
             refused: None,
             milestones: Vec::new(),
             data_addr,
             listen_addrs: listen_addrs.clone(),
-            server: transfer::Server::new(source, counters.clone(), b.max_uploads),
+            server: transfer::Server::new(source, counters.clone(), self.max_uploads),
             kad_bootstrapped: false,
             enrollment: None,
         };

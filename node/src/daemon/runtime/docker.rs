@@ -6,7 +6,8 @@
 //!
 //! 1. `prepare`: the node's network and the release's named volumes.
 //! 2. `load <service>` for every `download-then-kill` and `hand-over` service: the image is
-//!    streamed from the store into the Engine ([`archive`](super::archive), verified chunk by chunk).
+//!    streamed from the store into the Engine ([`archive`](super::archive), verified chunk by
+//!    chunk).
 //! 3. `lock`: while the update lock file exists (and the operator's override file does not),
 //!    nothing that is running is stopped: the step waits.
 //! 4. per service, in `depends_on` order: `download-then-kill`: stop the old container, start
