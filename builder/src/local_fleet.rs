@@ -316,7 +316,7 @@ impl LocalFleet {
             let runtime = (opts.runtime)(FLEET, key.device_id(), &dir)
                 .await
                 .map_err(dev_err)?;
-            let handle = shoal_node::daemon::Builder::new(key, fleet.trust.clone(), &dir)
+            let handle = shoal_node::daemon::Launcher::new(key, fleet.trust.clone(), &dir)
                 .arch("amd64")
                 .bootstrap(addrs.clone())
                 .runtime(runtime)

@@ -1,6 +1,6 @@
 //! The builder's origin peers: one embedded `shoal_node` daemon per fleet.
 //!
-//! Each fleet's origin node ([`shoal_node::daemon::Builder::origin`]) is how a release leaves
+//! Each fleet's origin node ([`shoal_node::daemon::Launcher::origin`]) is how a release leaves
 //! the builder: after a successful build the pipeline calls [`Origins::seed`], which gossips the
 //! signed announcement and lets devices fetch the manifest and chunks from the origin over QUIC.
 //! The node's device key is `<data>/keys/origin-<fleet>.key` (mode 0600, made on first start);
@@ -372,7 +372,7 @@ impl Origins {
         let serve = source.clone();
         let builder = || {
             let serve = serve.clone();
-            shoal_node::daemon::Builder::new(
+            shoal_node::daemon::Launcher::new(
                 key.clone(),
                 trust.clone(),
                 self.root.join("origin").join(&fleet.name),

@@ -168,7 +168,7 @@ async fn waves_open_in_order_as_stage_only_devices_report_healthy() {
     let mut devices = Vec::new();
     for (i, k) in by_wave.into_iter().flatten().enumerate() {
         let d =
-            shoal_node::daemon::Builder::new(k, trust.clone(), dir.path().join(format!("d{i}")))
+            shoal_node::daemon::Launcher::new(k, trust.clone(), dir.path().join(format!("d{i}")))
                 .arch("amd64")
                 .bootstrap(boot.clone())
                 .start()
@@ -305,7 +305,7 @@ async fn a_pinned_device_stays_on_its_release_while_the_others_move_on() {
         );
         registry.register(&app, &r, now_s()).await.unwrap();
         let d =
-            shoal_node::daemon::Builder::new(k, trust.clone(), dir.path().join(format!("p{i}")))
+            shoal_node::daemon::Launcher::new(k, trust.clone(), dir.path().join(format!("p{i}")))
                 .arch("amd64")
                 .bootstrap(boot.clone())
                 .start()

@@ -71,7 +71,7 @@ fn a_device_bootstrapped_from_the_builder_stages_a_pushed_release_from_the_origi
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        let node = shoal_node::daemon::Builder::new(DeviceKey::generate(), trust, dir.path())
+        let node = shoal_node::daemon::Launcher::new(DeviceKey::generate(), trust, dir.path())
             .arch("amd64")
             .bootstrap(addrs)
             .start()

@@ -275,7 +275,7 @@ fn reports_the_origin_verified_update_the_registry_too() {
 
 #[test]
 fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused() {
-    use shoal_node::daemon::Builder;
+    use shoal_node::daemon::Launcher;
     use shoal_node::daemon::enroll::{EnrollError, EnrollState, Enrollment};
     use shoal_node::daemon::identity::DeviceKey;
     use std::time::Duration;
@@ -290,7 +290,7 @@ fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused(
     let good_id = b.rt.block_on(async {
         let key = DeviceKey::generate();
         let id = key.device_id();
-        let node = Builder::new(key, trust.clone(), dir.path().join("good"))
+        let node = Launcher::new(key, trust.clone(), dir.path().join("good"))
             .arch("amd64")
             .site(Some("kitchen".into()))
             .enroll(Enrollment::new(b.url(), &b.provisioning_key).name("pi-kitchen"))
@@ -309,7 +309,7 @@ fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused(
         assert_eq!(s.enroll_error, None);
 
         // A key that is no fleet's: refused for good, with the builder's reason.
-        let bad = Builder::new(DeviceKey::generate(), trust.clone(), dir.path().join("bad"))
+        let bad = Launcher::new(DeviceKey::generate(), trust.clone(), dir.path().join("bad"))
             .arch("amd64")
             .enroll(Enrollment::new(b.url(), "shoalprov_wrong").name("intruder"))
             .start()
@@ -333,7 +333,7 @@ fn a_daemon_started_with_enrollment_registers_itself_and_a_wrong_key_is_refused(
         );
 
         // A builder URL the node cannot use (not http:// or https://) is a typed error at start.
-        let err = Builder::new(DeviceKey::generate(), trust.clone(), dir.path().join("tls"))
+        let err = Launcher::new(DeviceKey::generate(), trust.clone(), dir.path().join("tls"))
             .enroll(Enrollment::new("ftp://builder.example", "k"))
             .start()
             .await

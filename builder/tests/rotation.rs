@@ -123,7 +123,7 @@ fn release(sequence: u64, signers: &[&SigningKey]) -> Release {
 }
 
 async fn device(dir: &Path, name: &str, trust: &TrustRoot, boot: Vec<libp2p::Multiaddr>) -> Handle {
-    shoal_node::daemon::Builder::new(DeviceKey::generate(), trust.clone(), dir.join(name))
+    shoal_node::daemon::Launcher::new(DeviceKey::generate(), trust.clone(), dir.join(name))
         .arch("amd64")
         .bootstrap(boot)
         .start()

@@ -6,7 +6,7 @@
 //! target/release/examples/fanout_bench --json            # 256 MiB, 8 devices
 //! ```
 //!
-//! The seeder is an origin daemon in this process ([`shoal_node::daemon::Builder::origin`]); the
+//! The seeder is an origin daemon in this process ([`shoal_node::daemon::Launcher::origin`]); the
 //! devices are real processes, each bootstrapped to the seeder only (Kademlia finds the rest),
 //! with their stores under `--dir` (default `/dev/shm` when present). Once every device is
 //! connected, it measures each device's idle RSS, then seeds a release of `--mib` MiB of random
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shoal_node::daemon::identity::DeviceKey;
-use shoal_node::daemon::{Builder, local};
+use shoal_node::daemon::{Launcher, status};
 use shoal_protocol::{
     ChunkParams, ChunkRef, Digest, Envelope, LayerRef, RolloutPlan, UnixTime, chunking, encoding,
 };
@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         encoding::encode(&Envelope::seal(&fleet.trust, &[&fleet.root_key])),
     )?;
 
-    let origin = Builder::new(
+    let origin = Launcher::new(
         DeviceKey::generate(),
         fleet.trust.clone(),
         work.path().join("origin"),
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         connected = 0;
         for s in &sockets {
-            if let Ok(st) = local::read_status(s).await
+            if let Ok(st) = status::read(s).await
                 && st.peers.len() >= args.devices
             {
                 connected += 1;
@@ -217,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         staged = 0;
         for s in &sockets {
-            if let Ok(st) = local::read_status(s).await
+            if let Ok(st) = status::read(s).await
                 && st.has_staged(1)
             {
                 staged += 1;

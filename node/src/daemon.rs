@@ -1,8 +1,13 @@
 //! The device daemon: drives [`crate::core`] over real sockets, disks and clocks.
 //!
-//! Start one with [`Builder`] (the `shoal-node run` binary and the builder's origin node both
-//! do); the [`Handle`] it returns reads status, seeds and publishes releases, and stops it.
+//! Start one with a [`Launcher`] (the `shoal-node run` binary and the builder's origin node both
+//! do); the [`Handle`] it returns reads the daemon's [`Status`], seeds and publishes releases,
+//! and stops it.
 //!
+//! - `launcher`: what a daemon is started with ([`Launcher`]) and why it may not start.
+//! - `handle`: the running daemon ([`Handle`]) and its commands.
+//! - [`status`]: what a running daemon shows ([`Status`]), on the control socket `shoal-node
+//!   status` reads and the Prometheus endpoint.
 //! - [`identity`]: the device key (Shoal device id, libp2p peer id, QUIC certificate key).
 //! - [`config`]: the TOML configuration file; [`launch`]: from it to a running daemon.
 //! - [`enroll`]: registration with the builder's device registry (provisioning key).
@@ -13,9 +18,9 @@
 //! - [`store`]: chunks and manifests on disk by digest, with a byte quota.
 //! - [`state`]: atomic state files.
 //! - [`metrics`]: counters by peer class, encoded by prometheus-client.
-//! - [`local`]: the metrics endpoint and the control socket.
-//! - [`runtime`]: the Docker Engine runtime that activates releases.
-//! - `driver`: the event loop mapping core outputs to effects.
+//! - [`runtime`]: what activates releases ([`Runtime`]): stage only, or the Docker Engine.
+//! - `driver`: the event loop mapping inputs to the core and its outputs to effects, and the
+//!   start-up.
 
 pub mod config;
 mod driver;
@@ -23,18 +28,20 @@ pub mod enroll;
 mod handle;
 pub mod identity;
 pub mod launch;
-pub mod local;
+mod launcher;
 pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod quic;
 pub mod runtime;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod transfer;
 
-pub use handle::{
-    BoxFuture, Builder, DEFAULT_MAX_UPLOADS, Handle, MILESTONES_KEPT, Milestone, OfferError,
-    PeerStatus, PublishError, Runtime, SourceFn, StageOnly, StartError, Status, TuneFn, WallClock,
-    system_clock,
+pub use handle::{Handle, OfferError, PublishError};
+pub use launcher::{
+    DEFAULT_MAX_UPLOADS, Launcher, SourceFn, StartError, TuneFn, WallClock, system_clock,
 };
+pub use runtime::{BoxFuture, Runtime, StageOnly};
+pub use status::{MILESTONES_KEPT, Milestone, PeerStatus, Status};

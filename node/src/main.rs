@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoal_node::daemon::config::FileConfig;
 use shoal_node::daemon::identity::DeviceKey;
-use shoal_node::daemon::{Status, launch, local, runtime};
+use shoal_node::daemon::{Status, launch, runtime, status};
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal-node", version, about = "Shoal device daemon")]
@@ -138,7 +138,7 @@ fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let s: Status = rt
-        .block_on(local::read_status(&socket))
+        .block_on(status::read(&socket))
         .with_context(|| format!("no daemon answers on {} (is it running?)", socket.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);

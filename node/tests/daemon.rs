@@ -13,7 +13,7 @@ use shoal_node::core::GossipMessage;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
-use shoal_node::daemon::{Builder, Handle, WallClock};
+use shoal_node::daemon::{Handle, Launcher, WallClock};
 use shoal_protocol::{Announcement, Digest, Envelope, ReleaseSeq, UnixTime, encoding};
 use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestPayload};
 
@@ -50,16 +50,16 @@ impl Fleet {
         }
     }
 
-    fn builder(&mut self, key: DeviceKey, name: &str) -> Builder {
+    fn launcher(&mut self, key: DeviceKey, name: &str) -> Launcher {
         self.n += 1;
-        Builder::new(key, self.fleet.trust.clone(), self.dir.path().join(name))
+        Launcher::new(key, self.fleet.trust.clone(), self.dir.path().join(name))
             .arch(TEST_ARCH)
             .wall_clock(self.clock.clone())
     }
 
     async fn origin(&mut self, payload: &TestPayload) -> Handle {
         let origin = self
-            .builder(DeviceKey::generate(), "origin")
+            .launcher(DeviceKey::generate(), "origin")
             .origin(true)
             .start()
             .await
@@ -73,7 +73,7 @@ impl Fleet {
             .iter()
             .map(|h| h.listen_addrs()[0].clone())
             .collect();
-        self.builder(DeviceKey::generate(), name)
+        self.launcher(DeviceKey::generate(), name)
             .bootstrap(boot)
             .start()
             .await
@@ -103,7 +103,7 @@ async fn eight_daemons_stage_a_release_and_the_origin_sends_it_about_once() {
     let mut fleet = Fleet::new("fanout");
     let payload = fleet.fleet.random_release(1, 32 << 20, 1);
     let origin = fleet
-        .builder(DeviceKey::generate(), "origin")
+        .launcher(DeviceKey::generate(), "origin")
         .origin(true)
         .start()
         .await
@@ -183,7 +183,7 @@ async fn a_byzantine_daemon_is_banned_and_no_corrupt_chunk_is_stored() {
     // An honest device that serves slowly, so the byzantine one is connected while the devices
     // are still fetching.
     let honest = fleet
-        .builder(DeviceKey::generate(), "honest")
+        .launcher(DeviceKey::generate(), "honest")
         .bootstrap(vec![origin.listen_addrs()[0].clone()])
         .serve_from(|store| {
             Arc::new(Slow {
@@ -198,7 +198,7 @@ async fn a_byzantine_daemon_is_banned_and_no_corrupt_chunk_is_stored() {
     // The byzantine device stages honestly, then serves corrupt bytes for everything it has. It
     // shares the devices' site, so they ask it first.
     let byz = fleet
-        .builder(DeviceKey::generate(), "byz")
+        .launcher(DeviceKey::generate(), "byz")
         .site(Some("lab".into()))
         .bootstrap(vec![origin.listen_addrs()[0].clone()])
         .serve_from(|store| Arc::new(Corrupting(store)))
@@ -210,7 +210,7 @@ async fn a_byzantine_daemon_is_banned_and_no_corrupt_chunk_is_stored() {
     let mut devices = Vec::new();
     for i in 0..4 {
         let d = fleet
-            .builder(DeviceKey::generate(), &format!("d{i}"))
+            .launcher(DeviceKey::generate(), &format!("d{i}"))
             .site(Some("lab".into()))
             .kademlia(false)
             .bootstrap(vec![
@@ -263,7 +263,7 @@ async fn a_daemon_killed_mid_transfer_resumes_without_refetching() {
     let served: Arc<Mutex<Vec<Digest>>> = Arc::default();
     let log = served.clone();
     let origin = fleet
-        .builder(DeviceKey::generate(), "origin")
+        .launcher(DeviceKey::generate(), "origin")
         .origin(true)
         .serve_from(move |store| Arc::new(Slow { store, served: log }))
         .start()
@@ -274,7 +274,7 @@ async fn a_daemon_killed_mid_transfer_resumes_without_refetching() {
     let key = DeviceKey::generate();
     let boot = vec![origin.listen_addrs()[0].clone()];
     let device = fleet
-        .builder(key.clone(), "dev")
+        .launcher(key.clone(), "dev")
         .bootstrap(boot.clone())
         .start()
         .await
@@ -299,7 +299,7 @@ async fn a_daemon_killed_mid_transfer_resumes_without_refetching() {
     let served_before = served.lock().unwrap().len();
 
     let device = fleet
-        .builder(key, "dev")
+        .launcher(key, "dev")
         .bootstrap(boot)
         .start()
         .await
@@ -340,7 +340,7 @@ async fn forged_expired_and_replayed_announcements_are_refused_and_not_forwarded
     let origin = fleet.origin(&old).await;
     // attacker -> relay -> watcher: the watcher hears gossip only through the relay.
     let relay = fleet
-        .builder(DeviceKey::generate(), "relay")
+        .launcher(DeviceKey::generate(), "relay")
         .bootstrap(vec![origin.listen_addrs()[0].clone()])
         .kademlia(false)
         .start()
@@ -348,7 +348,7 @@ async fn forged_expired_and_replayed_announcements_are_refused_and_not_forwarded
         .unwrap();
     staged(&relay, 2).await;
     let watcher = fleet
-        .builder(DeviceKey::generate(), "watcher")
+        .launcher(DeviceKey::generate(), "watcher")
         .bootstrap(vec![relay.listen_addrs()[0].clone()])
         .kademlia(false)
         .start()
@@ -356,7 +356,7 @@ async fn forged_expired_and_replayed_announcements_are_refused_and_not_forwarded
         .unwrap();
     staged(&watcher, 2).await;
     let attacker = fleet
-        .builder(DeviceKey::generate(), "attacker")
+        .launcher(DeviceKey::generate(), "attacker")
         .bootstrap(vec![relay.listen_addrs()[0].clone()])
         .kademlia(false)
         .start()
@@ -422,7 +422,7 @@ async fn a_release_over_the_quota_is_refused_up_front() {
     let payload = fleet.fleet.random_release(1, 8 << 20, 61);
     let origin = fleet.origin(&payload).await;
     let small = fleet
-        .builder(DeviceKey::generate(), "small")
+        .launcher(DeviceKey::generate(), "small")
         .bootstrap(vec![origin.listen_addrs()[0].clone()])
         .store_quota_bytes(4 << 20)
         .start()
@@ -443,7 +443,7 @@ async fn the_metrics_endpoint_shows_peers_release_and_bytes() {
     let payload = fleet.fleet.random_release(1, 4 << 20, 71);
     let origin = fleet.origin(&payload).await;
     let dev = fleet
-        .builder(DeviceKey::generate(), "dev")
+        .launcher(DeviceKey::generate(), "dev")
         .bootstrap(vec![origin.listen_addrs()[0].clone()])
         .metrics(Some("127.0.0.1:0".parse().unwrap()))
         .start()
@@ -486,7 +486,7 @@ async fn releases_activate_when_their_wave_opens_and_old_ones_are_evicted() {
         .map(|seq| fleet.fleet.random_release(seq, 2 << 20, 80 + 2 * seq + 1))
         .collect();
     let origin = fleet
-        .builder(DeviceKey::generate(), "origin")
+        .launcher(DeviceKey::generate(), "origin")
         .origin(true)
         .start()
         .await

@@ -10,7 +10,7 @@ use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::metrics::PeerClass;
 use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
-use shoal_node::daemon::{Builder, WallClock};
+use shoal_node::daemon::{Launcher, WallClock};
 use shoal_protocol::Digest;
 use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
 
@@ -28,8 +28,8 @@ fn clock() -> WallClock {
     Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
 }
 
-fn builder(fleet: &TestFleet, dir: &std::path::Path, name: &str, clock: &WallClock) -> Builder {
-    Builder::new(DeviceKey::generate(), fleet.trust.clone(), dir.join(name))
+fn launcher(fleet: &TestFleet, dir: &std::path::Path, name: &str, clock: &WallClock) -> Launcher {
+    Launcher::new(DeviceKey::generate(), fleet.trust.clone(), dir.join(name))
         .arch(TEST_ARCH)
         .wall_clock(clock.clone())
 }
@@ -82,7 +82,7 @@ fn a_flood_of_invalid_announcements_keeps_cpu_bounded_and_the_honest_one_arrives
         .unwrap();
 
     let origin = rt.block_on(
-        builder(&fleet, dir.path(), "origin", &clock)
+        launcher(&fleet, dir.path(), "origin", &clock)
             .origin(true)
             .start(),
     );
@@ -90,7 +90,7 @@ fn a_flood_of_invalid_announcements_keeps_cpu_bounded_and_the_honest_one_arrives
     let victim = rt
         .block_on(
             victim_rt.spawn(
-                builder(&fleet, dir.path(), "victim", &clock)
+                launcher(&fleet, dir.path(), "victim", &clock)
                     .bootstrap(vec![origin.listen_addrs()[0].clone()])
                     .start(),
             ),
@@ -99,7 +99,7 @@ fn a_flood_of_invalid_announcements_keeps_cpu_bounded_and_the_honest_one_arrives
         .unwrap();
     let attacker = rt
         .block_on(
-            builder(&fleet, dir.path(), "attacker", &clock)
+            launcher(&fleet, dir.path(), "attacker", &clock)
                 .kademlia(false)
                 .bootstrap(vec![victim.listen_addrs()[0].clone()])
                 .start(),
@@ -202,7 +202,7 @@ async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
     let payload = fleet.random_release(1, 1 << 20, 9);
-    let origin = builder(&fleet, dir.path(), "origin", &clock)
+    let origin = launcher(&fleet, dir.path(), "origin", &clock)
         .origin(true)
         .start()
         .await
@@ -212,7 +212,7 @@ async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
     let asked = Arc::new(AtomicU64::new(0));
     let manifests = Arc::new(AtomicU64::new(0));
     let (a, m) = (asked.clone(), manifests.clone());
-    let trickler = builder(&fleet, dir.path(), "trickler", &clock)
+    let trickler = launcher(&fleet, dir.path(), "trickler", &clock)
         .site(Some("lab".into()))
         .bootstrap(vec![origin.listen_addrs()[0].clone()])
         .serve_from(move |store| {
@@ -232,7 +232,7 @@ async fn a_peer_trickling_at_one_byte_per_second_is_dropped_for_another() {
     // the origin. Each fetch that misses its deadline (5 s, or the chunk's size at 64 KiB/s)
     // is a failure; the trickler has two in flight, and two failures drop a peer here (three by
     // default, which a trickler reaches when it is asked again).
-    let victim = builder(&fleet, dir.path(), "victim", &clock)
+    let victim = launcher(&fleet, dir.path(), "victim", &clock)
         .site(Some("lab".into()))
         .kademlia(false)
         .tune_core(|c| c.max_peer_failures = 2)

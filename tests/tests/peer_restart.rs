@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_node::daemon::identity::DeviceKey;
-use shoal_node::daemon::{Builder, Handle, Status, local};
+use shoal_node::daemon::{Handle, Launcher, Status, status};
 use shoal_protocol::Envelope;
 use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
 use support::{WAIT, clock, logs};
@@ -63,7 +63,7 @@ impl NodeProcess {
                     "the node process exited: {last:#?}"
                 );
             }
-            if let Ok(s) = local::read_status(&self.socket).await {
+            if let Ok(s) = status::read(&self.socket).await {
                 let done = pred(&s);
                 last = Some(s);
                 if done {
@@ -131,7 +131,7 @@ async fn a_node_killed_and_restarted_is_reconnected_at_once_and_gets_the_next_re
             break k;
         }
     };
-    let origin = Builder::new(origin_key, fleet.trust.clone(), dir.path().join("origin"))
+    let origin = Launcher::new(origin_key, fleet.trust.clone(), dir.path().join("origin"))
         .arch(TEST_ARCH)
         .wall_clock(clock())
         .origin(true)

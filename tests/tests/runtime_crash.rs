@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shoal_node::daemon::identity::DeviceKey;
-use shoal_node::daemon::{Status, local};
+use shoal_node::daemon::{Status, status};
 use shoal_protocol::{Envelope, ServiceSettings, UpdateStrategy, encoding};
 use shoal_testing::TEST_EPOCH;
 use support::*;
@@ -55,7 +55,7 @@ impl Node {
     }
 
     async fn status(&self) -> Option<Status> {
-        local::read_status(&self.socket).await.ok()
+        status::read(&self.socket).await.ok()
     }
 
     /// Waits for `pred`, or for the process to exit; returns the last status and whether the

@@ -65,7 +65,7 @@ impl Node {
             && let site_import = cur.last_import.max(cur.last_site_import)
             && let Some(s) = &mut cur.sched
         {
-            let idle = super::fetch::Idle::after(
+            let idle = super::ring::Idle::after(
                 now.ms_since(cur.last_import),
                 now.ms_since(site_import),
                 now.ms_since(cur.last_progress),
@@ -74,7 +74,7 @@ impl Node {
             );
             let share = s.share();
             if share.idle != idle {
-                s.set_share(super::fetch::Share { idle, ..share });
+                s.set_share(super::ring::Share { idle, ..share });
             }
         }
     }

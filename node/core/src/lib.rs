@@ -68,6 +68,7 @@
 mod activate;
 mod bitfield;
 mod chunks;
+mod config;
 mod fetch;
 mod gossip;
 mod manifest;
@@ -76,19 +77,22 @@ mod peermap;
 mod peers;
 mod persist;
 mod release;
+mod ring;
 pub mod rng;
 mod rotation;
+mod served;
 mod snapshot;
 mod types;
 mod upload;
 
 pub use bitfield::{Bitfield, BitfieldError};
-pub use node::{Config, MAX_BANNED, MAX_EARLY_HAVE_BITS, MAX_SITE_MEMBERS, Node, Progress};
+pub use config::Config;
+pub use node::{MAX_BANNED, MAX_EARLY_HAVE_BITS, MAX_SITE_MEMBERS, Node, Progress};
 pub use release::{RELEASE_CACHE_ENTRIES, Release, ReleaseCache};
-pub use rotation::{MAX_TRUST_CHAIN, MAX_TRUST_ROOT_SIGNED_BYTES, TrustRootError};
-pub use snapshot::{Phase, ReleaseSnapshot, Snapshot};
+pub use rotation::TrustRootError;
+pub use snapshot::{MAX_TRUST_CHAIN, Phase, ReleaseSnapshot, Snapshot};
 pub use types::{
-    DropReason, Event, FetchError, FetchStats, GossipMessage, Input, Instant, MessageId, Output,
-    PeerId, PeerInfo, Refusal, Verdict,
+    DropReason, Event, FetchError, FetchStats, GossipMessage, Input, Instant,
+    MAX_TRUST_ROOT_SIGNED_BYTES, MessageId, Output, PeerId, PeerInfo, Refusal, Verdict,
 };
 pub use upload::Admission;

@@ -53,8 +53,8 @@ impl Node {
     /// the points of the same-site peers and site members it knows (not banned), sorted.
     fn site_ring(&self) -> Option<(u64, u64, Vec<u64>)> {
         let cur = self.cur.as_ref()?;
-        let salt = super::fetch::mix64(cur.ann.sequence.0 ^ 0x5348_4f41_4c00_0000);
-        let point = |prefix: u64| super::fetch::mix64(prefix ^ salt);
+        let salt = super::ring::mix64(cur.ann.sequence.0 ^ 0x5348_4f41_4c00_0000);
+        let point = |prefix: u64| super::ring::mix64(prefix ^ salt);
         let me = point(id_prefix(&self.id));
         let now = self.now;
         let banned: Vec<u64> = self
@@ -88,16 +88,16 @@ impl Node {
         let Some((salt, me, mut points)) = self.site_ring() else {
             return true;
         };
-        let arc = super::fetch::Arc::new(me, &mut points);
-        arc.contains(super::fetch::mix64(salt ^ 0x4d41_4e49_4645_5354))
+        let arc = super::ring::RingArc::new(me, &mut points);
+        arc.contains(super::ring::mix64(salt ^ 0x4d41_4e49_4645_5354))
     }
 
-    /// Recomputes this node's share of its site's imports (see [`super::fetch::Share`]).
+    /// Recomputes this node's share of its site's imports (see [`super::ring::Share`]).
     pub(super) fn update_share(&mut self) {
         let Some((salt, me, mut points)) = self.site_ring() else {
             return;
         };
-        let point = |prefix: u64| super::fetch::mix64(prefix ^ salt);
+        let point = |prefix: u64| super::ring::mix64(prefix ^ salt);
         let vouched: Vec<u64> = self
             .cur
             .as_ref()
@@ -111,11 +111,11 @@ impl Node {
         let mut vouched = vouched;
         vouched.sort_unstable();
         vouched.dedup();
-        let chunk_salt = super::fetch::mix64(salt);
+        let chunk_salt = super::ring::mix64(salt);
         let (now, idle_ms) = (self.now, self.config.idle_fallback_ms);
         let Some(cur) = &mut self.cur else { return };
         let starved = cur.sched.as_ref().is_some_and(|s| s.starved());
-        let idle = super::fetch::Idle::after(
+        let idle = super::ring::Idle::after(
             now.ms_since(cur.last_import),
             now.ms_since(cur.last_import.max(cur.last_site_import)),
             now.ms_since(cur.last_progress),
@@ -123,7 +123,7 @@ impl Node {
             starved,
         );
         if let Some(s) = &mut cur.sched {
-            s.set_share(super::fetch::Share::new(
+            s.set_share(super::ring::Share::new(
                 me,
                 &mut points,
                 &mut vouched,

@@ -26,7 +26,8 @@ use shoal_protocol::{Envelope, TrustRoot, UnixTime};
 
 use super::node::Node;
 use super::release::ReleaseCache;
-use super::types::{Event, GossipMessage, Output, Refusal, Verdict};
+use super::snapshot::MAX_TRUST_CHAIN;
+use super::types::{Event, GossipMessage, MAX_TRUST_ROOT_SIGNED_BYTES, Output, Refusal, Verdict};
 
 /// Why a trust-root rotation was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,11 +84,6 @@ pub enum TrustRootError {
     #[error(transparent)]
     Invalid(#[from] VerifyError),
 }
-
-/// Largest signed trust-root envelope accepted from gossip.
-pub const MAX_TRUST_ROOT_SIGNED_BYTES: usize = 12 * 1024;
-/// Most rotation envelopes a node keeps (and resends to a connecting peer).
-pub const MAX_TRUST_CHAIN: usize = 256;
 
 impl Node {
     /// The trust root the node verifies with now (the configured one, rotated).

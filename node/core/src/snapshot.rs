@@ -76,14 +76,13 @@ pub struct ReleaseSnapshot {
     pub phase: Phase,
 }
 
+/// Most rotation envelopes a node keeps (and resends to a connecting peer).
+pub const MAX_TRUST_CHAIN: usize = 256;
+
 impl Wire for Snapshot {
     const KIND: &'static str = "node-snapshot";
     const MAX_BYTES: usize = 17 * 1024 * 1024;
     fn validate(&self) -> Result<(), LimitError> {
-        shoal_protocol::encoding::limit(
-            "trust chain",
-            self.trust_chain.len(),
-            super::rotation::MAX_TRUST_CHAIN,
-        )
+        shoal_protocol::encoding::limit("trust chain", self.trust_chain.len(), MAX_TRUST_CHAIN)
     }
 }

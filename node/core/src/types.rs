@@ -127,6 +127,9 @@ pub enum DropReason {
     TooManyPeers,
 }
 
+/// Largest signed trust-root envelope accepted from gossip.
+pub const MAX_TRUST_ROOT_SIGNED_BYTES: usize = 12 * 1024;
+
 /// A gossip message as it travels on the gossip topic: one tag byte and a signed envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GossipMessage {
@@ -143,7 +146,7 @@ impl GossipMessage {
     const WAVE_CONTROL: u8 = 2;
     const TRUST_ROOT: u8 = 3;
     /// Largest gossip message, in bytes (a signed trust root is the largest kind).
-    pub const MAX_BYTES: usize = 1 + super::rotation::MAX_TRUST_ROOT_SIGNED_BYTES;
+    pub const MAX_BYTES: usize = 1 + MAX_TRUST_ROOT_SIGNED_BYTES;
 
     /// The bytes to publish.
     pub fn encode(&self) -> Vec<u8> {

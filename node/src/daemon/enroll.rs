@@ -2,7 +2,7 @@
 //! provisioning key (`shoal-builder fleet provisioning-key FLEET` prints one).
 //!
 //! At start, a daemon configured with an [`Enrollment`] (`[enroll]` in the configuration file,
-//! [`super::Builder::enroll`] when embedded) sends a [`Registration`] signed by its device key,
+//! [`super::Launcher::enroll`] when embedded) sends a [`Registration`] signed by its device key,
 //! with its name, site, architecture and device type, to `POST /api/v1/devices/register`. It
 //! retries in the background with exponential backoff ([`INITIAL_BACKOFF`] doubling up to
 //! [`MAX_BACKOFF`]) while the builder cannot be reached or answers 5xx, 408 or 429, and stops

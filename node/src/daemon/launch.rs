@@ -6,9 +6,10 @@ use std::sync::Arc;
 use shoal_protocol::{Envelope, TrustRoot, encoding};
 
 use super::config::FileConfig;
-use super::handle::{Builder, Handle, Runtime, StageOnly, StartError};
+use super::handle::Handle;
 use super::identity::{DeviceKey, KeyFileError};
-use super::runtime::{ConnectError, DockerRuntime, RuntimeKind};
+use super::launcher::{Launcher, StartError};
+use super::runtime::{ConnectError, DockerRuntime, Runtime, RuntimeKind, StageOnly};
 
 /// Why the daemon could not be launched.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +56,9 @@ pub fn load_trust(path: &std::path::Path) -> Result<TrustRoot, LaunchError> {
     TrustRoot::open_initial(&envelope).map_err(|e| err(e.to_string()))
 }
 
-/// Builds the daemon a configuration describes (connecting the runtime), without starting it.
-pub async fn builder(cfg: &FileConfig) -> Result<Builder, LaunchError> {
+/// The [`Launcher`] of the daemon a configuration describes (connecting the runtime), not
+/// started yet.
+pub async fn launcher(cfg: &FileConfig) -> Result<Launcher, LaunchError> {
     let key = DeviceKey::load(&cfg.key_path())?;
     let trust = load_trust(&cfg.trust_root)?;
     if trust.fleet != cfg.fleet {
@@ -83,11 +85,11 @@ pub async fn builder(cfg: &FileConfig) -> Result<Builder, LaunchError> {
             .await?,
         ),
     };
-    let mut builder = Builder::new(key, trust, &cfg.data_dir);
+    let mut launcher = Launcher::new(key, trust, &cfg.data_dir);
     if let Some(e) = &cfg.enroll {
-        builder = builder.enroll(e.clone());
+        launcher = launcher.enroll(e.clone());
     }
-    Ok(builder
+    Ok(launcher
         .arch(cfg.arch.clone())
         .site(cfg.site.clone())
         .listen(parse(&cfg.listen)?)
@@ -102,5 +104,5 @@ pub async fn builder(cfg: &FileConfig) -> Result<Builder, LaunchError> {
 
 /// Starts the daemon a configuration describes.
 pub async fn launch(cfg: &FileConfig) -> Result<Handle, LaunchError> {
-    Ok(builder(cfg).await?.start().await?)
+    Ok(launcher(cfg).await?.start().await?)
 }

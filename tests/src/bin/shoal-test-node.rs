@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let builder = match launch::builder(&cfg).await {
+        let launcher = match launch::launcher(&cfg).await {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("{e}");
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 .unwrap_or(0);
             UnixTime(now.saturating_add(offset).max(0) as u64)
         });
-        let handle = match builder.wall_clock(clock).start().await {
+        let handle = match launcher.wall_clock(clock).start().await {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("{e}");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bollard::Docker;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
-use shoal_node::daemon::{Builder, Handle, Status, WallClock};
+use shoal_node::daemon::{Handle, Launcher, Status, WallClock};
 use shoal_protocol::{
     Digest, ImageRef, ReleaseManifest, ReleaseSeq, RolloutPlan, Service, ServiceSettings,
     WaveAction,
@@ -131,7 +131,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let image = busybox(&docker, dir.path()).await;
         let clock = clock();
-        let origin = Builder::new(
+        let origin = Launcher::new(
             DeviceKey::generate(),
             fleet.trust.clone(),
             dir.path().join("origin"),
@@ -172,7 +172,7 @@ impl Env {
         let rt = DockerRuntime::connect(cfg, &self.fleet.fleet, key.device_id(), &data)
             .await
             .unwrap();
-        let h = Builder::new(key, self.fleet.trust.clone(), data)
+        let h = Launcher::new(key, self.fleet.trust.clone(), data)
             .arch(TEST_ARCH)
             .wall_clock(self.clock.clone())
             .bootstrap(vec![self.origin.listen_addrs()[0].clone()])

@@ -8,9 +8,10 @@
 //! disk on this side, and at most [`QUEUE`] chunks are in memory.
 //!
 //! Before anything is streamed, [`check_image`] checks the config against its digest and every
-//! layer's chunk list against the layer's digest and size ([`LayerRef::is_consistent`]), and
-//! that every chunk is stored. A chunk that fails while streaming aborts the upload (the Engine
-//! sees a truncated request body and loads nothing) and the typed [`ArchiveError`] is returned.
+//! layer's chunk list against the layer's digest and size
+//! ([`shoal_protocol::LayerRef::is_consistent`]), and that every chunk is stored. A chunk that
+//! fails while streaming aborts the upload (the Engine sees a truncated request body and loads
+//! nothing) and the typed [`ArchiveError`] is returned.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

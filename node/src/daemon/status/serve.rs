@@ -1,6 +1,6 @@
-//! The daemon's local endpoints: the metrics endpoint (axum over TCP) and the control
-//! socket `shoal-node status` reads (a unix socket in the data directory; each connection gets
-//! the status as one JSON document).
+//! The daemon's local endpoints, which show its [`Status`]: the metrics endpoint (axum over
+//! TCP) and the control socket `shoal-node status` reads (a unix socket in the data directory;
+//! each connection gets the status as one JSON document).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
-use super::handle::Status;
-use super::metrics::{Counters, Gauges, render};
+use super::Status;
+use crate::daemon::metrics::{Counters, Gauges, render};
 
 /// Connections the metrics endpoint serves at once.
 const MAX_CLIENTS: usize = 16;
@@ -190,7 +190,7 @@ pub fn serve_control(
 
 /// Reads the status of the daemon whose control socket is `path` (what `shoal-node status`
 /// does).
-pub async fn read_status(path: &Path) -> std::io::Result<Status> {
+pub async fn read(path: &Path) -> std::io::Result<Status> {
     let mut sock = tokio::net::UnixStream::connect(path).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(
