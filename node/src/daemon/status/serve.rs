@@ -46,7 +46,7 @@ pub async fn serve_metrics(
         let body = render(&counters, &gauges(&status.borrow()));
         (
             [
-                (header::CONTENT_TYPE, super::metrics::CONTENT_TYPE),
+                (header::CONTENT_TYPE, crate::daemon::metrics::CONTENT_TYPE),
                 (header::CONNECTION, "close"),
             ],
             body,
