@@ -23,10 +23,10 @@
 //! Chunk streams are reliable (QUIC retransmits); loss applies to control messages, which the
 //! driver models, not to flows. A per-flow rate cap models a peer that trickles bytes.
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 
-use crate::heap::MinHeap;
-
+use dary_heap::QuaternaryHeap;
 use rustc_hash::FxHashMap as HashMap;
 
 /// Virtual time in nanoseconds.
@@ -149,8 +149,8 @@ pub struct Net {
     flows: Vec<Flow>,
     free: Vec<u32>,
     pairs: HashMap<(Endpoint, Endpoint), u32>,
-    /// Completion events: (time, flow, version).
-    events: MinHeap<(Nanos, u32, u32)>,
+    /// Completion events, earliest first: (time, flow, version).
+    events: QuaternaryHeap<Reverse<(Nanos, u32, u32)>>,
     counters: Counters,
     scratch: Scratch,
     epoch: u32,
@@ -170,7 +170,8 @@ struct Scratch {
     adj: Vec<u32>,
     rate: Vec<f64>,
     frozen: Vec<bool>,
-    heap: MinHeap<(OrdF64, u32)>,
+    /// Filling levels, lowest first: (share, link or `CAP_BIT | flow position`).
+    heap: QuaternaryHeap<Reverse<(OrdF64, u32)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,7 +216,7 @@ impl Net {
             flows: Vec::new(),
             free: Vec::new(),
             pairs: HashMap::default(),
-            events: MinHeap::new(),
+            events: QuaternaryHeap::new(),
             counters: Counters {
                 site_ingress: vec![0.0; nsites as usize],
                 ..Counters::default()
@@ -412,7 +413,7 @@ impl Net {
         if force || t < f.due.saturating_sub(slack) {
             f.version = f.version.wrapping_add(1);
             f.due = t;
-            self.events.push((t, fi, f.version));
+            self.events.push(Reverse((t, fi, f.version)));
         }
     }
 
@@ -592,17 +593,17 @@ impl Net {
         for &l in &sc.touched {
             let li = l as usize;
             sc.heap
-                .push((OrdF64(sc.rem[li] / f64::from(sc.cnt[li])), l));
+                .push(Reverse((OrdF64(sc.rem[li] / f64::from(sc.cnt[li])), l)));
         }
         for (i, &fi) in flows.iter().enumerate() {
             let cap = self.flows[fi as usize].cap;
             if cap.is_finite() {
-                sc.heap.push((OrdF64(cap), CAP_BIT | i as u32));
+                sc.heap.push(Reverse((OrdF64(cap), CAP_BIT | i as u32)));
             }
         }
         let mut remaining = flows.len();
         while remaining > 0 {
-            let Some((OrdF64(share), e)) = sc.heap.pop() else {
+            let Some(Reverse((OrdF64(share), e))) = sc.heap.pop() else {
                 break;
             };
             let freeze = |i: usize, r: f64, sc: &mut Scratch| {
@@ -628,7 +629,7 @@ impl Net {
             }
             let actual = sc.rem[li] / f64::from(sc.cnt[li]);
             if actual > share * (1.0 + 1e-12) + 1e-9 {
-                sc.heap.push((OrdF64(actual), e));
+                sc.heap.push(Reverse((OrdF64(actual), e)));
                 continue;
             }
             let p = sc.pos[li] as usize;
@@ -654,7 +655,7 @@ impl Net {
 
     /// Time of the next completion, dropping stale events.
     pub fn next_time(&mut self) -> Option<Nanos> {
-        while let Some(&(t, fi, v)) = self.events.peek() {
+        while let Some(&Reverse((t, fi, v))) = self.events.peek() {
             let f = &self.flows[fi as usize];
             if f.live && f.version == v {
                 return Some(t);
@@ -670,7 +671,7 @@ impl Net {
         if t > now {
             return None;
         }
-        let (_, fi, _) = self.events.pop()?;
+        let Reverse((_, fi, _)) = self.events.pop()?;
         self.settle(fi, now);
         if self.flows[fi as usize]
             .queue
