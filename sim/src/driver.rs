@@ -31,6 +31,7 @@ mod serving;
 mod setup;
 
 use rustc_hash::FxHashMap as HashMap;
+use slab::Slab;
 use std::sync::Arc;
 
 use shoal_node_core::{Bitfield, FetchError, Node, ReleaseCache, Snapshot};
@@ -213,7 +214,6 @@ pub(crate) struct Transfer {
     pub(crate) corrupt: bool,
     /// The server's core admitted it (`upload_finished` is due when it ends).
     pub(crate) admitted: bool,
-    pub(crate) live: bool,
 }
 
 /// Figures gathered during a run.
@@ -242,8 +242,7 @@ pub struct Sim {
     /// The event queue, earliest key first.
     pub(crate) queue: QuaternaryHeap<Reverse<Key>>,
     /// The queued events, by slot (the heap moves only the keys).
-    pub(crate) slots: Vec<Option<Event>>,
-    pub(crate) free_slots: Vec<u32>,
+    pub(crate) slots: Slab<Event>,
     pub(crate) next_seq: u64,
     pub(crate) net: Net,
     pub(crate) devices: Vec<Device>,
@@ -256,8 +255,8 @@ pub struct Sim {
     pub(crate) gossip_index: HashMap<Vec<u8>, u16>,
     pub(crate) mesh: Vec<Vec<u32>>,
     pub(crate) origin_mesh: Vec<u32>,
-    pub(crate) transfers: Vec<Transfer>,
-    pub(crate) free_transfers: Vec<u32>,
+    /// Transfers in the network, by the tag the network knows them by.
+    pub(crate) transfers: Slab<Transfer>,
     pub(crate) fetches: HashMap<(u32, u32, u32), u32>,
     /// HAVEs advertised and not yet sent, per device and latency class: index `2 * device +
     /// remote` (see [`Sim::batch_slot`]).
@@ -343,16 +342,7 @@ impl Sim {
     pub(crate) fn push(&mut self, t: Nanos, ev: Event) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let slot = match self.free_slots.pop() {
-            Some(s) => {
-                self.slots[s as usize] = Some(ev);
-                s
-            }
-            None => {
-                self.slots.push(Some(ev));
-                self.slots.len() as u32 - 1
-            }
-        };
+        let slot = self.slots.insert(ev) as u32;
         self.queue.push(Reverse((t, seq, slot)));
     }
 
@@ -428,12 +418,10 @@ impl Sim {
                     self.record(1, 0, 0, done.tag);
                     self.transfer_done(done.tag);
                 }
-            } else if let Some(Reverse((_, _, slot))) = self.queue.pop() {
-                let ev = self.slots[slot as usize].take();
-                self.free_slots.push(slot);
-                if let Some(ev) = ev {
-                    self.dispatch(ev);
-                }
+            } else if let Some(Reverse((_, _, slot))) = self.queue.pop()
+                && let Some(event) = self.slots.try_remove(slot as usize)
+            {
+                self.dispatch(event);
             }
             check_every += 1;
         }

@@ -98,7 +98,6 @@ impl Sim {
             bytes: size,
             corrupt,
             admitted,
-            live: true,
         };
         self.start_transfer(transfer, cap);
     }
@@ -177,7 +176,6 @@ impl Sim {
             bytes: size,
             corrupt,
             admitted: false,
-            live: true,
         };
         self.start_transfer(transfer, cap);
     }
@@ -195,7 +193,7 @@ impl Sim {
             );
             self.free_transfer(old, false);
         }
-        let r = self.new_transfer(transfer);
+        let r = self.transfers.insert(transfer) as u32;
         self.fetches.insert((to, from, index), r);
         let ok = self.net.start(
             self.now,
@@ -213,10 +211,9 @@ impl Sim {
 
     /// The net finished transfer `r`: the answer reaches the receiver one latency later.
     pub(crate) fn transfer_done(&mut self, r: u64) {
-        let transfer = self.transfers[r as usize];
-        if !transfer.live {
+        let Some(&transfer) = self.transfers.get(r as usize) else {
             return;
-        }
+        };
         self.free_transfer(r as u32, true);
         let t = self.now + self.latency(transfer.to, transfer.from);
         if transfer.index == u32::MAX {
@@ -246,26 +243,11 @@ impl Sim {
         }
     }
 
-    pub(crate) fn new_transfer(&mut self, transfer: Transfer) -> u32 {
-        match self.free_transfers.pop() {
-            Some(r) => {
-                self.transfers[r as usize] = transfer;
-                r
-            }
-            None => {
-                self.transfers.push(transfer);
-                self.transfers.len() as u32 - 1
-            }
-        }
-    }
-
     /// Forget transfer `r`; `sent` if its receiver got every byte.
     pub(crate) fn free_transfer(&mut self, r: u32, sent: bool) {
-        let transfer = &mut self.transfers[r as usize];
-        if !transfer.live {
+        let Some(transfer) = self.transfers.try_remove(r as usize) else {
             return;
-        }
-        transfer.live = false;
+        };
         let (to, from, index, admitted) = (
             transfer.to,
             transfer.from,
@@ -282,6 +264,5 @@ impl Sim {
             }
         }
         self.fetches.remove(&(to, from, index));
-        self.free_transfers.push(r);
     }
 }

@@ -1,6 +1,7 @@
 //! Building a [`Sim`]: keys, release, nodes, topology, mesh, fault plan.
 
 use rustc_hash::FxHashMap as HashMap;
+use slab::Slab;
 
 use shoal_node_core::{Bitfield, Config, Input, Node, ReleaseCache};
 use shoal_protocol::{ChunkRef, DeviceId, Digest, RolloutPlan, Wave, waves};
@@ -213,8 +214,7 @@ impl Sim {
             replay,
             now: 0,
             queue: dary_heap::QuaternaryHeap::new(),
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            slots: Slab::new(),
             next_seq: 0,
             net: Net::new(&topo),
             devices,
@@ -227,8 +227,7 @@ impl Sim {
             gossip_index: HashMap::default(),
             mesh,
             origin_mesh,
-            transfers: Vec::new(),
-            free_transfers: Vec::new(),
+            transfers: Slab::new(),
             fetches: HashMap::default(),
             have_batches: vec![Vec::new(); 2 * n as usize],
             origin,
