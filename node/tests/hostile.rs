@@ -12,21 +12,10 @@ use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Builder, WallClock};
 use shoal_protocol::Digest;
-use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
+use shoal_testing::daemon::{clock, logs};
+use shoal_testing::{TEST_ARCH, TestFleet};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn clock() -> WallClock {
-    let start = std::time::Instant::now();
-    Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
-}
 
 fn builder(fleet: &TestFleet, dir: &std::path::Path, name: &str, clock: &WallClock) -> Builder {
     Builder::new(DeviceKey::generate(), fleet.trust.clone(), dir.join(name))

@@ -25,27 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The workspace root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// Why the Engine cannot be used, if it cannot.
-fn engine_missing() -> Option<String> {
-    match Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => None,
-        Ok(s) => Some(format!("`docker info` failed ({s})")),
-        Err(e) => Some(format!("no docker client ({e})")),
-    }
-}
+use shoal_testing::engine::workspace_root as root;
 
 /// `target/<profile>/NAME` next to this test's executable (`target/<profile>/deps/...`).
 fn sibling_exe(name: &str) -> PathBuf {
@@ -131,8 +111,7 @@ impl Drop for RunObjects {
 
 #[test]
 fn builder_and_nodes_in_containers_survive_partition_builder_stop_kills_and_restart() {
-    if let Some(why) = engine_missing() {
-        println!("SKIPPED host_faults: {why}; start one with scripts/engine.sh");
+    if !shoal_testing::engine::available("host_faults") {
         return;
     }
     let builder = std::env::var_os("SHOAL_BUILDER_EXE")

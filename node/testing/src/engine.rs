@@ -1,0 +1,49 @@
+//! The Docker Engine as the tests that need one find it: whether one answers (through the
+//! `docker` CLI, so no async client is needed), and the local base image `busybox:latest` that
+//! `scripts/base-image.sh` makes (no registry can be reached). A test that finds no Engine says
+//! why and returns early; these helpers never fail a test for the lack of one.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The workspace root (the directory of the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// Whether a Docker Engine answers `docker info`; prints why not, naming `test` as skipped.
+pub fn available(test: &str) -> bool {
+    match Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED {test}: no Docker Engine reachable (start one with scripts/engine.sh): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no docker client: {e}");
+            false
+        }
+    }
+}
+
+/// Runs `scripts/base-image.sh`, which makes `busybox:latest` when it is missing (and does
+/// nothing without an Engine); whether the script succeeded.
+pub fn make_base_image() -> bool {
+    Command::new("bash")
+        .arg(workspace_root().join("scripts/base-image.sh"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// [`make_base_image`], failing the test when the script fails.
+pub fn ensure_base_image() {
+    assert!(make_base_image(), "scripts/base-image.sh failed");
+}
