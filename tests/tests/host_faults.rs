@@ -23,9 +23,9 @@
 //! (or other tests' Docker objects) never collide.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use shoal_testing::engine::workspace_root as root;
+use shoal_testing::engine::{docker_lines, workspace_root as root};
 
 /// `target/<profile>/NAME` next to this test's executable (`target/<profile>/deps/...`).
 fn sibling_exe(name: &str) -> PathBuf {
@@ -34,25 +34,6 @@ fn sibling_exe(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .map(|dir| dir.join(name))
         .expect("the test runs from target/<profile>/deps")
-}
-
-/// The output lines of a docker command (none if it fails).
-fn docker_lines(args: &[&str]) -> Vec<String> {
-    Command::new("docker")
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Removes the run's Docker objects when dropped (also when the test fails), and says which it

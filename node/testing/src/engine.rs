@@ -47,3 +47,22 @@ pub fn make_base_image() -> bool {
 pub fn ensure_base_image() {
     assert!(make_base_image(), "scripts/base-image.sh failed");
 }
+
+/// The non-empty output lines of `docker ARGS` (none if it fails).
+pub fn docker_lines(args: &[&str]) -> Vec<String> {
+    Command::new("docker")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
