@@ -16,7 +16,7 @@ use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Builder, Handle, WallClock};
 use shoal_protocol::{Announcement, Digest, Envelope, ReleaseSeq, UnixTime, encoding};
 use shoal_testing::daemon::{clock, logs};
-use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestPayload};
+use shoal_testing::{TEST_EPOCH, TestFleet, TestPayload};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -40,9 +40,8 @@ impl Fleet {
 
     fn builder(&mut self, key: DeviceKey, name: &str) -> Builder {
         self.n += 1;
-        Builder::new(key, self.fleet.trust.clone(), self.dir.path().join(name))
-            .arch(TEST_ARCH)
-            .wall_clock(self.clock.clone())
+        self.fleet
+            .daemon(key, self.dir.path().join(name), &self.clock)
     }
 
     async fn origin(&mut self, payload: &TestPayload) -> Handle {

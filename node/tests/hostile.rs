@@ -12,15 +12,13 @@ use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Builder, WallClock};
 use shoal_protocol::Digest;
+use shoal_testing::TestFleet;
 use shoal_testing::daemon::{clock, logs};
-use shoal_testing::{TEST_ARCH, TestFleet};
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn builder(fleet: &TestFleet, dir: &std::path::Path, name: &str, clock: &WallClock) -> Builder {
-    Builder::new(DeviceKey::generate(), fleet.trust.clone(), dir.join(name))
-        .arch(TEST_ARCH)
-        .wall_clock(clock.clone())
+    fleet.daemon(DeviceKey::generate(), dir.join(name), clock)
 }
 
 /// CPU time (user + system) spent so far by this process's threads named `name`, in

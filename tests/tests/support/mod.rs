@@ -13,7 +13,7 @@ use std::time::Duration;
 use bollard::Docker;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
-use shoal_node::daemon::{Builder, Handle, Status, WallClock};
+use shoal_node::daemon::{Handle, Status, WallClock};
 use shoal_protocol::{
     Digest, ImageRef, ReleaseManifest, ReleaseSeq, RolloutPlan, Service, ServiceSettings,
     WaveAction,
@@ -109,17 +109,12 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let image = busybox(&docker, dir.path()).await;
         let clock = clock();
-        let origin = Builder::new(
-            DeviceKey::generate(),
-            fleet.trust.clone(),
-            dir.path().join("origin"),
-        )
-        .arch(TEST_ARCH)
-        .wall_clock(clock.clone())
-        .origin(true)
-        .start()
-        .await
-        .unwrap();
+        let origin = fleet
+            .daemon(DeviceKey::generate(), dir.path().join("origin"), &clock)
+            .origin(true)
+            .start()
+            .await
+            .unwrap();
         cleanup(&fleet.fleet);
         Some(Env {
             fleet,
@@ -150,9 +145,9 @@ impl Env {
         let rt = DockerRuntime::connect(cfg, &self.fleet.fleet, key.device_id(), &data)
             .await
             .unwrap();
-        let h = Builder::new(key, self.fleet.trust.clone(), data)
-            .arch(TEST_ARCH)
-            .wall_clock(self.clock.clone())
+        let h = self
+            .fleet
+            .daemon(key, data, &self.clock)
             .bootstrap(vec![self.origin.listen_addrs()[0].clone()])
             .runtime(Arc::new(rt.clone()))
             .start()
