@@ -1,6 +1,7 @@
 //! The Docker Engine as the tests that need one find it: whether one answers (through the
-//! `docker` CLI, so no async client is needed), and the local base image `busybox:latest` that
-//! `scripts/base-image.sh` makes (no registry can be reached). A test that finds no Engine says
+//! `docker` CLI, so no async client is needed), the local base image `busybox:latest` that
+//! `scripts/base-image.sh` makes (no registry can be reached), and [`docker_lines`] for the
+//! clean-ups that list and remove a test's Engine objects. A test that finds no Engine says
 //! why and returns early; these helpers never fail a test for the lack of one.
 
 use std::path::PathBuf;
