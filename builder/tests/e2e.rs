@@ -7,6 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use shoal_protocol::{TrustRoot, UnixTime};
+use shoal_testing::pseudo_random;
 use support::*;
 
 #[test]

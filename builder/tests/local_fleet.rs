@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal_builder::local_fleet::{self, FLEET, LocalFleet, Options};
@@ -20,6 +19,7 @@ use shoal_node::daemon::runtime::spec::LABEL_NODE;
 use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
 use shoal_protocol::waves::wave_of;
 use shoal_protocol::{DeviceId, ReleaseSeq, RolloutPlan, Wave};
+use shoal_testing::engine::docker_lines;
 
 const DEVICES: usize = 5;
 const WAIT: Duration = Duration::from_secs(120);
@@ -64,20 +64,6 @@ fn pick_keys(plan: &RolloutPlan) -> (Vec<DeviceKey>, usize) {
 struct Cleanup {
     prefix: String,
     nodes: Vec<DeviceId>,
-}
-
-fn docker_lines(args: &[&str]) -> Vec<String> {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Drop for Cleanup {

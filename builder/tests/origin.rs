@@ -9,6 +9,7 @@ use std::time::Duration;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::metrics::PeerClass;
 use shoal_protocol::{Envelope, TrustRoot, encoding};
+use shoal_testing::pseudo_random;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(180);

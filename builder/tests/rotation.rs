@@ -18,6 +18,7 @@ use shoal_protocol::{
     ReleaseSeq, RolloutPlan, Service, ServiceSettings, SigningKey, TrustRoot, UnixTime, chunking,
     encoding,
 };
+use shoal_testing::pseudo_random;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(120);

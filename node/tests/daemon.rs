@@ -15,22 +15,10 @@ use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Handle, Launcher, WallClock};
 use shoal_protocol::{Announcement, Digest, Envelope, ReleaseSeq, UnixTime, encoding};
-use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet, TestPayload};
+use shoal_testing::daemon::{clock, logs};
+use shoal_testing::{TEST_EPOCH, TestFleet, TestPayload};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Logs to the test's output when RUST_LOG is set.
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn clock() -> WallClock {
-    let start = std::time::Instant::now();
-    Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
-}
 
 struct Fleet {
     fleet: TestFleet,
@@ -52,9 +40,8 @@ impl Fleet {
 
     fn launcher(&mut self, key: DeviceKey, name: &str) -> Launcher {
         self.n += 1;
-        Launcher::new(key, self.fleet.trust.clone(), self.dir.path().join(name))
-            .arch(TEST_ARCH)
-            .wall_clock(self.clock.clone())
+        self.fleet
+            .daemon(key, self.dir.path().join(name), &self.clock)
     }
 
     async fn origin(&mut self, payload: &TestPayload) -> Handle {

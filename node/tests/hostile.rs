@@ -12,26 +12,13 @@ use shoal_node::daemon::store::{Store, StoredBlob};
 use shoal_node::daemon::transfer::{BlobKind, BlobSource};
 use shoal_node::daemon::{Launcher, WallClock};
 use shoal_protocol::Digest;
-use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
+use shoal_testing::TestFleet;
+use shoal_testing::daemon::{clock, logs};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn clock() -> WallClock {
-    let start = std::time::Instant::now();
-    Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
-}
-
 fn launcher(fleet: &TestFleet, dir: &std::path::Path, name: &str, clock: &WallClock) -> Launcher {
-    Launcher::new(DeviceKey::generate(), fleet.trust.clone(), dir.join(name))
-        .arch(TEST_ARCH)
-        .wall_clock(clock.clone())
+    fleet.daemon(DeviceKey::generate(), dir.join(name), clock)
 }
 
 /// CPU time (user + system) spent so far by this process's threads named `name`, in

@@ -7,18 +7,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use shoal_protocol::ChunkParams;
 use shoal_protocol::chunking::{chunk_bytes, chunk_reader};
 
+/// Incompressible, deterministic bytes (xorshift from `0x9E37_79B9_7F4A_7C15`, as before).
 fn buffer(len: usize) -> Vec<u8> {
-    // xorshift: incompressible, deterministic.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    shoal_testing::pseudo_random(len, 1)
 }
 
 fn bench(c: &mut Criterion) {

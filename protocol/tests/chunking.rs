@@ -3,19 +3,7 @@
 use proptest::prelude::*;
 use shoal_protocol::ChunkParams;
 use shoal_protocol::chunking::{chunk_bytes, chunk_reader};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+use shoal_testing::pseudo_random as noise;
 
 #[test]
 fn one_changed_byte_in_64_mib_changes_at_most_3_chunks() {

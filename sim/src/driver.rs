@@ -22,12 +22,16 @@
 //! command. At the end, the liveness phase checks that every online honest device staged the
 //! release once the faults had healed. The trace hash is BLAKE3 over the ordered event records.
 
+mod connections;
 mod control;
 mod effects;
 mod events;
+mod invariants;
+mod serving;
 mod setup;
 
 use rustc_hash::FxHashMap as HashMap;
+use slab::Slab;
 use std::sync::Arc;
 
 use shoal_node_core::{Bitfield, FetchError, Node, ReleaseCache, Snapshot};
@@ -35,10 +39,11 @@ use shoal_protocol::{DeviceId, ReleaseSeq};
 use shoal_testing::{TestFleet, TestRelease};
 
 use crate::faults::{self, Byzantine};
-use crate::heap::MinHeap;
 use crate::net::{Nanos, Net, SECOND};
 use crate::rng::Rng;
 use crate::scenario::Scenario;
+use dary_heap::QuaternaryHeap;
+use std::cmp::Reverse;
 
 /// Concurrent chunk uploads the origin node admits (its `Config::max_uploads`).
 pub const ORIGIN_UPLOAD_SLOTS: u32 = 64;
@@ -69,17 +74,21 @@ pub enum RunError {
     Invariant(#[from] Violation),
 }
 
+/// A device's connection to one peer of its peer graph (open or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Conn {
+pub(crate) struct Connection {
+    /// The peer's device index.
     pub(crate) peer: u32,
     /// The peer is on another site (kept here: HAVE batches go out per site class, and
     /// looking the peer's site up touched its whole device record).
     pub(crate) remote: bool,
+    /// Open.
     pub(crate) up: bool,
     /// Not reconnected before this time (dropped or banned).
     pub(crate) blocked_until: Nanos,
 }
 
+/// Where a device's runtime stands with the release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Runtime {
     Idle,
@@ -89,16 +98,18 @@ pub(crate) enum Runtime {
     RolledBack,
 }
 
+/// A simulated device: its core (none while crashed or byzantine), its place in the network and
+/// what the driver tracks about it.
 #[derive(Debug)]
-pub(crate) struct Dev {
+pub(crate) struct Device {
     pub(crate) id: DeviceId,
     pub(crate) node: Option<Node>,
     pub(crate) site: u32,
-    pub(crate) byz: Option<Byzantine>,
+    pub(crate) byzantine: Option<Byzantine>,
     pub(crate) online: bool,
     pub(crate) timer_at: Option<Nanos>,
     pub(crate) snapshot: Option<Box<Snapshot>>,
-    pub(crate) conns: Vec<Conn>,
+    pub(crate) connections: Vec<Connection>,
     pub(crate) origin_up: bool,
     pub(crate) seen_gossip: u64,
     /// Chunks the driver verified and stored for this device (its on-disk store).
@@ -119,7 +130,7 @@ pub(crate) struct Dev {
     pub(crate) counted_healthy: bool,
 }
 
-/// When a device reached each step before staging (see [`Dev::milestones`]).
+/// When a device reached each step before staging (see [`Device::milestones`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Milestones {
     pub(crate) announced: Option<Nanos>,
@@ -129,7 +140,7 @@ pub(crate) struct Milestones {
 
 /// A queued event.
 #[derive(Debug)]
-pub(crate) enum Ev {
+pub(crate) enum Event {
     Timer(u32),
     Gossip {
         to: u32,
@@ -187,12 +198,13 @@ pub(crate) enum Ev {
 }
 
 /// A queued event's key: (time, insertion number, slot of the event in [`Sim::slots`]). The
-/// insertion numbers are unique, so events pop in (time, insertion) order.
+/// insertion numbers are unique, so events pop in (time, insertion) order whatever the heap does
+/// with equal keys (there are none): the trace depends on the keys alone.
 pub(crate) type Key = (Nanos, u64, u32);
 
 /// One chunk or manifest transfer in the network.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Rec {
+pub(crate) struct Transfer {
     pub(crate) to: u32,
     pub(crate) from: u32,
     /// Chunk index, or `u32::MAX` for the manifest.
@@ -202,7 +214,6 @@ pub(crate) struct Rec {
     pub(crate) corrupt: bool,
     /// The server's core admitted it (`upload_finished` is due when it ends).
     pub(crate) admitted: bool,
-    pub(crate) live: bool,
 }
 
 /// Figures gathered during a run.
@@ -224,17 +235,17 @@ pub(crate) struct Metrics {
 
 /// A simulation in progress. Build with [`Sim::new`], run with [`Sim::run`].
 pub struct Sim {
-    pub(crate) sc: Scenario,
+    pub(crate) scenario: Scenario,
     pub(crate) seed: u64,
     pub(crate) replay: String,
     pub(crate) now: Nanos,
-    pub(crate) queue: MinHeap<Key>,
+    /// The event queue, earliest key first.
+    pub(crate) queue: QuaternaryHeap<Reverse<Key>>,
     /// The queued events, by slot (the heap moves only the keys).
-    pub(crate) slots: Vec<Option<Ev>>,
-    pub(crate) free_slots: Vec<u32>,
+    pub(crate) slots: Slab<Event>,
     pub(crate) next_seq: u64,
     pub(crate) net: Net,
-    pub(crate) devs: Vec<Dev>,
+    pub(crate) devices: Vec<Device>,
     pub(crate) ids: HashMap<DeviceId, u32>,
     pub(crate) origin_id: DeviceId,
     pub(crate) fleet: TestFleet,
@@ -244,8 +255,8 @@ pub struct Sim {
     pub(crate) gossip_index: HashMap<Vec<u8>, u16>,
     pub(crate) mesh: Vec<Vec<u32>>,
     pub(crate) origin_mesh: Vec<u32>,
-    pub(crate) recs: Vec<Rec>,
-    pub(crate) free_recs: Vec<u32>,
+    /// Transfers in the network, by the tag the network knows them by.
+    pub(crate) transfers: Slab<Transfer>,
     pub(crate) fetches: HashMap<(u32, u32, u32), u32>,
     /// HAVEs advertised and not yet sent, per device and latency class: index `2 * device +
     /// remote` (see [`Sim::batch_slot`]).
@@ -253,13 +264,13 @@ pub struct Sim {
     /// The builder's origin: a core node in origin mode (seeded with the release).
     pub(crate) origin: Node,
     pub(crate) partitioned: Vec<bool>,
-    pub(crate) plan: faults::Plan,
+    pub(crate) fault_plan: faults::Plan,
     pub(crate) control: control::Control,
     pub(crate) announced: bool,
     pub(crate) rng: Rng,
     pub(crate) trace: blake3::Hasher,
-    pub(crate) m: Metrics,
-    pub(crate) outs: Vec<shoal_node_core::Output>,
+    pub(crate) metrics: Metrics,
+    pub(crate) outputs: Vec<shoal_node_core::Output>,
     pub(crate) cache: ReleaseCache,
     pub(crate) violation: Option<Violation>,
 }
@@ -267,10 +278,10 @@ pub struct Sim {
 impl std::fmt::Debug for Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sim")
-            .field("scenario", &self.sc.name)
+            .field("scenario", &self.scenario.name)
             .field("seed", &self.seed)
             .field("now", &self.now)
-            .field("devices", &self.devs.len())
+            .field("devices", &self.devices.len())
             .finish_non_exhaustive()
     }
 }
@@ -319,29 +330,20 @@ pub struct Outcome {
     pub total_bytes: u64,
 }
 
-pub(crate) fn secs(t: Nanos) -> f64 {
+pub(crate) fn seconds(t: Nanos) -> f64 {
     t as f64 / SECOND as f64
 }
 
-pub(crate) fn ns(s: f64) -> Nanos {
+pub(crate) fn nanos(s: f64) -> Nanos {
     (s * SECOND as f64).round() as Nanos
 }
 
 impl Sim {
-    pub(crate) fn push(&mut self, t: Nanos, ev: Ev) {
+    pub(crate) fn push(&mut self, t: Nanos, ev: Event) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let slot = match self.free_slots.pop() {
-            Some(s) => {
-                self.slots[s as usize] = Some(ev);
-                s
-            }
-            None => {
-                self.slots.push(Some(ev));
-                self.slots.len() as u32 - 1
-            }
-        };
-        self.queue.push((t, seq, slot));
+        let slot = self.slots.insert(ev) as u32;
+        self.queue.push(Reverse((t, seq, slot)));
     }
 
     /// The slot of `d`'s HAVE batch to its peers on its site (`remote` false) or elsewhere.
@@ -352,7 +354,7 @@ impl Sim {
     pub(crate) fn fail(&mut self, device: u32, what: String) {
         if self.violation.is_none() {
             self.violation = Some(Violation {
-                time_s: secs(self.now),
+                time_s: seconds(self.now),
                 device,
                 what,
                 replay: self.replay.clone(),
@@ -374,14 +376,14 @@ impl Sim {
     /// the faults healed, nothing is left to happen, or a limit is hit. Fails on the first
     /// broken invariant.
     pub fn run(mut self) -> Result<Outcome, RunError> {
-        let max_t = ns(self.sc.limits.max_time_s);
+        let max_t = nanos(self.scenario.limits.max_time_s);
         let mut check_every = 0u32;
         let mut last_check: Nanos = 0;
         loop {
             if let Some(v) = self.violation.take() {
                 return Err(v.into());
             }
-            let tq = self.queue.peek().map(|k| k.0);
+            let tq = self.queue.peek().map(|Reverse(k)| k.0);
             let tn = self.net.next_time();
             let t = match (tq, tn) {
                 (None, None) => {
@@ -399,7 +401,7 @@ impl Sim {
                 self.net.flush(self.now);
                 continue;
             }
-            if t > max_t || self.m.events >= self.sc.limits.max_events {
+            if t > max_t || self.metrics.events >= self.scenario.limits.max_events {
                 break;
             }
             if t > self.now && (check_every >= 4096 || t >= last_check + SECOND / 20) {
@@ -410,18 +412,16 @@ impl Sim {
                 }
             }
             self.now = t.max(self.now);
-            self.m.events += 1;
+            self.metrics.events += 1;
             if tn == Some(t) && tq.is_none_or(|q| q > t || tn <= tq) {
                 if let Some(done) = self.net.pop_done(self.now) {
                     self.record(1, 0, 0, done.tag);
                     self.transfer_done(done.tag);
                 }
-            } else if let Some((_, _, slot)) = self.queue.pop() {
-                let ev = self.slots[slot as usize].take();
-                self.free_slots.push(slot);
-                if let Some(ev) = ev {
-                    self.dispatch(ev);
-                }
+            } else if let Some(Reverse((_, _, slot))) = self.queue.pop()
+                && let Some(event) = self.slots.try_remove(slot as usize)
+            {
+                self.dispatch(event);
             }
             check_every += 1;
         }
@@ -433,20 +433,23 @@ impl Sim {
 
     /// Whether the run has nothing left to show.
     fn finished(&self) -> bool {
-        if self.now < self.plan.healed_at || self.m.pending_runtime > 0 || !self.announced {
+        if self.now < self.fault_plan.healed_at
+            || self.metrics.pending_runtime > 0
+            || !self.announced
+        {
             return false;
         }
         let all_staged = self
-            .devs
+            .devices
             .iter()
-            .filter(|d| d.byz.is_none() && d.online && d.node.is_some())
+            .filter(|d| d.byzantine.is_none() && d.online && d.node.is_some())
             .all(|d| self.converged(d));
         all_staged && self.control.settled()
     }
 
     /// Whether an online honest device holds the release (or went past it): staged at some
     /// point, and now holding every chunk or having handed the release to its runtime.
-    fn converged(&self, d: &Dev) -> bool {
+    fn converged(&self, d: &Device) -> bool {
         let seq = self.release.announcement.sequence;
         d.staged_at.is_some()
             && d.node.as_ref().is_some_and(|n| {
@@ -463,13 +466,13 @@ impl Sim {
         let mut milestones = Vec::new();
         let mut online = 0;
         let mut ok = true;
-        let nw = self.sc.rollout.waves.len();
+        let nw = self.scenario.rollout.waves.len();
         let mut per_wave = vec![0u32; nw];
         let mut act = vec![0u32; nw];
         let mut rb = vec![0u32; nw];
         let (mut activated, mut rolled_back) = (0, 0);
-        for d in &self.devs {
-            if d.byz.is_some() {
+        for d in &self.devices {
+            if d.byzantine.is_some() {
                 continue;
             }
             per_wave[d.wave as usize] += 1;
@@ -492,10 +495,15 @@ impl Sim {
             online += 1;
             match d.staged_at {
                 Some(t) if self.converged(d) => {
-                    staged.push(secs(t));
+                    staged.push(seconds(t));
                     let m = d.milestones;
-                    let at = |x: Option<Nanos>| secs(x.unwrap_or(t).min(t));
-                    milestones.push([at(m.announced), at(m.manifest), at(m.first_chunk), secs(t)]);
+                    let at = |x: Option<Nanos>| seconds(x.unwrap_or(t).min(t));
+                    milestones.push([
+                        at(m.announced),
+                        at(m.manifest),
+                        at(m.first_chunk),
+                        seconds(t),
+                    ]);
                 }
                 _ => ok = false,
             }
@@ -507,8 +515,8 @@ impl Sim {
             .map(|w| {
                 (
                     per_wave[w],
-                    self.m.wave_opened[w].map(secs),
-                    self.m.wave_finished[w].map(secs),
+                    self.metrics.wave_opened[w].map(seconds),
+                    self.metrics.wave_finished[w].map(seconds),
                 )
             })
             .collect();
@@ -516,13 +524,13 @@ impl Sim {
             staged_s: staged,
             online,
             liveness_ok: ok,
-            end_s: secs(self.now),
-            events: self.m.events,
+            end_s: seconds(self.now),
+            events: self.metrics.events,
             trace_hash: self.trace.finalize().to_hex().to_string(),
             builder_egress_bytes: c.builder_egress.round() as u64,
             max_site_ingress_bytes: max_ingress.round() as u64,
-            corrupt_chunks_stored: self.m.corrupt_stored,
-            peers_banned: self.m.peers_banned,
+            corrupt_chunks_stored: self.metrics.corrupt_stored,
+            peers_banned: self.metrics.peers_banned,
             waves,
             rollout_paused: self.control.paused(),
             activated,
@@ -530,10 +538,10 @@ impl Sim {
             activations_by_wave: act,
             rollbacks_by_wave: rb,
             requests: (
-                self.m.chunk_requests,
-                self.m.remote_requests,
-                self.m.origin_requests,
-                self.m.origin_busy,
+                self.metrics.chunk_requests,
+                self.metrics.remote_requests,
+                self.metrics.origin_requests,
+                self.metrics.origin_busy,
             ),
             milestones,
             total_bytes: c.total.round() as u64,
@@ -572,7 +580,7 @@ mod tests {
         sc.release.size_mib = 0.5;
         let mut sim = Sim::new(&sc, 1, "replay".into());
         // Pretend device 0 had seen a higher sequence than its node reports.
-        sim.devs[0].last_highest = 5;
+        sim.devices[0].last_highest = 5;
         sim.feed(
             0,
             shoal_node_core::Input::WallClock(shoal_testing::TEST_EPOCH),

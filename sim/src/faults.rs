@@ -44,7 +44,7 @@ pub struct Plan {
     pub healed_at: Nanos,
 }
 
-fn secs(s: f64) -> Nanos {
+fn truncated_nanos(s: f64) -> Nanos {
     (s * SECOND as f64) as Nanos
 }
 
@@ -71,22 +71,22 @@ pub fn plan(scenario: &Scenario, seed: u64) -> Plan {
     let window = f.window_s.max(0.001);
     let nchurn = take(f.churn).min(honest.len());
     for &d in &honest[..nchurn] {
-        let at = secs(rng.unit() * window);
+        let at = truncated_nanos(rng.unit() * window);
         schedule.push((at, Fault::Offline(d)));
-        schedule.push((at + secs(f.churn_offline_s), Fault::Online(d)));
+        schedule.push((at + truncated_nanos(f.churn_offline_s), Fault::Online(d)));
     }
     let ncrash = take(f.crash).min(honest.len() - nchurn);
     for &d in &honest[nchurn..nchurn + ncrash] {
-        let at = secs(rng.unit() * window);
+        let at = truncated_nanos(rng.unit() * window);
         schedule.push((at, Fault::Crash(d)));
         schedule.push((at + 2 * SECOND, Fault::Restart(d)));
     }
     let mut sites: Vec<u32> = (0..scenario.fleet.sites).collect();
     rng.shuffle(&mut sites);
     for &s in &sites[..scenario.faults.partitioned_sites as usize] {
-        let at = secs(f.partition_start_s);
+        let at = truncated_nanos(f.partition_start_s);
         schedule.push((at, Fault::PartitionStart(s)));
-        schedule.push((at + secs(f.partition_s), Fault::PartitionEnd(s)));
+        schedule.push((at + truncated_nanos(f.partition_s), Fault::PartitionEnd(s)));
     }
     schedule.sort();
     let healed_at = schedule.last().map_or(0, |e| e.0);

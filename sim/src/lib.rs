@@ -17,7 +17,6 @@
 pub mod bound;
 pub mod driver;
 pub mod faults;
-pub mod heap;
 pub mod net;
 pub mod report;
 pub mod rng;

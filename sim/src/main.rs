@@ -32,39 +32,9 @@ struct RunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Number of devices (spread round-robin over the sites).
-    #[arg(long)]
-    devices: Option<u32>,
-    /// Number of sites.
-    #[arg(long)]
-    sites: Option<u32>,
-    /// Release size in MiB.
-    #[arg(long)]
-    release_mib: Option<f64>,
-    /// The builder's uplink, Mbit/s.
-    #[arg(long)]
-    builder_up_mbps: Option<f64>,
-    /// Each site's WAN downlink, Mbit/s.
-    #[arg(long)]
-    wan_down_mbps: Option<f64>,
-    /// Each site's WAN uplink, Mbit/s.
-    #[arg(long)]
-    wan_up_mbps: Option<f64>,
-    /// A site's LAN port speed, Mbit/s (caps each device's up and down).
-    #[arg(long)]
-    lan_mbps: Option<f64>,
-    /// Each device's upload, Mbit/s.
-    #[arg(long)]
-    device_up_mbps: Option<f64>,
-    /// Each device's download, Mbit/s.
-    #[arg(long)]
-    device_down_mbps: Option<f64>,
-    /// Share of byzantine devices (0..=1).
-    #[arg(long)]
-    byzantine_ratio: Option<f64>,
-    /// Share of devices that go offline once (0..=1).
-    #[arg(long)]
-    churn: Option<f64>,
+    /// Overrides of the scenario's fleet, network and faults.
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,19 +43,7 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Scenario::load(path)?,
         None => Scenario::default(),
     };
-    scenario.apply(&Overrides {
-        devices: a.devices,
-        sites: a.sites,
-        release_mib: a.release_mib,
-        builder_up_mbps: a.builder_up_mbps,
-        wan_down_mbps: a.wan_down_mbps,
-        wan_up_mbps: a.wan_up_mbps,
-        lan_mbps: a.lan_mbps,
-        device_up_mbps: a.device_up_mbps,
-        device_down_mbps: a.device_down_mbps,
-        byzantine_ratio: a.byzantine_ratio,
-        churn: a.churn,
-    })?;
+    scenario.apply(&a.overrides)?;
     let seed = a.seed.unwrap_or(scenario.seed);
     let name = a.scenario.clone().unwrap_or_else(|| scenario.name.clone());
     let report = match shoal_sim::run(&scenario, seed, &name) {

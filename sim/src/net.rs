@@ -23,10 +23,10 @@
 //! Chunk streams are reliable (QUIC retransmits); loss applies to control messages, which the
 //! driver models, not to flows. A per-flow rate cap models a peer that trickles bytes.
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 
-use crate::heap::MinHeap;
-
+use dary_heap::QuaternaryHeap;
 use rustc_hash::FxHashMap as HashMap;
 
 /// Virtual time in nanoseconds.
@@ -149,8 +149,8 @@ pub struct Net {
     flows: Vec<Flow>,
     free: Vec<u32>,
     pairs: HashMap<(Endpoint, Endpoint), u32>,
-    /// Completion events: (time, flow, version).
-    events: MinHeap<(Nanos, u32, u32)>,
+    /// Completion events, earliest first: (time, flow, version).
+    events: QuaternaryHeap<Reverse<(Nanos, u32, u32)>>,
     counters: Counters,
     scratch: Scratch,
     epoch: u32,
@@ -158,19 +158,31 @@ pub struct Net {
 
 #[derive(Debug, Default)]
 struct Scratch {
+    /// The flows of the refill, by position.
     flows: Vec<u32>,
-    pos: Vec<u32>,
-    fill_at: Vec<u32>,
-    rem: Vec<f64>,
-    cnt: Vec<u32>,
-    seen: Vec<u32>,
+    /// Per link: its row in [`Scratch::row_start`] (touched links only).
+    link_row: Vec<u32>,
+    /// Per row: where the next flow position goes while the rows are filled.
+    row_fill: Vec<u32>,
+    /// Per link: the capacity left to share.
+    remaining: Vec<f64>,
+    /// Per link: the refill's flows on it not frozen yet.
+    unfrozen: Vec<u32>,
+    /// Per link: the refill (`epoch`) that last touched it.
+    seen_in: Vec<u32>,
     epoch: u32,
+    /// The links of this refill.
     touched: Vec<u32>,
-    adj_start: Vec<u32>,
-    adj: Vec<u32>,
+    /// Per row (touched link): where its flow positions start in [`Scratch::rows`] (CSR).
+    row_start: Vec<u32>,
+    /// Flow positions, row by row.
+    rows: Vec<u32>,
+    /// Per flow position: its new rate.
     rate: Vec<f64>,
+    /// Per flow position: whether its rate is set.
     frozen: Vec<bool>,
-    heap: MinHeap<(OrdF64, u32)>,
+    /// Filling levels, lowest first: (share, link or `CAP_BIT | flow position`).
+    heap: QuaternaryHeap<Reverse<(OrdF64, u32)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,17 +227,17 @@ impl Net {
             flows: Vec::new(),
             free: Vec::new(),
             pairs: HashMap::default(),
-            events: MinHeap::new(),
+            events: QuaternaryHeap::new(),
             counters: Counters {
                 site_ingress: vec![0.0; nsites as usize],
                 ..Counters::default()
             },
             epoch: 0,
             scratch: Scratch {
-                pos: vec![0; nlinks],
-                seen: vec![0; nlinks],
-                rem: vec![0.0; nlinks],
-                cnt: vec![0; nlinks],
+                link_row: vec![0; nlinks],
+                seen_in: vec![0; nlinks],
+                remaining: vec![0.0; nlinks],
+                unfrozen: vec![0; nlinks],
                 ..Scratch::default()
             },
         }
@@ -412,7 +424,7 @@ impl Net {
         if force || t < f.due.saturating_sub(slack) {
             f.version = f.version.wrapping_add(1);
             f.due = t;
-            self.events.push((t, fi, f.version));
+            self.events.push(Reverse((t, fi, f.version)));
         }
     }
 
@@ -545,98 +557,106 @@ impl Net {
     /// Progressive filling over `flows`, sharing what the other flows leave on each link.
     fn fill(&mut self, flows: &[u32], now: Nanos) {
         self.counters.recomputes += 1;
-        let sc = &mut self.scratch;
-        sc.epoch = sc.epoch.wrapping_add(1);
-        let epoch = sc.epoch;
-        sc.touched.clear();
+        let scratch = &mut self.scratch;
+        scratch.epoch = scratch.epoch.wrapping_add(1);
+        let epoch = scratch.epoch;
+        scratch.touched.clear();
         for &fi in flows {
             let f = &self.flows[fi as usize];
             for &l in &f.links[..f.nlinks as usize] {
                 let li = l as usize;
-                if sc.seen[li] != epoch {
-                    sc.seen[li] = epoch;
-                    sc.rem[li] = (self.caps[li] - self.used[li]).max(0.0);
-                    sc.cnt[li] = 0;
-                    sc.touched.push(l);
+                if scratch.seen_in[li] != epoch {
+                    scratch.seen_in[li] = epoch;
+                    scratch.remaining[li] = (self.caps[li] - self.used[li]).max(0.0);
+                    scratch.unfrozen[li] = 0;
+                    scratch.touched.push(l);
                 }
-                sc.cnt[li] += 1;
+                scratch.unfrozen[li] += 1;
             }
         }
         // Adjacency (link -> flow positions), CSR over the touched links.
-        sc.adj_start.clear();
+        scratch.row_start.clear();
         let mut acc = 0u32;
-        for &l in &sc.touched {
-            sc.pos[l as usize] = sc.adj_start.len() as u32;
-            sc.adj_start.push(acc);
-            acc += sc.cnt[l as usize];
+        for &l in &scratch.touched {
+            scratch.link_row[l as usize] = scratch.row_start.len() as u32;
+            scratch.row_start.push(acc);
+            acc += scratch.unfrozen[l as usize];
         }
-        sc.adj_start.push(acc);
-        sc.adj.clear();
-        sc.adj.resize(acc as usize, 0);
-        sc.fill_at.clear();
-        sc.fill_at
-            .extend_from_slice(&sc.adj_start[..sc.adj_start.len() - 1]);
+        scratch.row_start.push(acc);
+        scratch.rows.clear();
+        scratch.rows.resize(acc as usize, 0);
+        scratch.row_fill.clear();
+        scratch
+            .row_fill
+            .extend_from_slice(&scratch.row_start[..scratch.row_start.len() - 1]);
         for (i, &fi) in flows.iter().enumerate() {
             let f = &self.flows[fi as usize];
             for &l in &f.links[..f.nlinks as usize] {
-                let p = sc.pos[l as usize] as usize;
-                sc.adj[sc.fill_at[p] as usize] = i as u32;
-                sc.fill_at[p] += 1;
+                let p = scratch.link_row[l as usize] as usize;
+                scratch.rows[scratch.row_fill[p] as usize] = i as u32;
+                scratch.row_fill[p] += 1;
             }
         }
-        sc.rate.clear();
-        sc.rate.resize(flows.len(), 0.0);
-        sc.frozen.clear();
-        sc.frozen.resize(flows.len(), false);
-        sc.heap.clear();
-        for &l in &sc.touched {
+        scratch.rate.clear();
+        scratch.rate.resize(flows.len(), 0.0);
+        scratch.frozen.clear();
+        scratch.frozen.resize(flows.len(), false);
+        scratch.heap.clear();
+        for &l in &scratch.touched {
             let li = l as usize;
-            sc.heap
-                .push((OrdF64(sc.rem[li] / f64::from(sc.cnt[li])), l));
+            scratch.heap.push(Reverse((
+                OrdF64(scratch.remaining[li] / f64::from(scratch.unfrozen[li])),
+                l,
+            )));
         }
         for (i, &fi) in flows.iter().enumerate() {
             let cap = self.flows[fi as usize].cap;
             if cap.is_finite() {
-                sc.heap.push((OrdF64(cap), CAP_BIT | i as u32));
+                scratch
+                    .heap
+                    .push(Reverse((OrdF64(cap), CAP_BIT | i as u32)));
             }
         }
         let mut remaining = flows.len();
         while remaining > 0 {
-            let Some((OrdF64(share), e)) = sc.heap.pop() else {
+            let Some(Reverse((OrdF64(share), e))) = scratch.heap.pop() else {
                 break;
             };
-            let freeze = |i: usize, r: f64, sc: &mut Scratch| {
-                sc.frozen[i] = true;
-                sc.rate[i] = r;
+            let freeze = |i: usize, r: f64, scratch: &mut Scratch| {
+                scratch.frozen[i] = true;
+                scratch.rate[i] = r;
                 let f = &self.flows[flows[i] as usize];
                 for &l in &f.links[..f.nlinks as usize] {
-                    sc.rem[l as usize] = (sc.rem[l as usize] - r).max(0.0);
-                    sc.cnt[l as usize] -= 1;
+                    scratch.remaining[l as usize] = (scratch.remaining[l as usize] - r).max(0.0);
+                    scratch.unfrozen[l as usize] -= 1;
                 }
             };
             if e & CAP_BIT != 0 {
                 let i = (e & !CAP_BIT) as usize;
-                if !sc.frozen[i] {
-                    freeze(i, share, sc);
+                if !scratch.frozen[i] {
+                    freeze(i, share, scratch);
                     remaining -= 1;
                 }
                 continue;
             }
             let li = e as usize;
-            if sc.cnt[li] == 0 {
+            if scratch.unfrozen[li] == 0 {
                 continue;
             }
-            let actual = sc.rem[li] / f64::from(sc.cnt[li]);
+            let actual = scratch.remaining[li] / f64::from(scratch.unfrozen[li]);
             if actual > share * (1.0 + 1e-12) + 1e-9 {
-                sc.heap.push((OrdF64(actual), e));
+                scratch.heap.push(Reverse((OrdF64(actual), e)));
                 continue;
             }
-            let p = sc.pos[li] as usize;
-            let (a, b) = (sc.adj_start[p] as usize, sc.adj_start[p + 1] as usize);
+            let p = scratch.link_row[li] as usize;
+            let (a, b) = (
+                scratch.row_start[p] as usize,
+                scratch.row_start[p + 1] as usize,
+            );
             for k in a..b {
-                let i = sc.adj[k] as usize;
-                if !sc.frozen[i] {
-                    freeze(i, actual, sc);
+                let i = scratch.rows[k] as usize;
+                if !scratch.frozen[i] {
+                    freeze(i, actual, scratch);
                     remaining -= 1;
                 }
             }
@@ -654,7 +674,7 @@ impl Net {
 
     /// Time of the next completion, dropping stale events.
     pub fn next_time(&mut self) -> Option<Nanos> {
-        while let Some(&(t, fi, v)) = self.events.peek() {
+        while let Some(&Reverse((t, fi, v))) = self.events.peek() {
             let f = &self.flows[fi as usize];
             if f.live && f.version == v {
                 return Some(t);
@@ -670,7 +690,7 @@ impl Net {
         if t > now {
             return None;
         }
-        let (_, fi, _) = self.events.pop()?;
+        let Reverse((_, fi, _)) = self.events.pop()?;
         self.settle(fi, now);
         if self.flows[fi as usize]
             .queue

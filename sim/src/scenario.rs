@@ -312,30 +312,41 @@ pub enum ScenarioError {
     Invalid(String),
 }
 
-/// Command-line overrides; `None` keeps the scenario's value.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Command-line overrides (`shoal-sim run --devices N ...`); `None` keeps the scenario's value.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct Overrides {
-    /// `--devices`
+    /// Number of devices (spread round-robin over the sites).
+    #[arg(long)]
     pub devices: Option<u32>,
-    /// `--sites`
+    /// Number of sites.
+    #[arg(long)]
     pub sites: Option<u32>,
-    /// `--release-mib`
+    /// Release size in MiB.
+    #[arg(long)]
     pub release_mib: Option<f64>,
-    /// `--builder-up-mbps`
+    /// The builder's uplink, Mbit/s.
+    #[arg(long)]
     pub builder_up_mbps: Option<f64>,
-    /// `--wan-down-mbps`
+    /// Each site's WAN downlink, Mbit/s.
+    #[arg(long)]
     pub wan_down_mbps: Option<f64>,
-    /// `--wan-up-mbps`
+    /// Each site's WAN uplink, Mbit/s.
+    #[arg(long)]
     pub wan_up_mbps: Option<f64>,
-    /// `--lan-mbps`
+    /// A site's LAN port speed, Mbit/s (caps each device's up and down).
+    #[arg(long)]
     pub lan_mbps: Option<f64>,
-    /// `--device-up-mbps`
+    /// Each device's upload, Mbit/s.
+    #[arg(long)]
     pub device_up_mbps: Option<f64>,
-    /// `--device-down-mbps`
+    /// Each device's download, Mbit/s.
+    #[arg(long)]
     pub device_down_mbps: Option<f64>,
-    /// `--byzantine-ratio`
+    /// Share of byzantine devices (0..=1).
+    #[arg(long)]
     pub byzantine_ratio: Option<f64>,
-    /// `--churn`
+    /// Share of devices that go offline once (0..=1).
+    #[arg(long)]
     pub churn: Option<f64>,
 }
 

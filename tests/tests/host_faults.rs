@@ -23,29 +23,9 @@
 //! (or other tests' Docker objects) never collide.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-/// The workspace root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// Why the Engine cannot be used, if it cannot.
-fn engine_missing() -> Option<String> {
-    match Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => None,
-        Ok(s) => Some(format!("`docker info` failed ({s})")),
-        Err(e) => Some(format!("no docker client ({e})")),
-    }
-}
+use shoal_testing::engine::{docker_lines, workspace_root as root};
 
 /// `target/<profile>/NAME` next to this test's executable (`target/<profile>/deps/...`).
 fn sibling_exe(name: &str) -> PathBuf {
@@ -54,25 +34,6 @@ fn sibling_exe(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .map(|dir| dir.join(name))
         .expect("the test runs from target/<profile>/deps")
-}
-
-/// The output lines of a docker command (none if it fails).
-fn docker_lines(args: &[&str]) -> Vec<String> {
-    Command::new("docker")
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Removes the run's Docker objects when dropped (also when the test fails), and says which it
@@ -131,8 +92,7 @@ impl Drop for RunObjects {
 
 #[test]
 fn builder_and_nodes_in_containers_survive_partition_builder_stop_kills_and_restart() {
-    if let Some(why) = engine_missing() {
-        println!("SKIPPED host_faults: {why}; start one with scripts/engine.sh");
+    if !shoal_testing::engine::available("host_faults") {
         return;
     }
     let builder = std::env::var_os("SHOAL_BUILDER_EXE")

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_node::daemon::identity::DeviceKey;
-use shoal_node::daemon::{Handle, Launcher, Status, status};
+use shoal_node::daemon::{Handle, Status, status};
 use shoal_protocol::Envelope;
 use shoal_testing::{TEST_ARCH, TEST_EPOCH, TestFleet};
 use support::{WAIT, clock, logs};
@@ -131,9 +131,8 @@ async fn a_node_killed_and_restarted_is_reconnected_at_once_and_gets_the_next_re
             break k;
         }
     };
-    let origin = Launcher::new(origin_key, fleet.trust.clone(), dir.path().join("origin"))
-        .arch(TEST_ARCH)
-        .wall_clock(clock())
+    let origin = fleet
+        .daemon(origin_key, dir.path().join("origin"), &clock())
         .origin(true)
         .start()
         .await

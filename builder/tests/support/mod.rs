@@ -1,17 +1,19 @@
 //! Test harness: a builder process on a free port with a fresh data directory, git projects in
-//! temporary directories, and a tiny HTTP/1.0 client.
+//! temporary directories, and an HTTP helper over `reqwest`.
 
 #![allow(dead_code, unreachable_pub)]
 
 pub mod browser;
 pub mod inproc;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_protocol::{ReleaseManifest, TrustRoot, UnixTime, verify};
+
+pub use shoal_testing::engine::{available as engine_available, ensure_base_image};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shoal-builder");
 
@@ -26,39 +28,6 @@ pub fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Whether a Docker Engine answers; prints why not.
-pub fn engine_available(test: &str) -> bool {
-    match Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED {test}: no Docker Engine reachable: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIPPED {test}: no docker client: {e}");
-            false
-        }
-    }
-}
-
-/// Makes `busybox:latest` with scripts/base-image.sh when missing.
-pub fn ensure_base_image() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/base-image.sh");
-    let st = Command::new("bash")
-        .arg(script)
-        .status()
-        .expect("run base-image.sh");
-    assert!(st.success(), "scripts/base-image.sh failed");
 }
 
 /// Makes a local `node:latest` stand-in (busybox with an `npm` script) when missing.
@@ -275,18 +244,29 @@ impl Drop for Builder {
     }
 }
 
-pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Polls `f` until it yields a value (two minutes at most).
+pub fn wait_for<T>(f: impl FnMut() -> Option<T>) -> T {
+    shoal_testing::wait::until(Duration::from_secs(120), "a builder condition", f)
 }
 
-/// A plain HTTP/1.0 request; returns status, raw headers and body.
+/// The tests' HTTP client (one per test process): plain HTTP to local servers, no proxy, no
+/// redirects followed, no overall timeout (a followed log streams until its build ends).
+pub fn http_client() -> &'static reqwest::blocking::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::blocking::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        // reqwest's rustls needs a crypto provider even when no request uses TLS.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::blocking::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(None)
+            .build()
+            .unwrap()
+    })
+}
+
+/// One HTTP request to `addr` (`headers` as `Name: value`); returns the status, the response
+/// headers as `name: value` lines and the body.
 pub fn http_request(
     addr: &str,
     method: &str,
@@ -294,27 +274,22 @@ pub fn http_request(
     headers: &[&str],
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = http_client()
+        .request(method, format!("http://{addr}{path}"))
+        .body(body.to_vec());
     for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
+        let (name, value) = h.split_once(':').expect("header as `Name: value`");
+        req = req.header(name.trim(), value.trim());
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&resp[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head, resp[split + 4..].to_vec())
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let head = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\r\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    (status, head, resp.bytes().unwrap().to_vec())
 }
 
 pub struct PushOutput {
@@ -411,19 +386,6 @@ pub fn ls_remote(remote: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Deterministic incompressible bytes.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A `git push` running in its own process group.

@@ -9,6 +9,15 @@
 //! by [`synthetic_chunks`] have digests but no bytes: enough for the core, which never sees chunk
 //! bytes; a driver that needs real bytes builds layers with [`shoal_protocol::chunking`] and
 //! passes them to [`TestFleet::release_from_layers`].
+//!
+//! Helpers shared by several crates' tests: [`engine`] (is there a Docker Engine, the base
+//! image), [`wait`] (bounded polling), [`pseudo_random`] payloads, and with the `daemon` feature
+//! [`daemon`] (the test clock, logs).
+
+#[cfg(feature = "daemon")]
+pub mod daemon;
+pub mod engine;
+pub mod wait;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

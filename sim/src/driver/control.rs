@@ -10,7 +10,7 @@ use shoal_testing::{TEST_EPOCH, TestFleet, TestRelease};
 use super::setup::FLEET;
 use crate::net::Nanos;
 
-fn ms(t: Nanos) -> u64 {
+fn millis(t: Nanos) -> u64 {
     t / 1_000_000
 }
 
@@ -18,7 +18,7 @@ fn ms(t: Nanos) -> u64 {
 pub(crate) struct Control {
     plan: RolloutPlan,
     fleet: Option<(TestFleet, TestRelease, Vec<DeviceId>)>,
-    ctl: Option<Controller>,
+    controller: Option<Controller>,
     armed: Option<u64>,
     rejected_reports: u64,
 }
@@ -28,7 +28,7 @@ impl Control {
         Control {
             plan,
             fleet: None,
-            ctl: None,
+            controller: None,
             armed: None,
             rejected_reports: 0,
         }
@@ -44,26 +44,28 @@ impl Control {
         let Some((_, release, devices)) = &self.fleet else {
             return Vec::new();
         };
-        self.ctl = Some(Controller::with_devices(
+        self.controller = Some(Controller::with_devices(
             FLEET,
             release.announcement.sequence,
             release.announcement.manifest_digest,
             self.plan.clone(),
             devices.iter().copied(),
             None,
-            ms(now),
+            millis(now),
         ));
         self.actions(now)
     }
 
     fn actions(&mut self, now: Nanos) -> Vec<Vec<u8>> {
-        let (Some(ctl), Some((fleet, _, _))) = (self.ctl.as_mut(), self.fleet.as_ref()) else {
+        let (Some(controller), Some((fleet, _, _))) =
+            (self.controller.as_mut(), self.fleet.as_ref())
+        else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        while let Some(action) = ctl.poll_action() {
+        while let Some(action) = controller.poll_action() {
             let issued = TEST_EPOCH.plus_secs(now / 1_000_000_000);
-            if let Some(wc) = ctl.wave_control(&action, issued) {
+            if let Some(wc) = controller.wave_control(&action, issued) {
                 let env = Envelope::seal(&wc, &[&fleet.release_key]);
                 out.push(GossipMessage::WaveControl(encoding::encode(&env)).encode());
             }
@@ -75,8 +77,8 @@ impl Control {
     pub(crate) fn on_report(&mut self, now: Nanos, envelope: &[u8]) -> Vec<Vec<u8>> {
         match verify::status_report(envelope) {
             Ok(report) => {
-                if let Some(ctl) = self.ctl.as_mut() {
-                    ctl.handle_report(ms(now), &report);
+                if let Some(controller) = self.controller.as_mut() {
+                    controller.handle_report(millis(now), &report);
                 }
             }
             Err(_) => self.rejected_reports += 1,
@@ -87,15 +89,15 @@ impl Control {
     /// The controller's timer fired.
     pub(crate) fn tick(&mut self, now: Nanos) -> Vec<Vec<u8>> {
         self.armed = None;
-        if let Some(ctl) = self.ctl.as_mut() {
-            ctl.handle_timeout(ms(now));
+        if let Some(controller) = self.controller.as_mut() {
+            controller.handle_timeout(millis(now));
         }
         self.actions(now)
     }
 
     /// A new wake-up time to arm, if it changed.
     pub(crate) fn take_tick(&mut self) -> Option<Nanos> {
-        let next = self.ctl.as_ref()?.poll_timeout()?;
+        let next = self.controller.as_ref()?.poll_timeout()?;
         if self.armed == Some(next) {
             return None;
         }
@@ -105,29 +107,29 @@ impl Control {
 
     /// Waves opened so far and when.
     pub(crate) fn opened(&self) -> Vec<(u32, Nanos)> {
-        let Some(ctl) = &self.ctl else {
+        let Some(controller) = &self.controller else {
             return Vec::new();
         };
         (0..self.plan.waves.len() as u32)
-            .filter_map(|w| ctl.opened_at_ms(w).map(|t| (w, t * 1_000_000)))
+            .filter_map(|w| controller.opened_at_ms(w).map(|t| (w, t * 1_000_000)))
             .collect()
     }
 
     /// The highest wave opened, if the rollout started.
     pub(crate) fn max_open(&self) -> Option<u32> {
-        self.ctl.as_ref().map(Controller::open_wave)
+        self.controller.as_ref().map(Controller::open_wave)
     }
 
     /// Whether the rollout paused or halted.
     pub(crate) fn paused(&self) -> bool {
-        self.ctl
+        self.controller
             .as_ref()
             .is_some_and(|c| matches!(c.state(), State::Paused(_) | State::Halted))
     }
 
     /// Whether the rollout reached a state it will not leave by itself.
     pub(crate) fn settled(&self) -> bool {
-        self.ctl
+        self.controller
             .as_ref()
             .is_some_and(|c| *c.state() != State::Running)
     }

@@ -5,21 +5,21 @@ use std::sync::Arc;
 use shoal_node_core::{FetchStats, Input, MessageId, Node};
 use shoal_testing::TEST_EPOCH;
 
-use super::effects::ms;
-use super::{BUILDER, Ev, Runtime, Sim, ns};
+use super::effects::core_instant;
+use super::{BUILDER, Event, Runtime, Sim, nanos};
 use crate::faults::Fault;
 
 impl Sim {
-    pub(crate) fn dispatch(&mut self, ev: Ev) {
+    pub(crate) fn dispatch(&mut self, ev: Event) {
         match ev {
-            Ev::Timer(d) => {
-                if self.devs[d as usize].timer_at != Some(self.now) {
+            Event::Timer(d) => {
+                if self.devices[d as usize].timer_at != Some(self.now) {
                     return;
                 }
                 self.record(2, d, 0, 0);
-                let dev = &mut self.devs[d as usize];
+                let dev = &mut self.devices[d as usize];
                 dev.timer_at = None;
-                let now = ms(self.now);
+                let now = core_instant(self.now);
                 if let Some(node) = dev.node.as_mut() {
                     if node.poll_timeout().is_some_and(|t| t <= now) {
                         node.handle_timeout(now);
@@ -27,15 +27,15 @@ impl Sim {
                     self.drain(d);
                 }
             }
-            Ev::Gossip { to, from, msg } => {
+            Event::Gossip { to, from, msg } => {
                 self.record(3, to, from, u64::from(msg));
-                let dev = &self.devs[to as usize];
+                let dev = &self.devices[to as usize];
                 if dev.seen_gossip & (1 << msg) != 0 || !self.reachable(to, from) {
                     return;
                 }
-                self.devs[to as usize].seen_gossip |= 1 << msg;
+                self.devices[to as usize].seen_gossip |= 1 << msg;
                 let bytes = self.gossip[msg as usize].to_vec();
-                let from_id = self.pid(from);
+                let from_id = self.peer_id(from);
                 self.feed(
                     to,
                     Input::Gossip {
@@ -45,21 +45,21 @@ impl Sim {
                     },
                 );
             }
-            Ev::Haves { from, remote } => {
+            Event::Haves { from, remote } => {
                 let slot = Self::batch_slot(from, remote);
                 let mut batch = std::mem::take(&mut self.have_batches[slot]);
                 self.record(4, from, u32::from(remote), batch.len() as u64);
-                for k in 0..self.devs[from as usize].conns.len() {
-                    let c = self.devs[from as usize].conns[k];
+                for k in 0..self.devices[from as usize].connections.len() {
+                    let c = self.devices[from as usize].connections[k];
                     if c.up && c.remote == remote {
                         self.deliver_haves(c.peer, from, &batch, true);
                     }
                 }
-                if remote && self.devs[from as usize].origin_up {
+                if remote && self.devices[from as usize].origin_up {
                     // The origin is a peer too: it hears HAVEs (super-seeding uses them).
-                    let peer = self.devs[from as usize].id;
+                    let peer = self.devices[from as usize].id;
                     let sequence = self.release.announcement.sequence;
-                    let now = ms(self.now);
+                    let now = core_instant(self.now);
                     for &index in &batch {
                         self.origin.handle(
                             now,
@@ -78,16 +78,16 @@ impl Sim {
                     self.have_batches[slot] = batch;
                 }
             }
-            Ev::HavesTo { to, from, batch } => {
+            Event::HavesTo { to, from, batch } => {
                 self.record(15, to, from, batch.len() as u64);
                 self.deliver_haves(to, from, &batch, false);
             }
-            Ev::Bitfield { to, from, have } => {
+            Event::Bitfield { to, from, have } => {
                 self.record(5, to, from, u64::from(have.count_ones()));
                 if !self.connected(to, from) {
                     return;
                 }
-                let peer = self.pid(from);
+                let peer = self.peer_id(from);
                 let sequence = self.release.announcement.sequence;
                 let input = Input::PeerHave {
                     peer,
@@ -100,7 +100,7 @@ impl Sim {
                     self.feed(to, input);
                 }
             }
-            Ev::Chunk {
+            Event::Chunk {
                 to,
                 from,
                 index,
@@ -114,8 +114,8 @@ impl Sim {
                 );
                 let sequence = self.release.announcement.sequence;
                 let result = result.map(|(bytes, started)| {
-                    if self.devs[to as usize].node.is_some() {
-                        self.devs[to as usize].stored.set(index);
+                    if self.devices[to as usize].node.is_some() {
+                        self.devices[to as usize].stored.set(index);
                     }
                     FetchStats {
                         bytes,
@@ -123,7 +123,7 @@ impl Sim {
                     }
                 });
                 let corrupt = result.is_err();
-                let peer = self.pid(from);
+                let peer = self.peer_id(from);
                 self.feed(
                     to,
                     Input::ChunkFetched {
@@ -137,7 +137,7 @@ impl Sim {
                     self.check_store(to, index);
                 }
             }
-            Ev::Manifest { to, from, result } => {
+            Event::Manifest { to, from, result } => {
                 self.record(7, to, from, u64::from(result.is_ok()));
                 let sequence = self.release.announcement.sequence;
                 let result = result.map(|corrupt| {
@@ -150,7 +150,7 @@ impl Sim {
                         self.release.manifest_bytes.clone()
                     }
                 });
-                let peer = self.pid(from);
+                let peer = self.peer_id(from);
                 self.feed(
                     to,
                     Input::ManifestFetched {
@@ -160,13 +160,13 @@ impl Sim {
                     },
                 );
             }
-            Ev::Report {
+            Event::Report {
                 from,
                 envelope,
                 healthy,
             } => {
                 self.record(8, from, 0, u64::from(healthy.unwrap_or(false)));
-                self.m.pending_runtime -= 1;
+                self.metrics.pending_runtime -= 1;
                 if let Some(h) = healthy {
                     self.wave_report(from, h);
                 }
@@ -176,15 +176,15 @@ impl Sim {
                     self.fail(from, "its status report's signature did not verify".into());
                 }
             }
-            Ev::ApplyDone { dev, seq } => {
+            Event::ApplyDone { dev, seq } => {
                 self.record(9, dev, 0, seq.0);
-                self.m.pending_runtime -= 1;
-                if self.devs[dev as usize].node.is_none() {
+                self.metrics.pending_runtime -= 1;
+                if self.devices[dev as usize].node.is_none() {
                     return;
                 }
-                self.m.pending_runtime += 1;
-                let t = self.now + ns(self.sc.runtime.health_s);
-                self.push(t, Ev::Health { dev, seq });
+                self.metrics.pending_runtime += 1;
+                let t = self.now + nanos(self.scenario.runtime.health_s);
+                self.push(t, Event::Health { dev, seq });
                 self.feed(
                     dev,
                     Input::ApplyFinished {
@@ -193,16 +193,16 @@ impl Sim {
                     },
                 );
             }
-            Ev::Health { dev, seq } => {
+            Event::Health { dev, seq } => {
                 self.record(10, dev, 0, seq.0);
-                self.m.pending_runtime -= 1;
-                if self.devs[dev as usize].node.is_none() {
+                self.metrics.pending_runtime -= 1;
+                if self.devices[dev as usize].node.is_none() {
                     return;
                 }
-                let wave = self.devs[dev as usize].wave;
-                let fails = self.sc.runtime.fail_in_waves.contains(&wave)
-                    || self.rng.chance(self.sc.runtime.fail_chance);
-                self.devs[dev as usize].runtime = if fails {
+                let wave = self.devices[dev as usize].wave;
+                let fails = self.scenario.runtime.fail_in_waves.contains(&wave)
+                    || self.rng.chance(self.scenario.runtime.fail_chance);
+                self.devices[dev as usize].runtime = if fails {
                     Runtime::Failed
                 } else {
                     Runtime::Healthy
@@ -216,20 +216,20 @@ impl Sim {
                     },
                 );
             }
-            Ev::Fault(f) => {
+            Event::Fault(f) => {
                 self.record(11, 0, 0, 0);
                 self.fault(f);
             }
-            Ev::Redial { a, b } => {
+            Event::Redial { a, b } => {
                 self.record(12, a, b, 0);
                 self.connect(a, b);
             }
-            Ev::ControlTick => {
+            Event::ControlTick => {
                 self.record(13, 0, 0, 0);
                 let actions = self.control.tick(self.now);
                 self.publish_controls(actions);
             }
-            Ev::Announce => {
+            Event::Announce => {
                 self.record(14, 0, 0, 0);
                 self.announced = true;
                 let ann = self.release.announcement_gossip.clone();
@@ -237,14 +237,14 @@ impl Sim {
                 // The origin node installs the release and announces its availability.
                 let envelope = self.release.announcement_gossip[1..].to_vec();
                 let manifest = self.release.manifest_bytes.clone();
-                if let Err(e) = self.origin.seed(ms(self.now), envelope, manifest) {
+                if let Err(e) = self.origin.seed(core_instant(self.now), envelope, manifest) {
                     self.fail(BUILDER, format!("the origin refused its own release: {e}"));
                 }
                 self.drain_origin();
-                for d in 0..self.devs.len() as u32 {
-                    if self.devs[d as usize].byz.is_some() {
-                        for k in 0..self.devs[d as usize].conns.len() {
-                            let c = self.devs[d as usize].conns[k];
+                for d in 0..self.devices.len() as u32 {
+                    if self.devices[d as usize].byzantine.is_some() {
+                        for k in 0..self.devices[d as usize].connections.len() {
+                            let c = self.devices[d as usize].connections[k];
                             if c.up {
                                 self.byzantine_hello(d, c.peer);
                             }
@@ -257,30 +257,17 @@ impl Sim {
         }
     }
 
-    /// A corrupt chunk was reported: the node must not count it as stored.
-    fn check_store(&mut self, d: u32, index: u32) {
-        let dev = &self.devs[d as usize];
-        let seq = self.release.announcement.sequence;
-        if dev.node.as_ref().is_some_and(|n| n.has_chunk(seq, index)) && !dev.stored.get(index) {
-            self.m.corrupt_stored += 1;
-            self.fail(
-                d,
-                format!("chunk {index} stored although its bytes did not verify"),
-            );
-        }
-    }
-
     fn wave_report(&mut self, d: u32, healthy: bool) {
-        let w = self.devs[d as usize].wave as usize;
-        if healthy && !std::mem::replace(&mut self.devs[d as usize].counted_healthy, true) {
-            self.m.wave_healthy[w] += 1;
+        let w = self.devices[d as usize].wave as usize;
+        if healthy && !std::mem::replace(&mut self.devices[d as usize].counted_healthy, true) {
+            self.metrics.wave_healthy[w] += 1;
             let members = self
-                .devs
+                .devices
                 .iter()
-                .filter(|x| x.byz.is_none() && x.wave as usize == w)
+                .filter(|x| x.byzantine.is_none() && x.wave as usize == w)
                 .count() as u32;
-            if self.m.wave_healthy[w] >= members && self.m.wave_finished[w].is_none() {
-                self.m.wave_finished[w] = Some(self.now);
+            if self.metrics.wave_healthy[w] >= members && self.metrics.wave_finished[w].is_none() {
+                self.metrics.wave_finished[w] = Some(self.now);
             }
         }
     }
@@ -291,26 +278,30 @@ impl Sim {
             self.publish(bytes);
         }
         for (w, t) in self.control.opened() {
-            if self.m.wave_opened[w as usize].is_none() {
-                self.m.wave_opened[w as usize] = Some(t);
+            if self.metrics.wave_opened[w as usize].is_none() {
+                self.metrics.wave_opened[w as usize] = Some(t);
             }
         }
         if let Some(t) = self.control.take_tick() {
-            self.push(t.max(self.now), Ev::ControlTick);
+            self.push(t.max(self.now), Event::ControlTick);
         }
     }
 
     fn fault(&mut self, f: Fault) {
         match f {
             Fault::Offline(d) | Fault::Crash(d) => {
-                self.devs[d as usize].online = false;
-                let peers: Vec<u32> = self.devs[d as usize].conns.iter().map(|c| c.peer).collect();
+                self.devices[d as usize].online = false;
+                let peers: Vec<u32> = self.devices[d as usize]
+                    .connections
+                    .iter()
+                    .map(|c| c.peer)
+                    .collect();
                 for p in peers {
                     self.disconnect(d, p, None);
                 }
                 self.disconnect(d, BUILDER, None);
                 if matches!(f, Fault::Crash(_)) {
-                    let dev = &mut self.devs[d as usize];
+                    let dev = &mut self.devices[d as usize];
                     dev.node = None;
                     dev.timer_at = None;
                     if dev.runtime == Runtime::Applying {
@@ -322,28 +313,32 @@ impl Sim {
                 if matches!(f, Fault::Restart(_)) {
                     self.restart(d);
                 }
-                self.devs[d as usize].online = true;
+                self.devices[d as usize].online = true;
                 self.connect_origin(d);
-                let peers: Vec<u32> = self.devs[d as usize].conns.iter().map(|c| c.peer).collect();
+                let peers: Vec<u32> = self.devices[d as usize]
+                    .connections
+                    .iter()
+                    .map(|c| c.peer)
+                    .collect();
                 for p in peers {
                     self.connect(d, p);
                 }
             }
             Fault::PartitionStart(s) => {
                 self.partitioned[s as usize] = true;
-                for d in 0..self.devs.len() as u32 {
-                    if self.devs[d as usize].site != s {
+                for d in 0..self.devices.len() as u32 {
+                    if self.devices[d as usize].site != s {
                         continue;
                     }
                     self.disconnect(d, BUILDER, None);
-                    let peers: Vec<u32> = self.devs[d as usize]
-                        .conns
+                    let peers: Vec<u32> = self.devices[d as usize]
+                        .connections
                         .iter()
                         .filter(|c| c.up)
                         .map(|c| c.peer)
                         .collect();
                     for p in peers {
-                        if self.devs[p as usize].site != s {
+                        if self.devices[p as usize].site != s {
                             self.disconnect(d, p, None);
                         }
                     }
@@ -351,13 +346,16 @@ impl Sim {
             }
             Fault::PartitionEnd(s) => {
                 self.partitioned[s as usize] = false;
-                for d in 0..self.devs.len() as u32 {
-                    if self.devs[d as usize].site != s {
+                for d in 0..self.devices.len() as u32 {
+                    if self.devices[d as usize].site != s {
                         continue;
                     }
                     self.connect_origin(d);
-                    let peers: Vec<u32> =
-                        self.devs[d as usize].conns.iter().map(|c| c.peer).collect();
+                    let peers: Vec<u32> = self.devices[d as usize]
+                        .connections
+                        .iter()
+                        .map(|c| c.peer)
+                        .collect();
                     for p in peers {
                         self.connect(d, p);
                     }
@@ -368,7 +366,7 @@ impl Sim {
 
     /// Bring a crashed device back from its last snapshot.
     fn restart(&mut self, d: u32) {
-        let dev = &self.devs[d as usize];
+        let dev = &self.devices[d as usize];
         let key = shoal_testing::device_key(u64::from(d));
         let mut cfg = self.fleet.config(u64::from(d));
         cfg.key = key;
@@ -379,7 +377,7 @@ impl Sim {
             Some(s) => Node::resume(cfg, *s, seed),
             None => Node::new(cfg, seed),
         };
-        let dev = &mut self.devs[d as usize];
+        let dev = &mut self.devices[d as usize];
         dev.node = Some(node);
         dev.seen_gossip = 0;
         self.feed(
@@ -391,15 +389,15 @@ impl Sim {
 
     /// Tell device `d`'s core every other device of its site (mDNS), if the scenario has it.
     pub(crate) fn tell_site_members(&mut self, d: u32) {
-        if !self.sc.fleet.site_discovery {
+        if !self.scenario.fleet.site_discovery {
             return;
         }
-        let (n, sites) = (self.devs.len() as u32, self.sc.fleet.sites.max(1));
-        let site = self.devs[d as usize].site;
+        let (n, sites) = (self.devices.len() as u32, self.scenario.fleet.sites.max(1));
+        let site = self.devices[d as usize].site;
         let peers = (site..n)
             .step_by(sites as usize)
             .filter(|&p| p != d)
-            .map(|p| self.devs[p as usize].id)
+            .map(|p| self.devices[p as usize].id)
             .collect();
         self.feed(d, Input::SiteMembers { peers });
     }

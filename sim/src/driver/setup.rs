@@ -1,12 +1,13 @@
 //! Building a [`Sim`]: keys, release, nodes, topology, mesh, fault plan.
 
 use rustc_hash::FxHashMap as HashMap;
+use slab::Slab;
 
 use shoal_node_core::{Bitfield, Config, Input, Node, ReleaseCache};
 use shoal_protocol::{ChunkRef, DeviceId, Digest, RolloutPlan, Wave, waves};
 use shoal_testing::{TEST_EPOCH, TestFleet, device_key};
 
-use super::{Dev, Ev, Metrics, Runtime, Sim, control};
+use super::{Device, Event, Metrics, Runtime, Sim, control};
 use crate::faults;
 use crate::net::{Net, Topology};
 use crate::rng::Rng;
@@ -73,7 +74,7 @@ impl Sim {
         let release = fleet.release(1, chunks, plan.clone());
         let nchunks = release.chunks.len() as u32;
         let cache = ReleaseCache::default();
-        let fplan = faults::plan(sc, seed);
+        let fault_plan = faults::plan(sc, seed);
 
         let lan = mbps_to_bytes_per_s(sc.network.lan_mbps);
         let up = mbps_to_bytes_per_s(sc.network.device_up_mbps).min(lan);
@@ -91,31 +92,31 @@ impl Sim {
             devices: (0..n).map(|i| (i % nsites, up, down)).collect(),
         };
 
-        let mut devs = Vec::with_capacity(n as usize);
+        let mut devices = Vec::with_capacity(n as usize);
         let mut ids = HashMap::with_capacity_and_hasher(n as usize + 1, Default::default());
         let mut seeds = Rng::derive(seed, 0x5EED);
         for i in 0..n {
             let site = i % nsites;
             let key = device_key(u64::from(i));
             let id = DeviceId::from(key.public_key());
-            let byz = fplan.byzantine[i as usize];
+            let byzantine = fault_plan.byzantine[i as usize];
             let dev_seed = seeds.next_u64();
-            let node = byz.is_none().then(|| {
+            let node = byzantine.is_none().then(|| {
                 let mut cfg = Config::new(key, fleet.trust.clone(), shoal_testing::TEST_ARCH);
                 cfg.site = Some(format!("site-{site}"));
                 cfg.releases = cache.clone();
                 Node::new(cfg, dev_seed)
             });
             ids.insert(id, i);
-            devs.push(Dev {
+            devices.push(Device {
                 id,
                 node,
                 site,
-                byz,
+                byzantine,
                 online: true,
                 timer_at: None,
                 snapshot: None,
-                conns: Vec::new(),
+                connections: Vec::new(),
                 origin_up: false,
                 seen_gossip: 0,
                 stored: Bitfield::new(nchunks),
@@ -177,12 +178,12 @@ impl Sim {
             }
         }
         for (i, e) in edges.into_iter().enumerate() {
-            let site = devs[i].site;
-            devs[i].conns = e
+            let site = devices[i].site;
+            devices[i].connections = e
                 .into_iter()
-                .map(|peer| super::Conn {
+                .map(|peer| super::Connection {
                     peer,
-                    remote: devs[peer as usize].site != site,
+                    remote: devices[peer as usize].site != site,
                     up: false,
                     blocked_until: 0,
                 })
@@ -208,16 +209,15 @@ impl Sim {
         let replay_full = Bitfield::full(nchunks);
         let nwaves = sc.rollout.waves.len();
         let mut sim = Sim {
-            sc: sc.clone(),
+            scenario: sc.clone(),
             seed,
             replay,
             now: 0,
-            queue: crate::heap::MinHeap::new(),
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            queue: dary_heap::QuaternaryHeap::new(),
+            slots: Slab::new(),
             next_seq: 0,
             net: Net::new(&topo),
-            devs,
+            devices,
             ids,
             origin_id,
             fleet,
@@ -227,32 +227,34 @@ impl Sim {
             gossip_index: HashMap::default(),
             mesh,
             origin_mesh,
-            recs: Vec::new(),
-            free_recs: Vec::new(),
+            transfers: Slab::new(),
             fetches: HashMap::default(),
             have_batches: vec![Vec::new(); 2 * n as usize],
             origin,
             partitioned: vec![false; nsites as usize],
             control: control::Control::new(plan),
-            plan: fplan,
+            fault_plan,
             announced: false,
             rng: Rng::derive(seed, 0x1055),
             trace: blake3::Hasher::new(),
-            m: Metrics {
+            metrics: Metrics {
                 wave_opened: vec![None; nwaves],
                 wave_finished: vec![None; nwaves],
                 wave_healthy: vec![0; nwaves],
                 ..Metrics::default()
             },
-            outs: Vec::new(),
+            outputs: Vec::new(),
             cache: cache.clone(),
             violation: None,
         };
         let (f, r) = (sim.fleet.clone(), sim.release.clone());
-        let ids = sim.devs.iter().map(|d| d.id).collect();
+        let ids = sim.devices.iter().map(|d| d.id).collect();
         sim.control.bind(f, r, ids);
         if sim.replay.is_empty() {
-            sim.replay = format!("shoal-sim run --scenario {} --seed {seed}", sim.sc.name);
+            sim.replay = format!(
+                "shoal-sim run --scenario {} --seed {seed}",
+                sim.scenario.name
+            );
         }
         let wall = Input::WallClock(TEST_EPOCH);
         sim.feed_origin(wall.clone());
@@ -262,18 +264,22 @@ impl Sim {
         }
         for i in 0..n {
             sim.connect_origin(i);
-            let peers: Vec<u32> = sim.devs[i as usize].conns.iter().map(|c| c.peer).collect();
+            let peers: Vec<u32> = sim.devices[i as usize]
+                .connections
+                .iter()
+                .map(|c| c.peer)
+                .collect();
             for p in peers {
                 if p > i {
                     sim.connect(i, p);
                 }
             }
         }
-        let schedule = sim.plan.schedule.clone();
+        let schedule = sim.fault_plan.schedule.clone();
         for (t, f) in schedule {
-            sim.push(t, Ev::Fault(f));
+            sim.push(t, Event::Fault(f));
         }
-        sim.push(1_000_000, Ev::Announce);
+        sim.push(1_000_000, Event::Announce);
         sim
     }
 

@@ -6,14 +6,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
-use shoal_node::daemon::{Handle, Launcher, Status, WallClock};
+use shoal_node::daemon::{Handle, Status, WallClock};
 use shoal_protocol::{
     Digest, ImageRef, ReleaseManifest, ReleaseSeq, RolloutPlan, Service, ServiceSettings,
     WaveAction,
@@ -25,21 +25,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// The prefix of every Engine object these tests create.
 pub const PREFIX: &str = "shoaltest";
 
-/// Logs to the test's output when RUST_LOG is set.
-pub fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
+pub use shoal_testing::daemon::{clock, logs};
 
 /// The Engine, with `busybox:latest` present; `None` (after saying why) when there is none.
 pub async fn engine() -> Option<Docker> {
@@ -58,21 +44,13 @@ pub async fn engine() -> Option<Docker> {
         }
     };
     if docker.inspect_image("busybox:latest").await.is_err() {
-        let _ = std::process::Command::new("bash")
-            .arg(root().join("scripts/base-image.sh"))
-            .status();
+        let _ = shoal_testing::engine::make_base_image();
     }
     if let Err(e) = docker.inspect_image("busybox:latest").await {
         eprintln!("skipping: busybox:latest could not be made ({e})");
         return None;
     }
     Some(docker)
-}
-
-/// The test fleets' wall clock: a minute after [`TEST_EPOCH`] when the test started.
-pub fn clock() -> WallClock {
-    let start = std::time::Instant::now();
-    Arc::new(move || TEST_EPOCH.plus_secs(60 + start.elapsed().as_secs()))
 }
 
 /// busybox as a release image, with its chunks' bytes.
@@ -131,17 +109,12 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let image = busybox(&docker, dir.path()).await;
         let clock = clock();
-        let origin = Launcher::new(
-            DeviceKey::generate(),
-            fleet.trust.clone(),
-            dir.path().join("origin"),
-        )
-        .arch(TEST_ARCH)
-        .wall_clock(clock.clone())
-        .origin(true)
-        .start()
-        .await
-        .unwrap();
+        let origin = fleet
+            .daemon(DeviceKey::generate(), dir.path().join("origin"), &clock)
+            .origin(true)
+            .start()
+            .await
+            .unwrap();
         cleanup(&fleet.fleet);
         Some(Env {
             fleet,
@@ -172,9 +145,9 @@ impl Env {
         let rt = DockerRuntime::connect(cfg, &self.fleet.fleet, key.device_id(), &data)
             .await
             .unwrap();
-        let h = Launcher::new(key, self.fleet.trust.clone(), data)
-            .arch(TEST_ARCH)
-            .wall_clock(self.clock.clone())
+        let h = self
+            .fleet
+            .daemon(key, data, &self.clock)
             .bootstrap(vec![self.origin.listen_addrs()[0].clone()])
             .runtime(Arc::new(rt.clone()))
             .start()
