@@ -186,36 +186,45 @@ pub fn client_main() -> i32 {
     }
 }
 
-fn post(url: &str, secret: &str, req: &Request) -> std::io::Result<i32> {
-    let addr = url
-        .strip_prefix("http://")
-        .ok_or_else(|| std::io::Error::other(format!("unsupported hook URL {url}")))?
-        .trim_end_matches('/');
-    let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-    let mut s = std::net::TcpStream::connect(addr)?;
-    // HTTP/1.0 so the reply is not chunked: it ends when the server closes the connection.
-    write!(
-        s,
-        "POST /internal/hooks/pre-receive HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nX-Shoal-Hook-Secret: {secret}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(&body)?;
-    s.flush()?;
-    let mut r = BufReader::new(s);
-    let mut status = String::new();
-    r.read_line(&mut status)?;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-    }
-    if !status.contains(" 200 ") {
+/// Why the hook could not reach the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostError {
+    /// The hook URL is not an `http://` URL.
+    #[error("unsupported hook URL {0}")]
+    Url(String),
+    /// Sending the request or receiving the answer's head.
+    #[error(transparent)]
+    Request(#[from] reqwest::Error),
+    /// Reading the streamed answer, or writing it out.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn post(url: &str, secret: &str, req: &Request) -> Result<i32, PostError> {
+    let endpoint = url::Url::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "http")
+        .and_then(|u| u.join("/internal/hooks/pre-receive").ok())
+        .ok_or_else(|| PostError::Url(url.to_string()))?;
+    crate::cli::install_tls_provider();
+    // No timeout: the answer streams for as long as the build runs.
+    let resp = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(None)
+        .build()?
+        .post(endpoint)
+        .header("X-Shoal-Hook-Secret", secret)
+        .json(req)
+        .send()?;
+    let status = resp.status();
+    let mut r = BufReader::new(resp);
+    if status != reqwest::StatusCode::OK {
         let mut rest = String::new();
         let _ = r.take(4096).read_to_string(&mut rest);
         println!(
             "shoal: the builder refused the push: {} {}",
-            status.trim(),
+            status,
             rest.trim()
         );
         return Ok(1);
