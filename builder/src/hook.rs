@@ -281,4 +281,80 @@ mod tests {
             Plan::Reject(_)
         ));
     }
+
+    /// A one-request server answering `reply` after reading the request; returns its URL and
+    /// the request it read.
+    fn serve_once(reply: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s);
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            r.read_exact(&mut body).unwrap();
+            r.get_mut().write_all(reply.as_bytes()).unwrap();
+            head + &String::from_utf8(body).unwrap()
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn the_hook_posts_and_follows_the_verdict() {
+        let req = Request {
+            fleet: "demo".into(),
+            updates: vec![u("refs/heads/master", "a")],
+            object_dirs: vec![],
+            push_id: None,
+        };
+        let ok =
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbuilding\n\u{1e}shoal-verdict accept\n";
+        let (url, server) = serve_once(ok);
+        assert_eq!(post(&url, "s3cret", &req).unwrap(), 0);
+        let sent = server.join().unwrap();
+        assert!(
+            sent.starts_with("POST /internal/hooks/pre-receive "),
+            "{sent}"
+        );
+        assert!(
+            sent.to_ascii_lowercase()
+                .contains("x-shoal-hook-secret: s3cret")
+        );
+        assert!(sent.contains("\"refs/heads/master\""));
+
+        let rejected =
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n\u{1e}shoal-verdict reject no\n";
+        let (url, server) = serve_once(rejected);
+        assert_eq!(post(&url, "s3cret", &req).unwrap(), 1);
+        server.join().unwrap();
+
+        let cut = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbuilding\n";
+        let (url, server) = serve_once(cut);
+        assert_eq!(post(&url, "s3cret", &req).unwrap(), 1);
+        server.join().unwrap();
+
+        let refused = "HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nbad secret";
+        let (url, server) = serve_once(refused);
+        assert_eq!(post(&url, "wrong", &req).unwrap(), 1);
+        server.join().unwrap();
+
+        assert!(matches!(
+            post("https://x.invalid", "s", &req),
+            Err(PostError::Url(_))
+        ));
+    }
 }
