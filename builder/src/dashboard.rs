@@ -239,6 +239,38 @@ mod tests {
         );
     }
 
+    async fn text(r: Response) -> String {
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_page_template_keeps_the_chrome_and_escapes() {
+        let r = page("<T>", Some("a b\""), Tab::Devices, "<p id=\"body\">x</p>");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let html = text(r).await;
+        for part in [
+            "<title>&#60;T&#62; · Shoal</title>",
+            "<span class=\"fleet\">fleet <b>a b&#34;</b></span>",
+            "<nav><a href=\"/ui/fleets/a%20b%22/releases\">Releases</a><a href=\"/ui/fleets/a%20b%22/devices\" class=\"active\">Devices</a>",
+            "<input id=\"token\" type=\"password\"",
+            "<button id=\"token-save\" type=\"button\">Use token</button>",
+            "<main>\n<p id=\"body\">x</p>\n</main>",
+            "<div id=\"flash\" role=\"status\"></div>",
+        ] {
+            assert!(html.contains(part), "{part} not in {html}");
+        }
+        let html = text(error_page(StatusCode::NOT_FOUND, "no <fleet>")).await;
+        assert!(
+            html.contains("<h1>404</h1><p>no &#60;fleet&#62;</p>"),
+            "{html}"
+        );
+        assert!(!html.contains("<nav>"), "{html}");
+    }
+
     #[test]
     fn durations_read_naturally() {
         assert_eq!(duration(850), "850 ms");
