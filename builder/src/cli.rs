@@ -155,11 +155,6 @@ pub struct Client {
     token: Option<String>,
 }
 
-/// Installs ring as the process's rustls provider (reqwest is built without one); idempotent.
-pub(crate) fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Client {
     /// A client of the builder at `url` (`http://HOST:PORT`).
     pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
@@ -168,7 +163,8 @@ impl Client {
             .filter(|u| u.scheme() == "http" && u.host_str().is_some() && u.path() == "/")
             .filter(|u| u.query().is_none() && u.fragment().is_none())
             .ok_or_else(|| ClientError::Url(url.to_string()))?;
-        install_tls_provider();
+        // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::blocking::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(600))

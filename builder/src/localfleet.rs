@@ -470,7 +470,8 @@ async fn http_request(
         .and_then(|u| u.join(path))
         .map_err(|e| api(e.to_string()))?;
     let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| api(e.to_string()))?;
-    crate::cli::install_tls_provider();
+    // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let resp = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
