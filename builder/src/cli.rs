@@ -3,11 +3,10 @@
 //! `shoal-builder releases list|show|logs`, `shoal-builder rollout status|pause|resume|abort|promote`
 //! and `shoal-builder devices list` talk to a running builder over its JSON API (`--url`, or
 //! `SHOAL_URL`; the token from `--token` or `SHOAL_TOKEN`). Each prints a table for people or,
-//! with `--json`, the API's JSON. The client ([`Client`]) is a small blocking HTTP/1.0 client:
-//! the builder listens on plain HTTP (put TLS in front of it when it leaves the host).
+//! with `--json`, the API's JSON. The client ([`Client`]) is reqwest's blocking client: the
+//! builder listens on plain HTTP (put TLS in front of it when it leaves the host).
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -22,9 +21,17 @@ pub enum ClientError {
     /// The URL is not `http://HOST:PORT`.
     #[error("unsupported builder URL {0:?}: use http://HOST:PORT")]
     Url(String),
-    /// Network.
+    /// Network: the request, or reading the answer.
     #[error("cannot reach the builder at {url}: {source}")]
-    Io {
+    Request {
+        /// The URL.
+        url: String,
+        /// The failure.
+        source: reqwest::Error,
+    },
+    /// The connection failed while a streamed answer was being read.
+    #[error("reading the answer of the builder at {url}: {source}")]
+    Body {
         /// The URL.
         url: String,
         /// The failure.
@@ -143,78 +150,70 @@ pub struct RolloutArgs {
 /// A blocking client of the builder's API.
 #[derive(Debug, Clone)]
 pub struct Client {
-    url: String,
-    hostport: String,
+    base: url::Url,
+    http: reqwest::blocking::Client,
     token: Option<String>,
 }
 
 impl Client {
     /// A client of the builder at `url` (`http://HOST:PORT`).
     pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
-        let rest = url
-            .strip_prefix("http://")
+        let base = url::Url::parse(url)
+            .ok()
+            .filter(|u| u.scheme() == "http" && u.host_str().is_some() && u.path() == "/")
+            .filter(|u| u.query().is_none() && u.fragment().is_none())
             .ok_or_else(|| ClientError::Url(url.to_string()))?;
-        let hostport = rest.trim_end_matches('/');
-        if hostport.is_empty() || hostport.contains('/') {
-            return Err(ClientError::Url(url.to_string()));
-        }
-        let hostport = if hostport.contains(':') {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:80")
-        };
-        Ok(Client {
-            url: url.to_string(),
-            hostport,
-            token,
-        })
+        // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|source| ClientError::Request {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(Client { base, http, token })
     }
 
-    fn io(&self) -> impl Fn(std::io::Error) -> ClientError + '_ {
-        |source| ClientError::Io {
-            url: self.url.clone(),
+    fn unreachable(&self) -> impl Fn(reqwest::Error) -> ClientError + '_ {
+        |source| ClientError::Request {
+            url: self.base.to_string(),
             source,
         }
     }
 
-    /// Sends a request; returns the status and a reader positioned at the body.
+    /// Sends a request; returns the answer, whatever its status.
     fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, std::io::BufReader<TcpStream>), ClientError> {
-        use std::io::BufRead;
-        let mut s = TcpStream::connect(&self.hostport).map_err(self.io())?;
-        s.set_read_timeout(Some(Duration::from_secs(600)))
-            .map_err(self.io())?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            self.hostport,
-            body.len()
-        );
+    ) -> Result<reqwest::blocking::Response, ClientError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| ClientError::Usage(format!("{path}: {e}")))?;
+        let mut req = self.http.request(method, url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Some(t) = &self.token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            req = req.bearer_auth(t);
         }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes()).map_err(self.io())?;
-        let mut r = std::io::BufReader::new(s);
-        let mut status_line = String::new();
-        r.read_line(&mut status_line).map_err(self.io())?;
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| ClientError::Protocol(format!("status line {status_line:?}")))?;
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).map_err(self.io())? == 0 || line == "\r\n" {
-                break;
-            }
+        req.send().map_err(self.unreachable())
+    }
+
+    /// The error an unsuccessful answer carries.
+    fn error(&self, resp: reqwest::blocking::Response) -> ClientError {
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().unwrap_or(Value::Null);
+        ClientError::Http {
+            status,
+            message: v["error"].as_str().unwrap_or("error").to_string(),
         }
-        Ok((status, r))
     }
 
     /// A JSON request; an error answer becomes [`ClientError::Http`].
@@ -224,9 +223,9 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
-        let (status, mut r) = self.send(method, path, body)?;
-        let mut bytes = Vec::new();
-        r.read_to_end(&mut bytes).map_err(self.io())?;
+        let resp = self.send(method, path, body)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().map_err(self.unreachable())?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&bytes)))
         })?;
@@ -241,24 +240,21 @@ impl Client {
 
     /// Copies a text answer to `out` as it arrives.
     pub fn stream(&self, path: &str, out: &mut impl Write) -> Result<(), ClientError> {
-        let (status, mut r) = self.send("GET", path, None)?;
-        if !(200..300).contains(&status) {
-            let mut bytes = Vec::new();
-            r.read_to_end(&mut bytes).map_err(self.io())?;
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ClientError::Http {
-                status,
-                message: v["error"].as_str().unwrap_or("error").to_string(),
-            });
+        let mut resp = self.send("GET", path, None)?;
+        if !resp.status().is_success() {
+            return Err(self.error(resp));
         }
         let mut buf = [0u8; 8192];
         loop {
-            let n = r.read(&mut buf).map_err(self.io())?;
+            let n = resp.read(&mut buf).map_err(|source| ClientError::Body {
+                url: self.base.to_string(),
+                source,
+            })?;
             if n == 0 {
                 return Ok(());
             }
-            out.write_all(&buf[..n]).map_err(self.io())?;
-            out.flush().map_err(self.io())?;
+            out.write_all(&buf[..n]).map_err(out_err)?;
+            out.flush().map_err(out_err)?;
         }
     }
 

@@ -24,7 +24,6 @@ use shoal_node::daemon::identity::DeviceKey;
 use shoal_node::daemon::runtime::{DockerRuntime, RuntimeConfig};
 use shoal_node::daemon::{BoxFuture, Handle, Runtime};
 use shoal_protocol::{DeviceId, Envelope, RolloutPlan, TrustRoot, Wave, encoding};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::steering::Progress;
 
@@ -342,11 +341,15 @@ impl LocalFleet {
 
     /// The git remote with the token as credentials.
     pub fn remote(&self) -> String {
-        format!(
-            "http://git:{}@{}/git/{FLEET}.git",
-            self.token,
-            self.url.trim_start_matches("http://")
-        )
+        let endpoint = format!("/git/{FLEET}.git");
+        let Ok(mut remote) = url::Url::parse(&self.url).and_then(|u| u.join(&endpoint)) else {
+            // Not a URL (the builder printed something else): git will say so.
+            return format!("{}{endpoint}", self.url);
+        };
+        // Both fail only for URLs that cannot have credentials, which `http://` URLs can.
+        let _ = remote.set_username("git");
+        let _ = remote.set_password(Some(&self.token));
+        remote.into()
     }
 
     /// Pushes `project` (a git repository) to the fleet's master, calling `on_line` with each
@@ -451,7 +454,7 @@ async fn get_json(url: &str, token: &str, path: &str) -> Result<serde_json::Valu
     })
 }
 
-/// A minimal HTTP/1.0 request with the token as bearer credentials.
+/// A request with the token as bearer credentials; returns status and body.
 async fn http_request(
     url: &str,
     token: &str,
@@ -459,37 +462,31 @@ async fn http_request(
     path: &str,
     body: &str,
 ) -> Result<(u16, Vec<u8>), LocalError> {
-    let addr = url.trim_start_matches("http://").to_string();
     let api = |message: String| LocalError::Api {
         path: path.into(),
         message,
     };
-    let mut s = tokio::net::TcpStream::connect(&addr)
+    let endpoint = url::Url::parse(url)
+        .and_then(|u| u.join(path))
+        .map_err(|e| api(e.to_string()))?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| api(e.to_string()))?;
+    // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| api(e.to_string()))?
+        .request(method, endpoint)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
         .await
         .map_err(|e| api(e.to_string()))?;
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| api(e.to_string()))?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp))
-        .await
-        .map_err(|_| api("timed out".into()))?
-        .map_err(|e| api(e.to_string()))?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| api("no header end".into()))?;
-    let head = String::from_utf8_lossy(&resp[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| api(format!("bad status line {head:?}")))?;
-    Ok((status, resp[split + 4..].to_vec()))
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| api(e.to_string()))?;
+    Ok((status, body.to_vec()))
 }
 
 /// A git command in `dir` with a clean, non-interactive environment.

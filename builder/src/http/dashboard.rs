@@ -7,9 +7,11 @@
 //! JSON API from the browser with the token the user typed into the header, kept in the
 //! browser's `localStorage`, so the API's 401/403 rules hold for the dashboard too.
 //!
-//! Every piece of user-controlled text (commits, refs, service names, compose files, logs,
-//! device names, view names, error messages) goes through [`esc`] before it reaches HTML; the
-//! script only ever sets `textContent`.
+//! The page around each body and the fleet list are askama templates (`builder/templates/
+//! dashboard/`), which escape what they insert; every other piece of user-controlled text
+//! (commits, refs, service names, compose files, logs, device names, view names, error messages)
+//! goes through [`esc`] (askama's HTML escaper) before it reaches HTML; the script only ever sets
+//! `textContent`.
 //!
 //! | page | what |
 //! |---|---|
@@ -49,19 +51,13 @@ pub fn routes() -> Router<Server> {
         .route("/ui/fleets/{fleet}/audit", get(fleet::audit))
 }
 
-/// Escapes text for HTML element content and attribute values.
+/// Escapes text for HTML element content and attribute values (askama's HTML escaper:
+/// `&`, `<`, `>`, `"`, `'`).
 pub fn esc(s: &str) -> String {
+    use askama::filters::Escaper as _;
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    // Writing to a `String` cannot fail.
+    let _ = askama::filters::Html.write_escaped_str(&mut out, s);
     out
 }
 
@@ -109,63 +105,77 @@ pub(crate) enum Tab {
     Audit,
 }
 
+/// One navigation link.
+#[derive(Debug)]
+struct NavLink {
+    href: String,
+    label: &'static str,
+    active: bool,
+}
+
+/// The page around every dashboard body (`templates/dashboard/page.html`).
+#[derive(Debug, askama::Template)]
+#[template(path = "dashboard/page.html")]
+struct Page<'a> {
+    title: &'a str,
+    fleet: Option<&'a str>,
+    /// The fleet's tabs; none outside a fleet.
+    nav: Vec<NavLink>,
+    /// HTML, escaped where it was built.
+    body: &'a str,
+}
+
+/// The fleet list (`templates/dashboard/fleets.html`).
+#[derive(Debug, askama::Template)]
+#[template(path = "dashboard/fleets.html")]
+struct Fleets {
+    /// (name in URLs, name).
+    fleets: Vec<(String, String)>,
+}
+
+/// An HTML answer; a template that fails to render is a 500.
+fn html(rendered: askama::Result<String>) -> Response {
+    match rendered {
+        Ok(html) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 /// A whole page around `body`.
 pub(crate) fn page(title: &str, fleet: Option<&str>, tab: Tab, body: &str) -> Response {
     let nav = match fleet {
         Some(f) => {
             let f = crate::operator::views::url_encode(f);
-            let link = |t: Tab, path: &str, label: &str| {
-                let class = if t == tab { " class=\"active\"" } else { "" };
-                format!("<a href=\"/ui/fleets/{f}/{path}\"{class}>{label}</a>")
-            };
-            format!(
-                "<nav>{}{}{}{}</nav>",
-                link(Tab::Releases, "releases", "Releases"),
-                link(Tab::Devices, "devices", "Devices"),
-                link(Tab::Settings, "settings", "Settings"),
-                link(Tab::Audit, "audit", "Audit"),
-            )
+            [
+                (Tab::Releases, "releases", "Releases"),
+                (Tab::Devices, "devices", "Devices"),
+                (Tab::Settings, "settings", "Settings"),
+                (Tab::Audit, "audit", "Audit"),
+            ]
+            .into_iter()
+            .map(|(t, path, label)| NavLink {
+                href: format!("/ui/fleets/{f}/{path}"),
+                label,
+                active: t == tab,
+            })
+            .collect()
         }
-        None => String::new(),
+        None => Vec::new(),
     };
-    let fleet_label = fleet
-        .map(|f| format!("<span class=\"fleet\">fleet <b>{}</b></span>", esc(f)))
-        .unwrap_or_default();
-    let html = format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · Shoal</title>
-<link rel="stylesheet" href="/ui/assets/app.css">
-<script src="/ui/assets/app.js" defer></script>
-</head>
-<body>
-<header class="top">
-<a class="brand" href="/">Shoal</a>
-{fleet_label}
-{nav}
-<div class="auth"><span id="token-state" class="muted"></span><input id="token" type="password" placeholder="push or operator token" autocomplete="off"><button id="token-save" type="button">Use token</button></div>
-</header>
-<main>
-{body}
-</main>
-<div id="flash" role="status"></div>
-</body>
-</html>
-"#,
-        title = esc(title),
-    );
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        html,
-    )
-        .into_response()
+    html(askama::Template::render(&Page {
+        title,
+        fleet,
+        nav,
+        body,
+    }))
 }
 
 /// An error page.
@@ -188,21 +198,14 @@ async fn home(State(s): State<Server>) -> Response {
         ))
         .into_response(),
         Ok(fleets) => {
-            let mut body = String::from("<h1>Fleets</h1>");
-            if fleets.is_empty() {
-                body.push_str("<div class=\"empty\">No fleets yet: <code>shoal-builder fleet create NAME --arch amd64 --device-type generic-amd64</code></div>");
-            } else {
-                body.push_str("<div class=\"table-wrap\"><table><tbody>");
-                for f in fleets {
-                    body.push_str(&format!(
-                        "<tr><td><a href=\"/ui/fleets/{}/releases\">{}</a></td></tr>",
-                        crate::operator::views::url_encode(&f),
-                        esc(&f)
-                    ));
-                }
-                body.push_str("</tbody></table></div>");
+            let fleets = fleets
+                .into_iter()
+                .map(|f| (crate::operator::views::url_encode(&f), f))
+                .collect();
+            match askama::Template::render(&Fleets { fleets }) {
+                Ok(body) => page("Fleets", None, Tab::Releases, &body),
+                Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
-            page("Fleets", None, Tab::Releases, &body)
         }
         Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -224,16 +227,49 @@ async fn js() -> Response {
 mod tests {
     use super::*;
 
+    /// askama writes numeric character references (`&#60;` for `<`).
     #[test]
     fn escaping_covers_markup_and_quotes() {
         assert_eq!(
             esc("<script>alert('x')</script> & \"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+            "&#60;script&#62;alert(&#39;x&#39;)&#60;/script&#62; &#38; &#34;q&#34;"
         );
         assert_eq!(
             badge("rolled_back\"><x"),
-            "<span class=\"badge rolled_backx\">rolled back&quot;&gt;&lt;x</span>"
+            "<span class=\"badge rolled_backx\">rolled back&#34;&#62;&#60;x</span>"
         );
+    }
+
+    async fn text(r: Response) -> String {
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_page_template_keeps_the_chrome_and_escapes() {
+        let r = page("<T>", Some("a b\""), Tab::Devices, "<p id=\"body\">x</p>");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let html = text(r).await;
+        for part in [
+            "<title>&#60;T&#62; · Shoal</title>",
+            "<span class=\"fleet\">fleet <b>a b&#34;</b></span>",
+            "<nav><a href=\"/ui/fleets/a%20b%22/releases\">Releases</a><a href=\"/ui/fleets/a%20b%22/devices\" class=\"active\">Devices</a>",
+            "<input id=\"token\" type=\"password\"",
+            "<button id=\"token-save\" type=\"button\">Use token</button>",
+            "<main>\n<p id=\"body\">x</p>\n</main>",
+            "<div id=\"flash\" role=\"status\"></div>",
+        ] {
+            assert!(html.contains(part), "{part} not in {html}");
+        }
+        let html = text(error_page(StatusCode::NOT_FOUND, "no <fleet>")).await;
+        assert!(
+            html.contains("<h1>404</h1><p>no &#60;fleet&#62;</p>"),
+            "{html}"
+        );
+        assert!(!html.contains("<nav>"), "{html}");
     }
 
     #[test]

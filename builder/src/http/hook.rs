@@ -186,36 +186,46 @@ pub fn client_main() -> i32 {
     }
 }
 
-fn post(url: &str, secret: &str, req: &Request) -> std::io::Result<i32> {
-    let addr = url
-        .strip_prefix("http://")
-        .ok_or_else(|| std::io::Error::other(format!("unsupported hook URL {url}")))?
-        .trim_end_matches('/');
-    let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-    let mut s = std::net::TcpStream::connect(addr)?;
-    // HTTP/1.0 so the reply is not chunked: it ends when the server closes the connection.
-    write!(
-        s,
-        "POST /internal/hooks/pre-receive HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nX-Shoal-Hook-Secret: {secret}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(&body)?;
-    s.flush()?;
-    let mut r = BufReader::new(s);
-    let mut status = String::new();
-    r.read_line(&mut status)?;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-    }
-    if !status.contains(" 200 ") {
+/// Why the hook could not reach the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostError {
+    /// The hook URL is not an `http://` URL.
+    #[error("unsupported hook URL {0}")]
+    Url(String),
+    /// Sending the request or receiving the answer's head.
+    #[error(transparent)]
+    Request(#[from] reqwest::Error),
+    /// Reading the streamed answer, or writing it out.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn post(url: &str, secret: &str, req: &Request) -> Result<i32, PostError> {
+    let endpoint = url::Url::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "http")
+        .and_then(|u| u.join("/internal/hooks/pre-receive").ok())
+        .ok_or_else(|| PostError::Url(url.to_string()))?;
+    // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // No timeout: the answer streams for as long as the build runs.
+    let resp = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(None)
+        .build()?
+        .post(endpoint)
+        .header("X-Shoal-Hook-Secret", secret)
+        .json(req)
+        .send()?;
+    let status = resp.status();
+    let mut r = BufReader::new(resp);
+    if status != reqwest::StatusCode::OK {
         let mut rest = String::new();
         let _ = r.take(4096).read_to_string(&mut rest);
         println!(
             "shoal: the builder refused the push: {} {}",
-            status.trim(),
+            status,
             rest.trim()
         );
         return Ok(1);
@@ -270,6 +280,82 @@ mod tests {
         assert!(matches!(
             plan(&[u("refs/heads/master", "x")]),
             Plan::Reject(_)
+        ));
+    }
+
+    /// A one-request server answering `reply` after reading the request; returns its URL and
+    /// the request it read.
+    fn serve_once(reply: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s);
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            r.read_exact(&mut body).unwrap();
+            r.get_mut().write_all(reply.as_bytes()).unwrap();
+            head + &String::from_utf8(body).unwrap()
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn the_hook_posts_and_follows_the_verdict() {
+        let req = Request {
+            fleet: "demo".into(),
+            updates: vec![u("refs/heads/master", "a")],
+            object_dirs: vec![],
+            push_id: None,
+        };
+        let ok =
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbuilding\n\u{1e}shoal-verdict accept\n";
+        let (url, server) = serve_once(ok);
+        assert_eq!(post(&url, "s3cret", &req).unwrap(), 0);
+        let sent = server.join().unwrap();
+        assert!(
+            sent.starts_with("POST /internal/hooks/pre-receive "),
+            "{sent}"
+        );
+        assert!(
+            sent.to_ascii_lowercase()
+                .contains("x-shoal-hook-secret: s3cret")
+        );
+        assert!(sent.contains("\"refs/heads/master\""));
+
+        let rejected =
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n\u{1e}shoal-verdict reject no\n";
+        let (url, server) = serve_once(rejected);
+        assert_eq!(post(&url, "s3cret", &req).unwrap(), 1);
+        server.join().unwrap();
+
+        let cut = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbuilding\n";
+        let (url, server) = serve_once(cut);
+        assert_eq!(post(&url, "s3cret", &req).unwrap(), 1);
+        server.join().unwrap();
+
+        let refused = "HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nbad secret";
+        let (url, server) = serve_once(refused);
+        assert_eq!(post(&url, "wrong", &req).unwrap(), 1);
+        server.join().unwrap();
+
+        assert!(matches!(
+            post("https://x.invalid", "s", &req),
+            Err(PostError::Url(_))
         ));
     }
 }

@@ -8,6 +8,11 @@
 //! then names the config and the layer order. Both the legacy (`<id>/layer.tar`) and the OCI
 //! (`blobs/sha256/<hex>`, with `<id>/layer.tar` links to them) layouts of `docker save` are
 //! understood, with GNU long names and pax `path` / `linkpath` records.
+//!
+//! Headers, pax records and numeric fields are the `tar` crate's ([`tar::Header`],
+//! [`tar::PaxExtensions`]); the walk is this module's, not [`tar::Archive::entries`], whose
+//! entries borrow the archive through a `Cell` and so cannot be read on [`chunk_reader`]'s
+//! reading thread, and which reads long-name and pax records without a bound.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -86,23 +91,6 @@ struct TarEntry {
     link: String,
 }
 
-/// A numeric header field: octal text, or GNU base-256 (high bit set) for large values.
-fn octal(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|b| b & 0x80 != 0) {
-        let mut v: u64 = u64::from(field[0] & 0x7f);
-        for b in &field[1..] {
-            v = v.checked_mul(256)?.checked_add(u64::from(*b))?;
-        }
-        return Some(v);
-    }
-    let s = std::str::from_utf8(field).ok()?;
-    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(s, 8).ok()
-}
-
 fn cstr(field: &[u8]) -> String {
     let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
     String::from_utf8_lossy(&field[..end]).into_owned()
@@ -148,15 +136,16 @@ fn next_header<R: Read>(r: &mut R) -> Result<Option<TarEntry>, SaveError> {
     let mut long_name: Option<String> = None;
     let mut long_link: Option<String> = None;
     loop {
-        let mut h = [0u8; 512];
-        if !read_exact_or_eof(r, &mut h)? || h.iter().all(|b| *b == 0) {
+        let mut block = [0u8; 512];
+        if !read_exact_or_eof(r, &mut block)? || block.iter().all(|b| *b == 0) {
             return Ok(None);
         }
-        let size = octal(&h[124..136]).ok_or(SaveError::BadSize)?;
+        let h = tar::Header::from_byte_slice(&block);
+        let size = h.entry_size().map_err(|_| SaveError::BadSize)?;
         let padded = size
             .checked_next_multiple_of(512)
             .ok_or(SaveError::BadSize)?;
-        let kind = h[156];
+        let kind = h.entry_type().as_byte();
         match kind {
             b'L' | b'K' | b'x' => {
                 if size > MAX_EXTENSION_BYTES {
@@ -168,15 +157,12 @@ fn next_header<R: Read>(r: &mut R) -> Result<Option<TarEntry>, SaveError> {
                     b'L' => long_name = Some(cstr(&data)),
                     b'K' => long_link = Some(cstr(&data)),
                     _ => {
-                        for rec in String::from_utf8_lossy(&data).lines() {
-                            if let Some((_, kv)) = rec.split_once(' ')
-                                && let Some((k, v)) = kv.split_once('=')
-                            {
-                                match k {
-                                    "path" => long_name = Some(v.to_string()),
-                                    "linkpath" => long_link = Some(v.to_string()),
-                                    _ => {}
-                                }
+                        for rec in tar::PaxExtensions::new(&data).flatten() {
+                            let value = String::from_utf8_lossy(rec.value_bytes()).into_owned();
+                            match rec.key_bytes() {
+                                b"path" => long_name = Some(value),
+                                b"linkpath" => long_link = Some(value),
+                                _ => {}
                             }
                         }
                     }
@@ -189,19 +175,15 @@ fn next_header<R: Read>(r: &mut R) -> Result<Option<TarEntry>, SaveError> {
             }
             _ => {}
         }
-        let mut path = cstr(&h[0..100]);
-        if &h[257..262] == b"ustar" {
-            let prefix = cstr(&h[345..500]);
-            if !prefix.is_empty() {
-                path = format!("{prefix}/{path}");
-            }
-        }
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         return Ok(Some(TarEntry {
-            path: long_name.unwrap_or(path),
+            path: long_name.unwrap_or_else(|| lossy(&h.path_bytes())),
             kind,
             size,
             padded,
-            link: long_link.unwrap_or_else(|| cstr(&h[157..257])),
+            link: long_link
+                .or_else(|| h.link_name_bytes().map(|l| lossy(&l)))
+                .unwrap_or_default(),
         }));
     }
 }
