@@ -62,7 +62,8 @@ pub struct Image {
 
 /// Exports `busybox:latest` with the builder's exporter.
 pub async fn busybox(docker: &Docker, dir: &Path) -> Image {
-    let store = Arc::new(shoal_builder::storage::blobs::Store::open(&dir.join("builder-store")).unwrap());
+    let store =
+        Arc::new(shoal_builder::storage::blobs::Store::open(&dir.join("builder-store")).unwrap());
     let exported = shoal_builder::pipeline::engine::export(docker, "busybox:latest", store.clone())
         .await
         .unwrap();
