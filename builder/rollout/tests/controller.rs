@@ -420,7 +420,10 @@ fn a_wave_with_no_device_is_skipped_without_its_bake_time() {
     assert_eq!(c.poll_timeout(), Some(600_000));
     c.handle_timeout(600_000);
     // Wave 1 has nobody: it opens and succeeds at once, and wave 2 opens with it.
-    assert_eq!(drain(&mut c), vec![Action::OpenWave(1), Action::OpenWave(2)]);
+    assert_eq!(
+        drain(&mut c),
+        vec![Action::OpenWave(1), Action::OpenWave(2)]
+    );
     assert_eq!(c.opened_at_ms(1), Some(600_000));
     assert_eq!(c.opened_at_ms(2), Some(600_000));
     // The lone device's own wave still bakes.
@@ -441,10 +444,18 @@ fn a_lone_device_in_the_last_wave_waits_for_no_empty_wave() {
     c.handle_timeout(5);
     assert_eq!(
         drain(&mut c),
-        vec![Action::OpenWave(0), Action::OpenWave(1), Action::OpenWave(2)]
+        vec![
+            Action::OpenWave(0),
+            Action::OpenWave(1),
+            Action::OpenWave(2)
+        ]
     );
     assert_eq!(c.open_wave(), 2);
-    assert_eq!(c.state(), &State::Running, "the device's own wave waits for it");
+    assert_eq!(
+        c.state(),
+        &State::Running,
+        "the device's own wave waits for it"
+    );
     c.handle_timeout(700_000);
     assert_eq!(
         c.state(),
@@ -479,7 +490,10 @@ fn a_wave_whose_devices_are_all_held_is_skipped() {
     c.set_held(held.iter().copied().collect());
     let mut sorted = held.clone();
     sorted.sort();
-    assert_eq!(drain(&mut c), vec![Action::Hold(sorted), Action::OpenWave(0)]);
+    assert_eq!(
+        drain(&mut c),
+        vec![Action::Hold(sorted), Action::OpenWave(0)]
+    );
     assert_eq!(c.poll_timeout(), Some(0));
     c.handle_timeout(10);
     assert_eq!(drain(&mut c), vec![Action::OpenWave(1)]);
@@ -499,7 +513,11 @@ fn a_device_joining_an_empty_wave_before_it_opens_is_waited_for() {
     healthy(&mut c, 1_000, first);
     c.handle_timeout(600_000);
     assert_eq!(drain(&mut c), vec![Action::OpenWave(1)]);
-    assert_eq!(c.poll_timeout(), Some(1_200_000), "wave 1 has the joiner now");
+    assert_eq!(
+        c.poll_timeout(),
+        Some(1_200_000),
+        "wave 1 has the joiner now"
+    );
     c.handle_timeout(1_199_999);
     assert_eq!(drain(&mut c), vec![]);
 }
