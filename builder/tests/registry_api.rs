@@ -419,3 +419,163 @@ fn the_local_fleets_devices_register_themselves() {
         fleet.shutdown().await;
     });
 }
+
+/// Records release `seq` of fleet `demo` in the builder's data directory as the pipeline does
+/// (chunks in the store, the manifest and announcement signed with the builder's release key);
+/// `serve` seeds it through the origin when it starts. Returns its sequence.
+fn record_release(data: &std::path::Path, seq: u64) -> u64 {
+    use shoal_builder::app::{App, now_s};
+    use shoal_builder::storage::blobs::Kind;
+    use shoal_builder::storage::db::{Outcome, Status};
+    use shoal_protocol::{
+        ChunkRef, Digest, ImageRef, LayerRef, ReleaseManifest, ReleaseSeq, RolloutPlan, Service,
+        UnixTime,
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let app = App::open(data).await.unwrap();
+        let fleet = app.db.fleet("demo").await.unwrap().unwrap();
+        let mut chunks = Vec::new();
+        for i in 0..3u64 {
+            let bytes: Vec<u8> = (0..200 * 1024u64)
+                .map(|j| ((j * 31 + i * 7 + seq) % 251) as u8)
+                .collect();
+            let digest = app.store.put_blob(Kind::Chunk, &bytes).unwrap();
+            chunks.push(ChunkRef {
+                digest,
+                size: bytes.len() as u32,
+            });
+        }
+        let config = br#"{"architecture":"amd64"}"#.to_vec();
+        let created = UnixTime(now_s() as u64);
+        let manifest = ReleaseManifest {
+            fleet: "demo".into(),
+            sequence: ReleaseSeq(seq),
+            commit: format!("{seq:040x}"),
+            created,
+            expires: created.plus_secs(3600),
+            arch: "amd64".into(),
+            device_type: "generic-amd64".into(),
+            services: std::collections::BTreeMap::from([(
+                "main".to_string(),
+                Service {
+                    image: ImageRef {
+                        config_digest: Digest::of(&config),
+                        config,
+                        layers: vec![LayerRef::from_chunks(chunks)],
+                    },
+                    settings: Default::default(),
+                },
+            )]),
+            rollout: RolloutPlan::all_at_once(),
+        };
+        let (mb, ab) = shoal_builder::pipeline::sign(&app, &manifest);
+        let md = app.store.put_blob(Kind::Manifest, &mb).unwrap();
+        app.store.put(Kind::Announcement, &md, &ab).unwrap();
+        let id = app
+            .db
+            .start_release(&fleet, &manifest.commit, "refs/heads/master", now_s())
+            .await
+            .unwrap();
+        let outcome = Outcome {
+            sequence: Some(seq as i64),
+            manifest_digest: Some(md.to_string()),
+            manifest_size: Some(mb.len() as i64),
+            services: serde_json::json!([]),
+            ..Outcome::default()
+        };
+        app.db
+            .finish_release(id, Status::Success, now_s(), 1, "", &outcome)
+            .await
+            .unwrap();
+    });
+    seq
+}
+
+#[test]
+fn a_device_configured_with_enroll_alone_finds_the_origin_and_stages_the_release() {
+    use shoal_node::daemon::config::FileConfig;
+    use shoal_node::daemon::enroll::EnrollState;
+    use std::time::Duration;
+
+    // A real `shoal-builder serve` with a published release (recorded while it is down; `serve`
+    // seeds it through the fleet's origin node when it starts).
+    let mut b = support::Builder::start("enroll_join");
+    b.kill();
+    let seq = record_release(b.data.path(), 1);
+    b.restart();
+    let out = std::process::Command::new(support::BIN)
+        .args(["fleet", "provisioning-key", "demo", "--data"])
+        .arg(b.data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let provisioning_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let origin = b.get_json("/api/v1/fleets/demo/bootstrap")["origin_device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The device's configuration as its provisioner writes it: the trust root and `[enroll]`,
+    // no `bootstrap`, and no LAN discovery to find the origin by.
+    let dir = tempfile::tempdir().unwrap();
+    let trust_root = b.data.path().join("fleets/demo/trust-root.bin");
+    let text = format!(
+        r#"
+data_dir = "{data}"
+fleet = "demo"
+arch = "amd64"
+trust_root = "{trust}"
+listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]
+data_listen = "127.0.0.1:0"
+mdns = false
+
+[enroll]
+builder_url = "{url}"
+provisioning_key = "{provisioning_key}"
+name = "pi-kitchen"
+
+[runtime]
+kind = "stage-only"
+"#,
+        data = dir.path().join("node").display(),
+        trust = trust_root.display(),
+        url = b.url,
+    );
+    let path = dir.path().join("node.toml");
+    let cfg = FileConfig::parse(&path, &text).unwrap();
+    assert!(cfg.bootstrap.is_empty());
+    // `shoal-node init --config node.toml`: the device key.
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    shoal_node::daemon::identity::DeviceKey::create(&cfg.key_path()).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let wait = Duration::from_secs(120);
+    rt.block_on(async {
+        let node = shoal_node::daemon::launch::launch(&cfg).await.unwrap();
+        let state = node.wait_enrollment(wait).await;
+        assert!(
+            matches!(state, Some(EnrollState::Enrolled { ref fleet, .. }) if fleet == "demo"),
+            "{state:?}"
+        );
+        let (s, ok) = node
+            .wait_for(wait, |s| s.peers.iter().any(|p| p.device == origin))
+            .await;
+        assert!(ok, "the origin never became a peer: {s:#?}");
+        let (s, ok) = node.wait_for(wait, |s| s.has_staged(seq)).await;
+        assert!(ok, "release {seq} was not staged: {s:#?}");
+        assert_eq!(s.highest, Some(seq));
+        node.shutdown().await;
+    });
+    let devices = b.get_json("/api/v1/fleets/demo/devices");
+    assert_eq!(devices["devices"][0]["name"], "pi-kitchen");
+}

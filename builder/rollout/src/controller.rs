@@ -289,7 +289,7 @@ impl Controller {
     /// any `OpenWave` still queued, so no held device activates in between. Nothing happens when
     /// the set is unchanged or the rollout is halted. The waves are judged again at the next
     /// report or timeout (not here: at the start of a rollout no device has joined yet, and an
-    /// empty wave would count as a success).
+    /// empty wave would be skipped).
     pub fn set_held(&mut self, devices: BTreeSet<DeviceId>) {
         let devices: BTreeSet<DeviceId> = devices.into_iter().take(MAX_HELD_DEVICES).collect();
         if devices == self.held || self.state == State::Halted {
@@ -407,6 +407,10 @@ impl Controller {
         }
         let w = &self.plan.waves[self.open as usize];
         let opened = self.opened_at_ms[self.open as usize]?;
+        if self.skipped(self.open) {
+            // Due at once: nothing to wait for.
+            return Some(opened);
+        }
         let bake = opened.saturating_add(w.bake_time_s.saturating_mul(1000));
         let deadline = opened.saturating_add(self.plan.progress_deadline_s.saturating_mul(1000));
         Some(if self.sample_met(self.open) {
@@ -528,6 +532,14 @@ impl Controller {
         w.min_sample.min(s.devices).max(1)
     }
 
+    /// Whether `wave` is known to be empty: the device list is known ([`Controller::with_devices`])
+    /// and none of its devices is in the wave (or all of them are held). Such a wave succeeds at
+    /// once, without waiting for its bake time. From wave sizes alone ([`Controller::new`]) an
+    /// empty wave still bakes.
+    fn skipped(&self, wave: u32) -> bool {
+        self.devices.is_some() && self.stats[wave as usize].devices == 0
+    }
+
     fn sample_met(&self, wave: u32) -> bool {
         let s = &self.stats[wave as usize];
         s.devices == 0 || s.concluded() >= self.needed(wave)
@@ -565,7 +577,7 @@ impl Controller {
             || (s.concluded() >= self.needed(wave)
                 && u64::from(s.healthy) * 100
                     >= u64::from(w.success_threshold_pct) * u64::from(s.concluded()));
-        if success && baked {
+        if success && (baked || self.skipped(wave)) {
             self.advance(now_ms);
         } else if now_ms
             >= opened.saturating_add(self.plan.progress_deadline_s.saturating_mul(1000))

@@ -16,6 +16,11 @@
 //! - The open wave **succeeds** once at least its minimum sample (capped at the wave's size) has
 //!   concluded, the healthy share of those reaches the success threshold, and its bake time has
 //!   passed since it opened. Then the next wave opens, or, after the last, the rollout completes.
+//! - With the fleet's device list ([`Controller::with_devices`]), a wave with no device in it
+//!   (none of the list falls in it, or all of them are held) is **skipped**: it succeeds as soon
+//!   as it is judged, without its bake time, so a lone device in a late wave does not wait behind
+//!   empty ones. [`Controller::poll_timeout`] is due at once while the open wave is such a wave.
+//!   From wave sizes alone ([`Controller::new`]) an empty wave succeeds after its bake time.
 //! - Any open wave whose failures reach its error threshold — counted over the larger of its
 //!   concluded reports and its minimum sample, so two early failures in a wave of a hundred do
 //!   not stop everything, but a sample's worth do — **pauses** the rollout.

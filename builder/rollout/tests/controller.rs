@@ -373,3 +373,162 @@ fn only_an_unstarted_rollout_can_be_held() {
     f.c.set_held([device(1)].into_iter().collect());
     assert_eq!(f.actions(), vec![], "a halted release holds no one");
 }
+
+/// The first `n` devices (of the test's numbering) that fall in `wave` of `plan`.
+fn in_wave(plan: &RolloutPlan, wave: u32, n: usize) -> Vec<DeviceId> {
+    (0..)
+        .map(device)
+        .filter(|d| wave_of(plan, d, FLEET, SEQ) == wave)
+        .take(n)
+        .collect()
+}
+
+fn listed(plan: RolloutPlan, devices: &[DeviceId]) -> Controller {
+    Controller::with_devices(FLEET, SEQ, digest(), plan, devices.iter().copied(), None, 0)
+}
+
+fn healthy(c: &mut Controller, now_ms: u64, d: DeviceId) {
+    c.handle_report(
+        now_ms,
+        &StatusReport {
+            fleet: FLEET.into(),
+            device: d,
+            sequence: SEQ,
+            manifest_digest: digest(),
+            state: DeviceState::Healthy,
+            time: UnixTime(now_ms / 1000 + 1),
+            nonce: now_ms,
+            detail: String::new(),
+        },
+    );
+}
+
+fn drain(c: &mut Controller) -> Vec<Action> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+#[test]
+fn a_wave_with_no_device_is_skipped_without_its_bake_time() {
+    let p = plan(600);
+    let first = in_wave(&p, 0, 1)[0];
+    let last = in_wave(&p, 2, 1)[0];
+    let mut c = listed(p, &[first, last]);
+    assert_eq!(c.stats(1).unwrap().devices, 0);
+    assert_eq!(drain(&mut c), vec![Action::OpenWave(0)]);
+    healthy(&mut c, 1_000, first);
+    assert_eq!(drain(&mut c), vec![], "wave 0 bakes");
+    assert_eq!(c.poll_timeout(), Some(600_000));
+    c.handle_timeout(600_000);
+    // Wave 1 has nobody: it opens and succeeds at once, and wave 2 opens with it.
+    assert_eq!(
+        drain(&mut c),
+        vec![Action::OpenWave(1), Action::OpenWave(2)]
+    );
+    assert_eq!(c.opened_at_ms(1), Some(600_000));
+    assert_eq!(c.opened_at_ms(2), Some(600_000));
+    // The lone device's own wave still bakes.
+    healthy(&mut c, 601_000, last);
+    assert_eq!(drain(&mut c), vec![]);
+    assert_eq!(c.poll_timeout(), Some(1_200_000));
+    c.handle_timeout(1_200_000);
+    assert_eq!(drain(&mut c), vec![Action::Complete]);
+}
+
+#[test]
+fn a_lone_device_in_the_last_wave_waits_for_no_empty_wave() {
+    let p = plan(600);
+    let lone = in_wave(&p, 2, 1)[0];
+    let mut c = listed(p, &[lone]);
+    // Wave 0 is empty too: due at once, not after its bake time or the progress deadline.
+    assert_eq!(c.poll_timeout(), Some(0));
+    c.handle_timeout(5);
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            Action::OpenWave(0),
+            Action::OpenWave(1),
+            Action::OpenWave(2)
+        ]
+    );
+    assert_eq!(c.open_wave(), 2);
+    assert_eq!(
+        c.state(),
+        &State::Running,
+        "the device's own wave waits for it"
+    );
+    c.handle_timeout(700_000);
+    assert_eq!(
+        c.state(),
+        &State::Paused(PauseReason::Deadline { wave: 2 }),
+        "a silent device still misses its deadline"
+    );
+}
+
+#[test]
+fn a_fleet_with_no_device_completes_at_the_first_timeout() {
+    let mut c = listed(plan(600), &[]);
+    assert_eq!(c.poll_timeout(), Some(0));
+    c.handle_timeout(0);
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            Action::OpenWave(0),
+            Action::OpenWave(1),
+            Action::OpenWave(2),
+            Action::Complete
+        ]
+    );
+    assert_eq!(c.state(), &State::Complete);
+}
+
+#[test]
+fn a_wave_whose_devices_are_all_held_is_skipped() {
+    let p = plan(600);
+    let held = in_wave(&p, 0, 2);
+    let later = in_wave(&p, 1, 1);
+    let mut c = listed(p, &[held.clone(), later].concat());
+    c.set_held(held.iter().copied().collect());
+    let mut sorted = held.clone();
+    sorted.sort();
+    assert_eq!(
+        drain(&mut c),
+        vec![Action::Hold(sorted), Action::OpenWave(0)]
+    );
+    assert_eq!(c.poll_timeout(), Some(0));
+    c.handle_timeout(10);
+    assert_eq!(drain(&mut c), vec![Action::OpenWave(1)]);
+    // Released again before wave 1 ended: they count in wave 0, which has succeeded already.
+    c.set_held(Default::default());
+    assert_eq!(c.open_wave(), 1);
+}
+
+#[test]
+fn a_device_joining_an_empty_wave_before_it_opens_is_waited_for() {
+    let p = plan(600);
+    let first = in_wave(&p, 0, 1)[0];
+    let joiner = in_wave(&p, 1, 1)[0];
+    let mut c = listed(p, &[first]);
+    assert!(c.add_device(joiner));
+    drain(&mut c);
+    healthy(&mut c, 1_000, first);
+    c.handle_timeout(600_000);
+    assert_eq!(drain(&mut c), vec![Action::OpenWave(1)]);
+    assert_eq!(
+        c.poll_timeout(),
+        Some(1_200_000),
+        "wave 1 has the joiner now"
+    );
+    c.handle_timeout(1_199_999);
+    assert_eq!(drain(&mut c), vec![]);
+}
+
+#[test]
+fn from_wave_sizes_alone_an_empty_wave_still_bakes() {
+    let mut c = Controller::new(FLEET, SEQ, digest(), plan(60), &[0, 3, 3], None, 0);
+    assert_eq!(drain(&mut c), vec![Action::OpenWave(0)]);
+    assert_eq!(c.poll_timeout(), Some(60_000));
+    c.handle_timeout(59_999);
+    assert_eq!(drain(&mut c), vec![]);
+    c.handle_timeout(60_000);
+    assert_eq!(drain(&mut c), vec![Action::OpenWave(1)]);
+}

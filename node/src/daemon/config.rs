@@ -9,12 +9,13 @@
 //! site = "lab-1"                        # optional site label
 //! listen = ["/ip4/0.0.0.0/udp/7400/quic-v1"]      # libp2p (gossip, discovery)
 //! data_listen = "0.0.0.0:7401"          # QUIC chunk transfer
-//! bootstrap = ["/ip4/10.0.0.1/udp/7400/quic-v1/p2p/12D3Koo..."]
+//! bootstrap = ["/ip4/10.0.0.1/udp/7400/quic-v1/p2p/12D3Koo..."]  # optional with [enroll]
 //! store_quota_bytes = 17179869184
 //! mdns = true
 //! metrics = "127.0.0.1:9464"            # Prometheus endpoint (GET /metrics); omit to disable
 //!
-//! [enroll]                              # optional: register with the builder at start
+//! [enroll]                              # optional: register with the builder at start,
+//!                                       # then dial the origin's addresses it gives
 //! builder_url = "http://10.0.0.1:8080"  # or https:// (a certificate from a public CA)
 //! provisioning_key = "shoalprov_..."    # `shoal-builder fleet provisioning-key FLEET`
 //! name = "pi-kitchen"                   # default device-<first 8 hex digits of the device id>
@@ -57,7 +58,9 @@ pub struct FileConfig {
     /// The data plane's UDP address.
     #[serde(default = "default_data_listen")]
     pub data_listen: SocketAddr,
-    /// Peers to dial at start (multiaddrs ending in `/p2p/<peer id>`).
+    /// Peers to dial at start (multiaddrs ending in `/p2p/<peer id>`). Optional with
+    /// [`FileConfig::enroll`]: once registered, the daemon also dials the origin's addresses
+    /// the builder gives (`GET` of the registration answer's `bootstrap_url`).
     #[serde(default)]
     pub bootstrap: Vec<String>,
     /// Most bytes the chunk store may hold.
@@ -69,7 +72,8 @@ pub struct FileConfig {
     /// The Prometheus endpoint's address.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
-    /// Register with the builder's device registry at start.
+    /// Register with the builder's device registry at start, then learn the origin's addresses
+    /// from the same builder and dial them ([`super::enroll::bootstrap`]).
     #[serde(default)]
     pub enroll: Option<super::enroll::Enrollment>,
     /// How releases are activated (default: the Docker Engine).

@@ -10,10 +10,16 @@
 //! wrong architecture), logging the typed [`EnrollError`]. Registering again on every start is
 //! harmless: the builder updates the device's labels.
 //!
-//! [`post`] is a reqwest client over rustls (the ring provider, the webpki root certificates):
+//! Once registered, the daemon asks the same builder where the fleet's origin is ([`bootstrap`]:
+//! `GET` of the answer's `bootstrap_url`, retried on the same schedule) and dials the addresses
+//! it gets, so a device configured with `[enroll]` alone joins the fleet.
+//!
+//! [`post`] and [`get`] are a reqwest client over rustls (the ring provider, the webpki root certificates):
 //! `http://` and `https://` builder URLs ([`HttpUrl`], parsed by the `url` crate), no proxy from
 //! the environment, no redirects, [`REQUEST_TIMEOUT`] for the whole exchange and an answer of at
 //! most [`MAX_RESPONSE`] bytes. The retry schedule is backon's exponential backoff.
+
+pub mod bootstrap;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -27,7 +33,7 @@ use tokio::sync::watch;
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// How long one registration request may take (connect, send, answer).
+/// How long one request to the builder may take (connect, send, answer).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest answer read.
 pub const MAX_RESPONSE: usize = 256 * 1024;
@@ -266,6 +272,18 @@ pub async fn post(url: &HttpUrl, path: &str, body: &[u8]) -> Result<(u16, Vec<u8
     post_with(&client, url, path, body).await
 }
 
+/// Sends `GET` to `path` under `url`; returns the status and the body.
+pub async fn get(url: &HttpUrl, path: &str) -> Result<(u16, Vec<u8>), EnrollError> {
+    let client = client_builder().build().map_err(|e| EnrollError::BadUrl {
+        url: url.0.to_string(),
+        message: format!("no HTTP client: {}", chain(&e)),
+    })?;
+    let request = client
+        .get(url.join(path))
+        .header(reqwest::header::ACCEPT, "application/json");
+    send(url, request).await
+}
+
 /// [`post`] with a given client.
 async fn post_with(
     client: &reqwest::Client,
@@ -273,15 +291,22 @@ async fn post_with(
     path: &str,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), EnrollError> {
-    let failed = |e: reqwest::Error| classify(url, e);
-    let mut answer = client
+    let request = client
         .post(url.join(path))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(reqwest::header::ACCEPT, "application/json")
-        .body(body.to_vec())
-        .send()
-        .await
-        .map_err(failed)?;
+        .body(body.to_vec());
+    send(url, request).await
+}
+
+/// Sends `request` (to `url`) and reads the answer: its status and at most [`MAX_RESPONSE`]
+/// bytes of body.
+async fn send(
+    url: &HttpUrl,
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, Vec<u8>), EnrollError> {
+    let failed = |e: reqwest::Error| classify(url, e);
+    let mut answer = request.send().await.map_err(failed)?;
     let too_long = || EnrollError::BadResponse(format!("more than {MAX_RESPONSE} bytes"));
     if answer
         .content_length()
@@ -344,38 +369,55 @@ pub async fn register(url: &HttpUrl, r: &Registration) -> Result<Registered, Enr
         return serde_json::from_slice::<Registered>(&answer)
             .map_err(|e| EnrollError::BadResponse(format!("not a registration answer: {e}")));
     }
-    let message = serde_json::from_slice::<serde_json::Value>(&answer)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&answer);
-            text.chars().take(200).collect()
-        });
-    if (400..500).contains(&status) && status != 408 && status != 429 {
+    let message = error_message(&answer);
+    if is_refusal(status) {
         Err(EnrollError::Refused { status, message })
     } else {
         Err(EnrollError::Unavailable { status, message })
     }
 }
 
-/// Registers until it succeeds or is refused for good, publishing the state on `state`.
-/// `fleet`: the node's fleet (the builder must register the device in it).
-pub(super) async fn run(
-    url: HttpUrl,
-    registration: Registration,
-    fleet: String,
-    state: watch::Sender<EnrollState>,
-) {
-    // Devices started together should not retry in lockstep: up to a quarter of the delay more,
-    // from the device id.
-    let jitter = u32::from(registration.device.0[0]);
-    let delays = ExponentialBuilder::default()
+/// The builder's reason in an error answer: its JSON `error`, else the start of the body.
+fn error_message(answer: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(answer);
+            text.chars().take(200).collect()
+        })
+}
+
+/// Whether an HTTP status (not 2xx) is a definite no: a 4xx other than 408 and 429. Anything
+/// else may change if asked again.
+fn is_refusal(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+/// The retry delays: [`INITIAL_BACKOFF`] doubling up to [`MAX_BACKOFF`], without end. Devices
+/// started together should not retry in lockstep: up to a quarter of each delay more, from the
+/// device id.
+fn retry_delays(device: &shoal_protocol::DeviceId) -> impl Iterator<Item = Duration> + use<> {
+    let jitter = u32::from(device.0[0]);
+    ExponentialBuilder::default()
         .with_min_delay(INITIAL_BACKOFF)
         .with_factor(2.0)
         .with_max_delay(MAX_BACKOFF)
         .without_max_times()
         .build()
-        .map(move |delay| delay + delay * jitter / 1024);
+        .map(move |delay| delay + delay * jitter / 1024)
+}
+
+/// Registers until it succeeds or is refused for good, publishing the state on `state`.
+/// `fleet`: the node's fleet (the builder must register the device in it). Returns the
+/// builder's answer once registered (`None`: refused for good).
+pub(super) async fn run(
+    url: HttpUrl,
+    registration: Registration,
+    fleet: String,
+    state: watch::Sender<EnrollState>,
+) -> Option<Registered> {
+    let delays = retry_delays(&registration.device);
     let attempts = AtomicU32::new(0);
     let attempt = || async {
         attempts.fetch_add(1, Ordering::Relaxed);
@@ -412,13 +454,15 @@ pub(super) async fn run(
                 "registered with the builder"
             );
             state.send_replace(EnrollState::Enrolled {
-                fleet: reg.fleet,
+                fleet: reg.fleet.clone(),
                 target_sequence: reg.target_sequence,
             });
+            Some(reg)
         }
         Err(e) => {
             tracing::error!(error = %e, name = %registration.name, "enrollment refused; not retrying");
             state.send_replace(EnrollState::Refused(e));
+            None
         }
     }
 }

@@ -53,6 +53,10 @@ pub(super) enum Command {
     Dial {
         addr: Multiaddr,
     },
+    /// Bootstrap peers (the origin's addresses, from the builder after enrollment).
+    Bootstrap {
+        addrs: Vec<Multiaddr>,
+    },
     PublishUnchecked {
         bytes: Vec<u8>,
     },

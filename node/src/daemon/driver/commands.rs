@@ -1,5 +1,6 @@
 //! Commands from the [`Handle`](crate::daemon::Handle): publish (after the node's own core
-//! accepts), seed a release, gossip unchecked, offer a trust root, dial.
+//! accepts), seed a release, gossip unchecked, offer a trust root, dial; and bootstrap peers
+//! learned from the builder after enrollment.
 
 use super::{Driver, PendingGossip};
 use crate::core::{self, Input};
@@ -45,6 +46,9 @@ impl Driver {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!(%addr, error = %e, "dial failed");
                 }
+            }
+            Command::Bootstrap { addrs } => {
+                super::swarm::dial_bootstrap(&mut self.swarm, &addrs);
             }
             Command::Shutdown => {}
         }

@@ -1,6 +1,7 @@
 //! Start-up: from a [`Launcher`] to a running daemon. Checks the enrollment, opens the store and
 //! the saved state, builds the core, lets the runtime recover, binds the data plane and libp2p
-//! (waiting for the listeners), dials the bootstrap peers, binds the local endpoints, and spawns
+//! (waiting for the listeners), dials the bootstrap peers, binds the local endpoints, starts
+//! enrollment (then the origin's addresses from the builder, dialed as a command), and spawns
 //! the event loop ([`Driver::run`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,8 @@ use tokio::task::JoinSet;
 
 use super::{Driver, EVENT_CAPACITY};
 use crate::core::{self, Input};
-use crate::daemon::handle::Handle;
+use crate::daemon::enroll;
+use crate::daemon::handle::{Command, Handle};
 use crate::daemon::launcher::{Launcher, StartError};
 use crate::daemon::metrics::Counters;
 use crate::daemon::net;
@@ -33,8 +35,7 @@ impl Launcher {
         // A registration the builder will be sent (checked before anything is bound).
         let enroll = match &self.enroll {
             Some(e) => {
-                let url = crate::daemon::enroll::HttpUrl::parse(&e.builder_url)
-                    .map_err(StartError::Enroll)?;
+                let url = enroll::HttpUrl::parse(&e.builder_url).map_err(StartError::Enroll)?;
                 let name = e
                     .name
                     .clone()
@@ -155,16 +156,7 @@ impl Launcher {
                 }
             }
         }
-        for addr in &self.bootstrap {
-            if let Some(Protocol::P2p(peer)) = addr.iter().last()
-                && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
-            {
-                kad.add_address(&peer, addr.clone());
-            }
-            if let Err(e) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
-            }
-        }
+        super::swarm::dial_bootstrap(&mut swarm, &self.bootstrap);
 
         let counters = Arc::new(Counters::default());
         let (events_tx, mut events_rx) = mpsc::channel(EVENT_CAPACITY);
@@ -242,16 +234,25 @@ impl Launcher {
             enrollment: None,
         };
         if let Some((url, registration)) = enroll {
-            let (tx, rx) = watch::channel(crate::daemon::enroll::EnrollState::Pending {
+            let (tx, rx) = watch::channel(enroll::EnrollState::Pending {
                 attempts: 0,
                 last_error: None,
             });
-            driver.tasks.spawn(crate::daemon::enroll::run(
-                url,
-                registration,
-                driver.fleet.clone(),
-                tx,
-            ));
+            // Registered, the daemon learns the origin's addresses from the same builder and
+            // dials them like the configured ones (a command: the loop stops when the handle
+            // goes, whatever this task holds).
+            let commands = cmd_tx.downgrade();
+            let fleet = driver.fleet.clone();
+            driver.tasks.spawn(async move {
+                let Some(registered) = enroll::run(url.clone(), registration, fleet, tx).await
+                else {
+                    return;
+                };
+                let found = enroll::bootstrap::run(&url, &registered.bootstrap_url, &device).await;
+                if let (Some(addrs), Some(commands)) = (found, commands.upgrade()) {
+                    let _ = commands.send(Command::Bootstrap { addrs }).await;
+                }
+            });
             driver.enrollment = Some(rx);
         }
         for fut in local_tasks {

@@ -1,17 +1,40 @@
 //! libp2p events: connections (remote addresses, the first Kademlia bootstrap), gossip messages
 //! (handed to the core for a verdict), identify (a peer of our fleet gets its data plane
-//! dialed) and mDNS discoveries; and publishing on the gossip topic.
+//! dialed) and mDNS discoveries; publishing on the gossip topic; and dialing bootstrap peers
+//! ([`dial_bootstrap`]: the configured ones at start, the builder's later).
 
 use std::net::{IpAddr, SocketAddr};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, gossipsub, identify, mdns};
+use libp2p::{Multiaddr, Swarm, gossipsub, identify, mdns};
 
 use super::{Driver, PendingGossip};
 use crate::core::Input;
 use crate::daemon::identity::device_id_of;
-use crate::daemon::net::{self, BehaviourEvent};
+use crate::daemon::net::{self, Behaviour, BehaviourEvent};
+
+/// Dials bootstrap peers (multiaddrs ending in `/p2p/<peer id>`): each address goes into the
+/// Kademlia table and is dialed, unless its peer is connected already.
+pub(super) fn dial_bootstrap(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr]) {
+    for addr in addrs {
+        let peer = match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        };
+        if let Some(peer) = peer
+            && let Some(kad) = swarm.behaviour_mut().kad.as_mut()
+        {
+            kad.add_address(&peer, addr.clone());
+        }
+        if peer.is_some_and(|p| swarm.is_connected(&p)) {
+            continue;
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+}
 
 impl Driver {
     pub(super) fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
