@@ -54,10 +54,14 @@ impl Drop for Browser {
 }
 
 impl Browser {
-    /// Starts headless Chromium; `None` (with the reason printed) when it is not installed.
+    /// Starts headless Chromium; `None` when it is not installed (the test is then skipped, a
+    /// failure under `CI=true`).
     pub fn start(test: &str) -> Option<Browser> {
         let Some(bin) = find_chromium() else {
-            eprintln!("skipping {test}: chromium is not installed (apt-get install chromium)");
+            shoal_testing::skip::skip(
+                "Chromium",
+                &format!("{test}: not installed (apt-get install chromium)"),
+            );
             return None;
         };
         let profile = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! The Docker Engine as the tests that need one find it: whether one answers (through the
 //! `docker` CLI, so no async client is needed), the local base image `busybox:latest` that
 //! `scripts/base-image.sh` makes (no registry can be reached), and [`docker_lines`] for the
-//! clean-ups that list and remove a test's Engine objects. A test that finds no Engine says
-//! why and returns early; these helpers never fail a test for the lack of one.
+//! clean-ups that list and remove a test's Engine objects. A test that finds no Engine returns
+//! early after [`crate::skip::skip`] recorded why (under `CI=true` it fails instead).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -12,7 +12,8 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// Whether a Docker Engine answers `docker info`; prints why not, naming `test` as skipped.
+/// Whether a Docker Engine answers `docker info`; when none does, the running test is skipped
+/// ([`crate::skip::skip`]: a failure under `CI=true`). `test` names it in the message.
 pub fn available(test: &str) -> bool {
     match Command::new("docker")
         .arg("info")
@@ -22,14 +23,17 @@ pub fn available(test: &str) -> bool {
     {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
-            eprintln!(
-                "SKIPPED {test}: no Docker Engine reachable (start one with scripts/engine.sh): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
+            crate::skip::skip(
+                "a Docker Engine",
+                &format!(
+                    "{test}: none reachable (start one with scripts/engine.sh): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
             );
             false
         }
         Err(e) => {
-            eprintln!("SKIPPED {test}: no docker client: {e}");
+            crate::skip::skip("a Docker Engine", &format!("{test}: no docker client: {e}"));
             false
         }
     }

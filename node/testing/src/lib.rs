@@ -17,6 +17,7 @@
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod engine;
+pub mod skip;
 pub mod wait;
 
 use std::collections::BTreeMap;

@@ -32,14 +32,14 @@ pub async fn engine() -> Option<Docker> {
     let docker = match Docker::connect_with_defaults() {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("skipping: no Docker Engine ({e})");
+            shoal_testing::skip::skip("a Docker Engine", &format!("none ({e})"));
             return None;
         }
     };
     let docker = match docker.negotiate_version().await {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("skipping: no Docker Engine reachable ({e})");
+            shoal_testing::skip::skip("a Docker Engine", &format!("none reachable ({e})"));
             return None;
         }
     };
@@ -47,7 +47,10 @@ pub async fn engine() -> Option<Docker> {
         let _ = shoal_testing::engine::make_base_image();
     }
     if let Err(e) = docker.inspect_image("busybox:latest").await {
-        eprintln!("skipping: busybox:latest could not be made ({e})");
+        shoal_testing::skip::skip(
+            "the base image busybox:latest",
+            &format!("scripts/base-image.sh could not make it ({e})"),
+        );
         return None;
     }
     Some(docker)
