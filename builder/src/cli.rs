@@ -164,7 +164,7 @@ impl Client {
             .filter(|u| u.query().is_none() && u.fragment().is_none())
             .ok_or_else(|| ClientError::Url(url.to_string()))?;
         // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        shoal_node::daemon::quic::install_crypto_provider();
         let http = reqwest::blocking::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(600))

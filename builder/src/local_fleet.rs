@@ -471,7 +471,7 @@ async fn http_request(
         .map_err(|e| api(e.to_string()))?;
     let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| api(e.to_string()))?;
     // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    shoal_node::daemon::quic::install_crypto_provider();
     let resp = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

@@ -10,14 +10,14 @@ use shoal_builder::app::{App, now_s};
 use shoal_builder::live::{Rollouts, system_clock_ms};
 use shoal_builder::origin::{OriginConfig, OriginGossip, Origins};
 use shoal_builder::steering::Progress;
-use shoal_builder::storage::blobs::Kind;
-use shoal_builder::storage::db::{Outcome, Status};
 use shoal_node::daemon::identity::DeviceKey;
 use shoal_protocol::waves::wave_of;
 use shoal_protocol::{
-    ChunkRef, Digest, Envelope, ImageRef, LayerRef, ReleaseManifest, ReleaseSeq, RolloutPlan,
-    Service, TrustRoot, UnixTime, Wave, encoding,
+    Envelope, ReleaseManifest, ReleaseSeq, RolloutPlan, TrustRoot, Wave, encoding,
 };
+
+mod support;
+use support::store_release_with;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -42,69 +42,6 @@ async fn store_release(
     seq: u64,
 ) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
     store_release_with(app, fleet, seq, plan()).await
-}
-
-/// [`store_release`] with another rollout plan.
-async fn store_release_with(
-    app: &App,
-    fleet: &shoal_builder::storage::db::Fleet,
-    seq: u64,
-    rollout: RolloutPlan,
-) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
-    let mut chunks = Vec::new();
-    for i in 0..4u64 {
-        let bytes: Vec<u8> = (0..256 * 1024u64)
-            .map(|j| ((j * 31 + i * 7 + seq) % 251) as u8)
-            .collect();
-        let digest = app.store.put_blob(Kind::Chunk, &bytes).unwrap();
-        chunks.push(ChunkRef {
-            digest,
-            size: bytes.len() as u32,
-        });
-    }
-    let config = br#"{"config":{}}"#.to_vec();
-    let created = UnixTime(now_s() as u64);
-    let manifest = ReleaseManifest {
-        fleet: fleet.name.clone(),
-        sequence: ReleaseSeq(seq),
-        commit: "c".repeat(40),
-        created,
-        expires: created.plus_secs(3600),
-        arch: "amd64".into(),
-        device_type: "generic-amd64".into(),
-        services: BTreeMap::from([(
-            "main".to_string(),
-            Service {
-                image: ImageRef {
-                    config_digest: Digest::of(&config),
-                    config,
-                    layers: vec![LayerRef::from_chunks(chunks)],
-                },
-                settings: Default::default(),
-            },
-        )]),
-        rollout,
-    };
-    let (mb, ab) = shoal_builder::pipeline::sign(app, &manifest);
-    let md = app.store.put_blob(Kind::Manifest, &mb).unwrap();
-    app.store.put(Kind::Announcement, &md, &ab).unwrap();
-    let id = app
-        .db
-        .start_release(fleet, &manifest.commit, "refs/heads/master", now_s())
-        .await
-        .unwrap();
-    let outcome = Outcome {
-        sequence: Some(seq as i64),
-        manifest_digest: Some(md.to_string()),
-        manifest_size: Some(mb.len() as i64),
-        services: serde_json::json!([]),
-        ..Outcome::default()
-    };
-    app.db
-        .finish_release(id, Status::Success, now_s(), 1, "", &outcome)
-        .await
-        .unwrap();
-    (ab, mb, manifest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

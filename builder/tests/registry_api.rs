@@ -424,71 +424,14 @@ fn the_local_fleets_devices_register_themselves() {
 /// (chunks in the store, the manifest and announcement signed with the builder's release key);
 /// `serve` seeds it through the origin when it starts. Returns its sequence.
 fn record_release(data: &std::path::Path, seq: u64) -> u64 {
-    use shoal_builder::app::{App, now_s};
-    use shoal_builder::storage::blobs::Kind;
-    use shoal_builder::storage::db::{Outcome, Status};
-    use shoal_protocol::{
-        ChunkRef, Digest, ImageRef, LayerRef, ReleaseManifest, ReleaseSeq, RolloutPlan, Service,
-        UnixTime,
-    };
+    use shoal_builder::app::App;
+    use shoal_protocol::RolloutPlan;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let app = App::open(data).await.unwrap();
         let fleet = app.db.fleet("demo").await.unwrap().unwrap();
-        let mut chunks = Vec::new();
-        for i in 0..3u64 {
-            let bytes: Vec<u8> = (0..200 * 1024u64)
-                .map(|j| ((j * 31 + i * 7 + seq) % 251) as u8)
-                .collect();
-            let digest = app.store.put_blob(Kind::Chunk, &bytes).unwrap();
-            chunks.push(ChunkRef {
-                digest,
-                size: bytes.len() as u32,
-            });
-        }
-        let config = br#"{"architecture":"amd64"}"#.to_vec();
-        let created = UnixTime(now_s() as u64);
-        let manifest = ReleaseManifest {
-            fleet: "demo".into(),
-            sequence: ReleaseSeq(seq),
-            commit: format!("{seq:040x}"),
-            created,
-            expires: created.plus_secs(3600),
-            arch: "amd64".into(),
-            device_type: "generic-amd64".into(),
-            services: std::collections::BTreeMap::from([(
-                "main".to_string(),
-                Service {
-                    image: ImageRef {
-                        config_digest: Digest::of(&config),
-                        config,
-                        layers: vec![LayerRef::from_chunks(chunks)],
-                    },
-                    settings: Default::default(),
-                },
-            )]),
-            rollout: RolloutPlan::all_at_once(),
-        };
-        let (mb, ab) = shoal_builder::pipeline::sign(&app, &manifest);
-        let md = app.store.put_blob(Kind::Manifest, &mb).unwrap();
-        app.store.put(Kind::Announcement, &md, &ab).unwrap();
-        let id = app
-            .db
-            .start_release(&fleet, &manifest.commit, "refs/heads/master", now_s())
-            .await
-            .unwrap();
-        let outcome = Outcome {
-            sequence: Some(seq as i64),
-            manifest_digest: Some(md.to_string()),
-            manifest_size: Some(mb.len() as i64),
-            services: serde_json::json!([]),
-            ..Outcome::default()
-        };
-        app.db
-            .finish_release(id, Status::Success, now_s(), 1, "", &outcome)
-            .await
-            .unwrap();
+        support::store_release_with(&app, &fleet, seq, RolloutPlan::all_at_once()).await;
     });
     seq
 }

@@ -208,7 +208,7 @@ fn post(url: &str, secret: &str, req: &Request) -> Result<i32, PostError> {
         .and_then(|u| u.join("/internal/hooks/pre-receive").ok())
         .ok_or_else(|| PostError::Url(url.to_string()))?;
     // reqwest is built without a rustls provider: ring, as everywhere in Shoal.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    shoal_node::daemon::quic::install_crypto_provider();
     // No timeout: the answer streams for as long as the build runs.
     let resp = reqwest::blocking::Client::builder()
         .no_proxy()

@@ -11,7 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_protocol::{ReleaseManifest, TrustRoot, UnixTime, verify};
+use std::collections::BTreeMap;
+
+use shoal_builder::app::{App, now_s};
+use shoal_builder::storage::blobs::Kind;
+use shoal_builder::storage::db::{Fleet, Outcome, Status};
+use shoal_protocol::{
+    ChunkRef, Digest, ImageRef, LayerRef, ReleaseManifest, ReleaseSeq, RolloutPlan, Service,
+    TrustRoot, UnixTime, verify,
+};
 
 pub use shoal_testing::engine::{available as engine_available, ensure_base_image};
 
@@ -255,7 +263,7 @@ pub fn http_client() -> &'static reqwest::blocking::Client {
     static CLIENT: std::sync::OnceLock<reqwest::blocking::Client> = std::sync::OnceLock::new();
     CLIENT.get_or_init(|| {
         // reqwest's rustls needs a crypto provider even when no request uses TLS.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        shoal_node::daemon::quic::install_crypto_provider();
         reqwest::blocking::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -435,4 +443,70 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Stores, signs and records release `seq` of `fleet` over ~1 MiB of bytes with `rollout`, as
+/// the pipeline does (chunks in the store, manifest and announcement signed with the builder's
+/// release key, a `success` release row). Returns the announcement and manifest bytes and the
+/// manifest.
+pub async fn store_release_with(
+    app: &App,
+    fleet: &Fleet,
+    seq: u64,
+    rollout: RolloutPlan,
+) -> (Vec<u8>, Vec<u8>, ReleaseManifest) {
+    let mut chunks = Vec::new();
+    for i in 0..4u64 {
+        let bytes: Vec<u8> = (0..256 * 1024u64)
+            .map(|j| ((j * 31 + i * 7 + seq) % 251) as u8)
+            .collect();
+        let digest = app.store.put_blob(Kind::Chunk, &bytes).unwrap();
+        chunks.push(ChunkRef {
+            digest,
+            size: bytes.len() as u32,
+        });
+    }
+    let config = br#"{"config":{}}"#.to_vec();
+    let created = UnixTime(now_s() as u64);
+    let manifest = ReleaseManifest {
+        fleet: fleet.name.clone(),
+        sequence: ReleaseSeq(seq),
+        commit: "c".repeat(40),
+        created,
+        expires: created.plus_secs(3600),
+        arch: "amd64".into(),
+        device_type: "generic-amd64".into(),
+        services: BTreeMap::from([(
+            "main".to_string(),
+            Service {
+                image: ImageRef {
+                    config_digest: Digest::of(&config),
+                    config,
+                    layers: vec![LayerRef::from_chunks(chunks)],
+                },
+                settings: Default::default(),
+            },
+        )]),
+        rollout,
+    };
+    let (mb, ab) = shoal_builder::pipeline::sign(app, &manifest);
+    let md = app.store.put_blob(Kind::Manifest, &mb).unwrap();
+    app.store.put(Kind::Announcement, &md, &ab).unwrap();
+    let id = app
+        .db
+        .start_release(fleet, &manifest.commit, "refs/heads/master", now_s())
+        .await
+        .unwrap();
+    let outcome = Outcome {
+        sequence: Some(seq as i64),
+        manifest_digest: Some(md.to_string()),
+        manifest_size: Some(mb.len() as i64),
+        services: serde_json::json!([]),
+        ..Outcome::default()
+    };
+    app.db
+        .finish_release(id, Status::Success, now_s(), 1, "", &outcome)
+        .await
+        .unwrap();
+    (ab, mb, manifest)
 }
